@@ -1,0 +1,103 @@
+"""The command line: `minirr serve | workers | reset | stop`.
+
+Owns: argument parsing, reading the config file and --dotenv, exit statuses.
+Never: runs the event loop itself (server does) or knows wire formats.
+
+Exit statuses: 0 ok; 1 runtime failure (e.g. no server answers); 2 bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+from . import __version__, config as config_module, logs
+from .errors import ConfigError
+
+EXIT_CONFIG = 2
+
+
+def load_dotenv(text: str, environ) -> None:
+    """`KEY=VALUE` lines (optional `export`, quotes, # comments); existing variables win."""
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[7:].lstrip()
+        key, sep, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            continue
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        environ.setdefault(key, value)
+
+
+def load_config(path: str, overrides: List[str], dotenv: Optional[str] = None) -> config_module.Config:
+    """Read --dotenv, then the config file; raises ConfigError / OSError."""
+    if dotenv:
+        with open(dotenv, encoding="utf-8") as f:
+            load_dotenv(f.read(), os.environ)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    base_dir = os.path.dirname(os.path.abspath(path))
+    return config_module.parse(text, path=path, base_dir=base_dir, overrides=overrides)
+
+
+def _config_or_exit(args) -> config_module.Config:
+    try:
+        return load_config(args.config, args.override or [], getattr(args, "dotenv", None))
+    except ConfigError as exc:
+        print(f"minirr: {args.config}: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG)
+    except OSError as exc:
+        print(f"minirr: {exc.filename or args.config}: {exc.strerror}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG)
+
+
+def make_launcher(config: config_module.Config):
+    from . import launch
+    if config.server.command:
+        return launch.CommandLauncher(config)
+    return launch.ForkLauncher(config.server.app, config.server.factory, config.server.interface, config.base_dir)
+
+
+def cmd_serve(args) -> int:
+    from .server import Server
+    config = _config_or_exit(args)
+    logs.configure(config.logs.level, config.logs.format)
+    server = Server(config, make_launcher(config), stdout=sys.stdout)
+    try:
+        server.bind()
+    except OSError as exc:
+        print(f"minirr: cannot listen on {config.http.address[0]}:{config.http.address[1]}: {exc.strerror}",
+              file=sys.stderr)
+        return 1
+    return server.run()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minirr", description="RoadRunner-style application server for Python.")
+    parser.add_argument("--version", action="version", version=f"minirr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", default="rr.ini", help="config file (default: ./rr.ini)")
+        p.add_argument("-o", "--override", action="append", metavar="SECTION.KEY=VALUE",
+                       help="override a config value (repeatable)")
+
+    serve = sub.add_parser("serve", help="run the server")
+    common(serve)
+    serve.add_argument("--dotenv", metavar="FILE", help="load KEY=VALUE lines into the environment first")
+    serve.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return args.func(args)

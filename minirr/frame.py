@@ -1,0 +1,130 @@
+"""Goridge v3 frames: the envelope of every message between master and worker.
+
+Owns: the 12-byte header layout, its CRC, option words, the incremental decoder.
+Never: touches a file descriptor, a clock or a process. Bytes in, frames out.
+
+Layout (all integers little-endian; see shared/reference/wire-protocol.md §1):
+
+    offset  size  field
+    0       1     version (high nibble, = 1) | header length in 32-bit words (low nibble)
+    1       1     flags (CONTROL, CODEC_*, ERROR)
+    2       4     payload length (options not counted)
+    6       4     CRC32 of bytes 0..5 only
+    10      1     stream byte (STREAM, STOP, PING, PONG)
+    11      1     reserved, 0
+    12      4*n   n option words (n <= 10)
+    12+4n   len   payload
+
+The decoder is incremental because a pipe read returns an arbitrary slice of the
+stream: half a header, or three frames at once.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import List, NamedTuple, Sequence
+
+from .errors import FrameError
+
+VERSION = 1
+HEADER_SIZE = 12
+MAX_OPTIONS = 10
+
+# flags (byte 1)
+CONTROL = 0x01
+CODEC_RAW = 0x04
+CODEC_JSON = 0x08
+CODEC_MSGPACK = 0x10
+CODEC_GOB = 0x20
+ERROR = 0x40
+CODEC_PROTO = 0x80
+
+# stream byte (byte 10)
+STREAM = 0x01
+STOP = 0x02
+PING = 0x04
+PONG = 0x08
+
+_HEAD = struct.Struct("<BBI")  # version|hl, flags, length: the bytes the CRC covers
+_CRC = struct.Struct("<I")
+_TAIL = struct.Struct("<BB")
+
+
+class Frame(NamedTuple):
+    flags: int
+    payload: bytes
+    options: tuple = ()
+    stream: int = 0
+
+
+def encode_header(flags: int, payload_len: int, options: Sequence[int] = (), stream: int = 0) -> bytes:
+    """Return the header (with options) of a frame whose payload is `payload_len` bytes."""
+    if len(options) > MAX_OPTIONS:
+        raise FrameError(f"a frame carries at most {MAX_OPTIONS} options, not {len(options)}")
+    head = _HEAD.pack((VERSION << 4) | (3 + len(options)), flags, payload_len)
+    return b"".join((
+        head,
+        _CRC.pack(zlib.crc32(head)),
+        _TAIL.pack(stream, 0),
+        struct.pack(f"<{len(options)}I", *options),
+    ))
+
+
+def encode(flags: int, payload: bytes = b"", options: Sequence[int] = (), stream: int = 0) -> bytes:
+    """Return one whole frame. Write it with one write: some peers read the header in one go."""
+    return encode_header(flags, len(payload), options, stream) + payload
+
+
+class FrameDecoder:
+    """Incremental decoder: `feed(bytes)` returns the frames completed by those bytes.
+
+    Raises FrameError on a bad version, header length, CRC or an oversized payload; the
+    channel is broken after that and the decoder must not be fed again.
+    """
+
+    def __init__(self, max_payload_bytes: int = 1 << 31) -> None:
+        self.max_payload_bytes = max_payload_bytes
+        self._buf = bytearray()
+
+    @property
+    def buffered(self) -> bytes:
+        """What has been fed but not yet decoded (for diagnostics)."""
+        return bytes(self._buf)
+
+    def feed(self, data: bytes) -> List[Frame]:
+        self._buf += data
+        frames = []
+        while True:
+            frame = self._next_frame()
+            if frame is None:
+                return frames
+            frames.append(frame)
+
+    def _next_frame(self):
+        buf = self._buf
+        if len(buf) < HEADER_SIZE:
+            return None
+        first, flags, length = _HEAD.unpack_from(buf, 0)
+        self._check_header(buf, first, length)
+        options_bytes = ((first & 0x0F) - 3) * 4
+        end = HEADER_SIZE + options_bytes + length
+        if len(buf) < end:
+            return None
+        options = struct.unpack_from(f"<{options_bytes // 4}I", buf, HEADER_SIZE)
+        payload = bytes(buf[HEADER_SIZE + options_bytes:end])
+        stream = buf[10]
+        del buf[:end]
+        return Frame(flags, payload, options, stream)
+
+    def _check_header(self, buf: bytearray, first: int, length: int) -> None:
+        (crc,) = _CRC.unpack_from(buf, 6)
+        if crc != zlib.crc32(bytes(buf[:6])):
+            raise FrameError(f"frame header CRC mismatch (got {bytes(buf[:HEADER_SIZE]).hex(' ')})")
+        if first >> 4 != VERSION:
+            raise FrameError(f"frame version {first >> 4}, expected {VERSION}")
+        words = first & 0x0F
+        if words < 3 or words - 3 > MAX_OPTIONS:
+            raise FrameError(f"frame header length {words} words is out of range 3..{3 + MAX_OPTIONS}")
+        if length > self.max_payload_bytes:
+            raise FrameError(f"frame payload {length} bytes exceeds {self.max_payload_bytes}")

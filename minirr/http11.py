@@ -1,0 +1,785 @@
+"""Sans-IO HTTP/1.1, server side: request bytes in, Request events out; responses to bytes.
+
+Owns: parsing requests strictly (RFC 9112) and fast, message-body framing (Content-Length
+and chunked), the keep-alive decision, the 100-continue signal, the size limits, and the
+serialization of responses and error responses.
+Never: touches a socket, a clock or a process; percent-decodes the target; looks inside
+bodies. The proxy-header trust rule lives in `forwarded` (pure functions, used here).
+
+Theory of operation
+-------------------
+The server owns the socket. It hands every read to `receive_data()` (b"" = the peer
+closed its side) and then calls `next_event()` until it gets NEED_DATA or PAUSED:
+
+    bytes ──receive_data──► [ buffer ] ──next_event──► Request | CONTINUE | NEED_DATA
+                                                        | PAUSED | CLOSED | raises ProtocolError
+
+One Connection parses one request at a time. After handing out a Request it answers
+PAUSED until the server calls `start_next_cycle()` (the response is fully sent), so
+pipelined requests stay in the buffer and responses leave in request order.
+
+    HEAD ──request_without_body──────────────────────────────► PAUSED
+     │ ──content_length──► BODY ──body_complete─────────────────► ▲
+     │ ──chunked──► CHUNK_SIZE ──chunk_started──► CHUNK_DATA       │
+     │                ▲   │                          │ chunk_read  │
+     │                │   │ last_chunk               ▼             │
+     │                │   └──────────► TRAILERS   CHUNK_END        │
+     │                └──chunk_closed────┼───────────┘             │
+     │                                   └──trailers_complete──────┘
+     ▲                                                             │
+     └──────────────────────── next_cycle ◄────────────────────────┘
+    any reading state --eof--> CLOSED;  PAUSED --close--> CLOSED (request said close)
+    any reading state --error--> FAILED (poisoned: next_event raises the error again)
+
+Speed: a request head normally arrives in one read. The head is found with one
+`bytes.find(b"\\r\\n\\r\\n")`, decoded once, checked with two precompiled regexes and cut
+with `str.split`; no Python loop runs per byte. While a head is incomplete, the parser
+remembers how far it has searched and which lines it has already checked, so feeding a
+request one byte at a time costs O(n), and the size limits are enforced while bytes
+are still arriving.
+
+Consistency: whatever way the bytes are split, the result is the same. Line-level
+checks (bare LF, line lengths, field count, section size) run in stream order on the
+partial head; syntax checks run on the complete head, after the line-level checks.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Callable, Dict, List, Optional, Tuple
+
+from .errors import ProtocolError
+from .forwarded import client_address, client_scheme, is_trusted
+from .messages import Request
+
+
+class _Sentinel:
+    """A named marker object: `next_event() is NEED_DATA` reads well and prints well."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+NEED_DATA = _Sentinel("NEED_DATA")  # feed more bytes (or b"" at EOF), then ask again
+PAUSED = _Sentinel("PAUSED")        # a Request is out; call start_next_cycle() after its response
+CLOSED = _Sentinel("CLOSED")        # nothing more will come: close the connection
+CONTINUE = _Sentinel("CONTINUE")    # send b"HTTP/1.1 100 Continue\r\n\r\n", then keep reading
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits; the numbers and the answers follow gunicorn's settings of the same name."""
+
+    max_request_size: int = 10 * 1024 * 1024   # body bytes; larger -> 413
+    limit_request_line: int = 8190             # request line longer -> 414
+    limit_request_fields: int = 100            # more header (+ trailer) fields -> 431
+    limit_request_field_size: int = 8190       # one field line longer -> 431 (also chunk lines)
+    limit_request_headers: int = 65536         # header (+ trailer) section larger -> 431
+
+
+# --- the state table (STYLE.md §4) --------------------------------------------------
+
+class State(enum.Enum):
+    HEAD = "reading a request line and header section"
+    BODY = "reading a Content-Length body"
+    CHUNK_SIZE = "reading a chunk-size line"
+    CHUNK_DATA = "reading chunk data"
+    CHUNK_END = "reading the CRLF after chunk data"
+    TRAILERS = "reading the trailer section"
+    PAUSED = "a Request is out, waiting for start_next_cycle()"
+    CLOSED = "done: the peer closed or the last request asked to close"
+    FAILED = "poisoned by a protocol error"
+
+    # Enum's own __hash__ is Python code (hash of the name); states are looked up in
+    # dicts a few times per request, and members are singletons, so identity will do.
+    __hash__ = object.__hash__
+
+
+_READING = (State.HEAD, State.BODY, State.CHUNK_SIZE, State.CHUNK_DATA, State.CHUNK_END,
+            State.TRAILERS)
+
+TRANSITIONS: Dict[Tuple[State, str], State] = {
+    (State.HEAD, "request_without_body"): State.PAUSED,
+    (State.HEAD, "content_length"): State.BODY,
+    (State.HEAD, "chunked"): State.CHUNK_SIZE,
+    (State.BODY, "body_complete"): State.PAUSED,
+    (State.CHUNK_SIZE, "chunk_started"): State.CHUNK_DATA,
+    (State.CHUNK_SIZE, "last_chunk"): State.TRAILERS,
+    (State.CHUNK_DATA, "chunk_read"): State.CHUNK_END,
+    (State.CHUNK_END, "chunk_closed"): State.CHUNK_SIZE,
+    (State.TRAILERS, "trailers_complete"): State.PAUSED,
+    (State.PAUSED, "next_cycle"): State.HEAD,
+    (State.PAUSED, "close"): State.CLOSED,
+    # terminal states absorb a late start_next_cycle() from the server
+    (State.CLOSED, "next_cycle"): State.CLOSED,
+    (State.FAILED, "next_cycle"): State.FAILED,
+}
+for _state in _READING:
+    TRANSITIONS[(_state, "eof")] = State.CLOSED
+    TRANSITIONS[(_state, "error")] = State.FAILED
+
+
+def _advance(conn: "Connection", event: str) -> None:
+    """The only place that changes `conn._state`; an illegal move is a bug in this module."""
+    try:
+        conn._state = TRANSITIONS[(conn._state, event)]
+    except KeyError:
+        raise RuntimeError(f"HTTP parser: no move for {event!r} in state {conn._state.name}") from None
+    if conn._state is State.CLOSED or conn._state is State.FAILED:
+        conn._buf.clear()  # nothing more will be parsed; don't hold the bytes
+
+
+# --- grammar (RFC 9110 §5.6.2 tokens, RFC 9112 §3 request line, §5 field lines) ---------
+
+_TCHAR = r"!#$%&'*+\-.^_`|~0-9A-Za-z"
+_TOKEN = f"[{_TCHAR}]+"
+_TOKEN_RE = re.compile(_TOKEN)
+# field-value: VCHAR, obs-text, SP and HTAB; no other control character (RFC 9110 §5.5).
+_FIELD_CHARS = r"\t\x20-\x7e\x80-\xff"
+_FIELD_LINES_RE = re.compile(f"{_TOKEN}:[{_FIELD_CHARS}]*(?:\r\n{_TOKEN}:[{_FIELD_CHARS}]*)*")
+# method SP request-target SP HTTP-version; the target is visible ASCII only.
+_REQUEST_LINE_RE = re.compile(f"({_TOKEN}) ([\x21-\x7e]+) HTTP/([0-9])\\.([0-9])")
+_VERSION_RE = re.compile(r"HTTP/([0-9])\.([0-9])")
+
+# RFC 3986 path characters (pchar and "/"), plus "[" and "]" which common clients send
+# unescaped; a "%" must start a valid escape. The query is any VCHAR but "#".
+# `[c]*(?:%XX[c]*)*` is `(?:[c]|%XX)*` unrolled: the same language, matched without
+# trying the alternation at every character.
+_PCHARS = r"[A-Za-z0-9\-._~!$&'()*+,;=:@/\[\]]*"
+_PATH = f"/{_PCHARS}(?:%[0-9A-Fa-f]{{2}}{_PCHARS})*"
+_QUERY = r"[\x21\x22\x24-\x7e]*"
+_REG_CHARS = r"[A-Za-z0-9\-._~!$&'()*+,;=]"
+_HOST_NAME = (r"(?:\[[0-9A-Fa-f:.]+\]"                                   # IPv6 literal
+              r"|\[v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+\]"          # IPvFuture
+              f"|(?:{_REG_CHARS}|%[0-9A-Fa-f]{{2}}){_REG_CHARS}*(?:%[0-9A-Fa-f]{{2}}{_REG_CHARS}*)*)")  # reg-name
+_ORIGIN_FORM_RE = re.compile(f"({_PATH})(?:\\?({_QUERY}))?")
+_AUTHORITY_FORM_RE = re.compile(f"{_HOST_NAME}:[0-9]{{1,5}}")
+_ABSOLUTE_FORM_RE = re.compile(f"(?i:https?)://{_HOST_NAME}(?::[0-9]{{0,5}})?({_PATH})?(?:\\?({_QUERY}))?")
+_HOST_RE = re.compile(f"(?:{_HOST_NAME}(?::[0-9]{{0,5}})?)?")
+_DIGITS_RE = re.compile(r"[0-9]+")
+
+# chunk = chunk-size [ chunk-ext ] CRLF; chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS value ] )
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_BTOKEN = _TOKEN.encode("ascii")
+_CHUNK_LINE_RE = re.compile(
+    rb"([0-9A-Fa-f]+)(?:[ \t]*;[ \t]*" + _BTOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _BTOKEN + rb"|" + _QUOTED + rb"))?)*")
+_MAX_CHUNK_DIGITS = 16
+_EMPTY_LINES_RE = re.compile(rb"(?:\r\n)+")
+
+# Header fields the parser itself reads; everything else only goes to the application.
+_SPECIAL_FIELDS = frozenset(("host", "content-length", "transfer-encoding", "connection",
+                             "expect", "x-forwarded-for", "x-forwarded-proto"))
+_KNOWN_CODINGS = frozenset(("chunked", "compress", "deflate", "gzip", "x-compress", "x-gzip"))
+# RFC 9110 §6.5.1: fields about framing, routing, authentication, request modifiers or
+# content format must be known before the content; they may not arrive as trailers.
+_FORBIDDEN_TRAILERS = frozenset((
+    "content-length", "transfer-encoding", "trailer", "te", "host", "connection",
+    "keep-alive", "proxy-connection", "upgrade", "expect", "max-forwards",
+    "authorization", "proxy-authorization", "cookie", "content-type", "content-encoding",
+    "content-range", "range", "if-match", "if-none-match", "if-modified-since",
+    "if-unmodified-since", "if-range", "cache-control", "forwarded", "x-forwarded-for",
+    "x-forwarded-proto", "x-forwarded-host"))
+
+
+def _shown(text: str) -> str:
+    """A client-supplied string, quoted and cut short enough for a one-line message."""
+    return repr(text if len(text) <= 40 else text[:40] + "...")
+
+
+class Connection:
+    """The parser state of one client connection (see the module docstring).
+
+    Public attributes: `keep_alive` (for the last Request returned). After a
+    ProtocolError every later `next_event()` raises an equal ProtocolError again and
+    received bytes are dropped; the server answers with `status` and closes.
+    """
+
+    def __init__(self, limits: Limits, remote_addr: str = "", scheme: str = "http",
+                 trusted_proxies: tuple = (), default_host: str = "localhost") -> None:
+        self._limits = limits
+        self._remote_addr = remote_addr
+        self._scheme = scheme
+        self._trusted_proxies = tuple(trusted_proxies)
+        self._peer_trusted = is_trusted(remote_addr, self._trusted_proxies)
+        self._default_host = default_host
+        # A head no longer than this cannot break a line or section limit: skip the
+        # line-by-line limit walk for it (the common case).
+        self._small_head = min(limits.limit_request_line, limits.limit_request_field_size,
+                               limits.limit_request_headers)
+        self._buf = bytearray()
+        self._state = State.HEAD
+        self._eof = False
+        self._error: Optional[Tuple[str, int]] = None
+        self.keep_alive = False
+        self._new_request()
+
+    def _new_request(self) -> None:
+        """Forget everything about the previous request."""
+        self._request: Optional[Request] = None
+        self._must_close = False       # the request itself asked to close (RFC 9112 §9.3)
+        self._expect_continue = False  # CONTINUE still owed (RFC 9110 §10.1.1)
+        self._body_parts: List[bytes] = []
+        self._body_left = 0            # bytes still owed by Content-Length or the current chunk
+        self._body_size = 0            # de-chunked bytes so far, against max_request_size
+        self._ext_bytes = 0            # chunk-extension bytes so far
+        self._section_used = 0         # header-section bytes, counted again for trailers
+        self._fields_seen = 0          # field lines, header and trailer sections together
+        self._start_section(request_line=True)
+
+    def _start_section(self, request_line: bool) -> None:
+        """Reset the scan marks for a new head or trailer section at the buffer start."""
+        self._search_at = 0                         # where the next find() may start
+        self._line_at = 0                           # first line not yet limit-checked
+        self._section_at = -1 if request_line else 0  # start of the field lines, -1 = unknown
+
+    # --- public API ------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Buffer bytes from the peer; b"" means it closed its sending side."""
+        if self._state is State.FAILED or self._state is State.CLOSED:
+            return  # nothing more will be parsed: keep nothing
+        if not data:
+            self._eof = True
+            self.keep_alive = False
+            return
+        if self._eof:
+            raise RuntimeError("receive_data() called with bytes after EOF")
+        self._buf += data
+
+    def next_event(self):
+        """-> Request | CONTINUE | NEED_DATA | PAUSED | CLOSED; raises ProtocolError."""
+        if self._error is not None:
+            raise ProtocolError(*self._error)
+        try:
+            while True:
+                event = _STEPS[self._state](self)
+                if event is not None:
+                    return event
+        except ProtocolError as exc:
+            self._error = (exc.msg, exc.status)
+            _advance(self, "error")
+            raise
+
+    def start_next_cycle(self) -> None:
+        """The response to the last Request is fully sent: parse the next one.
+
+        RFC 9112 §9.6: after a request that asked to close, no further request on the
+        connection is processed, so the connection goes to CLOSED instead."""
+        _advance(self, "close" if self._state is State.PAUSED and self._must_close else "next_cycle")
+        self._new_request()
+
+    @property
+    def has_partial_request(self) -> bool:
+        """Bytes of an incomplete request are buffered (408 rather than a silent close)."""
+        if self._state is State.HEAD:
+            return bool(self._buf.strip(b"\r\n"))
+        return self._state in _READING
+
+    @property
+    def reading_body(self) -> bool:
+        """The head of the current request is parsed, its body is not complete."""
+        return self._state in _READING and self._state is not State.HEAD
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes received but not yet part of a returned Request (body bytes in progress
+        are moved out of the buffer as they arrive, so this counts only framing lines
+        and pipelined requests)."""
+        return len(self._buf)
+
+    # --- the request head (RFC 9112 §2-§5) --------------------------------------------
+
+    def _step_head(self):
+        buf = self._buf
+        if self._line_at == 0 and buf[:1] == b"\r":
+            # RFC 9112 §2.2: a server SHOULD ignore at least one empty line (CRLF)
+            # received prior to the request-line. We drop any number of them.
+            match = _EMPTY_LINES_RE.match(buf)
+            if match is not None:
+                del buf[:match.end()]
+        end = buf.find(b"\r\n\r\n", self._search_at)
+        if end < 0:
+            self._check_partial_section()
+            if self._eof:
+                _advance(self, "eof")
+                return CLOSED
+            self._search_at = max(0, len(buf) - 3)
+            return NEED_DATA
+        if end + 4 > self._small_head:
+            self._check_complete_section(end)
+        return self._parse_head(end)
+
+    def _parse_head(self, end: int):
+        text = self._buf[:end].decode("latin-1")
+        line, _, fields = text.partition("\r\n")
+        match = _REQUEST_LINE_RE.fullmatch(line)
+        if match is None:
+            self._check_complete_section(end)
+            raise _request_line_error(line)
+        method, target, major, minor = match.groups()
+        if major != "1":
+            raise ProtocolError(f"HTTP/{major}.{minor} is not supported", 505)
+        protocol = "HTTP/1.0" if minor == "0" else "HTTP/1.1"  # other 1.x: answer as 1.1
+        path, query = _split_target(method, target)
+        if fields:
+            if _FIELD_LINES_RE.fullmatch(fields) is None:
+                self._check_complete_section(end)
+                raise _field_line_error(fields.split("\r\n"), "header")
+            lines = fields.split("\r\n")
+            if len(lines) > self._limits.limit_request_fields:
+                raise ProtocolError(f"more than {self._limits.limit_request_fields} header fields", 431)
+        else:
+            lines = []
+        headers = []
+        special: Dict[str, List[str]] = {}
+        for field_line in lines:
+            name, _, value = field_line.partition(":")
+            value = value.strip(" \t")  # RFC 9112 §5: OWS around the value is not part of it
+            headers.append((name, value))
+            lname = name.lower()
+            if lname in _SPECIAL_FIELDS:
+                special.setdefault(lname, []).append(value)
+        del self._buf[:end + 4]
+        self._section_used = end + 2 - len(line)
+        self._fields_seen = len(lines)
+        return self._start_body(method, target, path, query, protocol, headers, special)
+
+    def _start_body(self, method, target, path, query, protocol, headers, special):
+        host = _check_host(special.get("host"), protocol) or self._default_host
+        remote_addr, scheme = self._remote_addr, self._scheme
+        if self._peer_trusted:  # believe X-Forwarded-* only from a trusted proxy
+            remote_addr = client_address(remote_addr, special.get("x-forwarded-for", ()),
+                                         self._trusted_proxies)
+            scheme = client_scheme(scheme, special.get("x-forwarded-proto", ()))
+        self._request = Request(method, path, query, headers, b"", remote_addr, protocol,
+                                _target_uri(scheme, host, method, target))
+        self._must_close = _asks_to_close(special.get("connection"), protocol)
+        if protocol == "HTTP/1.1" and "expect" in special:
+            # RFC 9110 §10.1.1; a 100-continue in an HTTP/1.0 request MUST be ignored.
+            self._expect_continue = any(v.lower() == "100-continue" for v in special["expect"])
+        codings = special.get("transfer-encoding")
+        if codings is not None:
+            _check_transfer_coding(codings, protocol, "content-length" in special)
+            self._start_section(request_line=False)
+            _advance(self, "chunked")
+            return None
+        lengths = special.get("content-length")
+        self._body_left = _content_length(lengths, self._limits.max_request_size) if lengths else 0
+        if self._body_left:
+            _advance(self, "content_length")
+            return None
+        return self._complete("request_without_body")
+
+    def _complete(self, event: str) -> Request:
+        request = self._request
+        if self._body_parts:
+            request.body = b"".join(self._body_parts)
+        self.keep_alive = not (self._must_close or self._eof)
+        _advance(self, event)
+        return request
+
+    # --- line-level checks, in stream order (limits and bare LF) -----------------------
+
+    def _check_lines(self, end: int) -> None:
+        """Check every complete line in buf[self._line_at:end] once, in order."""
+        buf = self._buf
+        limits = self._limits
+        pos = self._line_at
+        while True:
+            nl = buf.find(b"\n", pos, end)
+            if nl < 0:
+                break
+            if nl == 0 or buf[nl - 1] != 13:
+                # RFC 9112 §2.2 lets a recipient accept a bare LF; we do not, because a
+                # front proxy that disagrees about line ends enables request smuggling.
+                raise ProtocolError("bare LF line ending (RFC 9112 §2.2: lines end with CRLF)")
+            self._check_line_length(nl - 1 - pos)
+            if self._section_at < 0:
+                self._section_at = nl + 1
+            else:
+                self._fields_seen += 1
+                if self._fields_seen > limits.limit_request_fields:
+                    raise ProtocolError(f"more than {limits.limit_request_fields} {self._section_name()} fields", 431)
+            pos = nl + 1
+        self._line_at = pos
+
+    def _check_line_length(self, length: int) -> None:
+        limits = self._limits
+        if self._section_at < 0:
+            if length > limits.limit_request_line:
+                raise ProtocolError(f"request line exceeds {limits.limit_request_line} bytes", 414)
+        elif length > limits.limit_request_field_size:
+            raise ProtocolError(f"{self._section_name()} field line exceeds {limits.limit_request_field_size} bytes", 431)
+
+    def _check_section_size(self, size: int) -> None:
+        limit = self._limits.limit_request_headers
+        if self._section_used + size > limit:
+            raise ProtocolError(f"{self._section_name()} section exceeds {limit} bytes", 431)
+
+    def _section_name(self) -> str:
+        """Trailers share the header limits (one budget per request), and say so."""
+        return "header and trailer" if self._state is State.TRAILERS else "header"
+
+    def _check_partial_section(self) -> None:
+        """A head or trailer section without its end yet: refuse it as soon as a limit is passed."""
+        buf = self._buf
+        self._check_lines(len(buf))
+        self._check_line_length(len(buf) - self._line_at - buf.endswith(b"\r"))
+        if self._section_at >= 0:
+            self._check_section_size(len(buf) - self._section_at)
+
+    def _check_complete_section(self, end: int) -> None:
+        """The section ends with the CRLF CRLF at `end`: the same checks, all lines."""
+        self._check_lines(end + 2)
+        self._check_section_size(end + 4 - self._section_at)
+
+    # --- the message body (RFC 9112 §6, §7.1) -----------------------------------------
+
+    def _take_body_bytes(self) -> None:
+        """Move up to `_body_left` buffered bytes into the body."""
+        buf = self._buf
+        if buf and self._body_left:
+            take = min(len(buf), self._body_left)
+            self._body_parts.append(bytes(buf[:take]))
+            del buf[:take]
+            self._body_left -= take
+
+    def _wait_for_body(self):
+        if self._eof:
+            _advance(self, "eof")  # EOF inside a request: nothing to answer
+            return CLOSED
+        if self._expect_continue:
+            self._expect_continue = False
+            return CONTINUE
+        return NEED_DATA
+
+    def _step_body(self):
+        self._take_body_bytes()
+        if self._body_left:
+            return self._wait_for_body()
+        return self._complete("body_complete")
+
+    def _step_chunk_size(self):
+        buf = self._buf
+        nl = buf.find(b"\n", self._search_at)
+        if nl < 0:
+            self._check_chunk_line_length(len(buf) - buf.endswith(b"\r"))
+            self._search_at = len(buf)
+            return self._wait_for_body()
+        if nl == 0 or buf[nl - 1] != 13:
+            raise ProtocolError("bare LF after chunk size (RFC 9112 §7.1: lines end with CRLF)")
+        self._check_chunk_line_length(nl - 1)
+        match = _CHUNK_LINE_RE.fullmatch(buf, 0, nl - 1)
+        if match is None:
+            raise ProtocolError("malformed chunk size line (RFC 9112 §7.1)")
+        digits = match.group(1)
+        if len(digits) > _MAX_CHUNK_DIGITS:
+            raise ProtocolError(f"chunk size has more than {_MAX_CHUNK_DIGITS} hex digits")
+        self._count_chunk_extensions(nl - 1 - len(digits))
+        size = int(digits, 16)
+        del buf[:nl + 1]
+        self._search_at = 0
+        if size == 0:
+            self._start_section(request_line=False)
+            _advance(self, "last_chunk")
+            return None
+        limit = self._limits.max_request_size
+        if self._body_size + size > limit:
+            raise ProtocolError(f"request body exceeds {limit} bytes", 413)
+        self._body_size += size
+        self._body_left = size
+        _advance(self, "chunk_started")
+        return None
+
+    def _check_chunk_line_length(self, length: int) -> None:
+        limit = self._limits.limit_request_field_size
+        if length > limit:
+            raise ProtocolError(f"chunk size line exceeds {limit} bytes", 431)
+
+    def _count_chunk_extensions(self, ext_bytes: int) -> None:
+        """Extensions are tolerated and ignored (RFC 9112 §7.1.1), but bounded per request:
+        each costs parsing time and carries no body bytes."""
+        self._ext_bytes += ext_bytes
+        limit = self._limits.limit_request_field_size
+        if self._ext_bytes > limit:
+            raise ProtocolError(f"chunk extensions exceed {limit} bytes", 431)
+
+    def _step_chunk_data(self):
+        self._take_body_bytes()
+        if self._body_left:
+            return self._wait_for_body()
+        _advance(self, "chunk_read")
+        return None
+
+    def _step_chunk_end(self):
+        buf = self._buf
+        if buf[:2] == b"\r\n":
+            del buf[:2]
+            _advance(self, "chunk_closed")
+            return None
+        if len(buf) >= 2 or buf[:1] not in (b"", b"\r"):
+            raise ProtocolError("chunk data not followed by CRLF (RFC 9112 §7.1)")
+        return self._wait_for_body()
+
+    def _step_trailers(self):
+        buf = self._buf
+        if buf[:2] == b"\r\n":
+            del buf[:2]  # no trailer fields: the last-chunk is followed by the final CRLF
+            return self._complete("trailers_complete")
+        end = buf.find(b"\r\n\r\n", self._search_at)
+        if end < 0:
+            self._check_partial_section()
+            self._search_at = max(0, len(buf) - 3)
+            return self._wait_for_body()
+        self._check_complete_section(end)
+        text = buf[:end].decode("latin-1")
+        if _FIELD_LINES_RE.fullmatch(text) is None:
+            raise _field_line_error(text.split("\r\n"), "trailer")
+        for field_line in text.split("\r\n"):
+            name = field_line.partition(":")[0]
+            if name.lower() in _FORBIDDEN_TRAILERS:
+                raise ProtocolError(f"field {_shown(name)} is not allowed in a trailer section (RFC 9110 §6.5.1)")
+        del buf[:end + 4]  # trailers are checked, then discarded
+        return self._complete("trailers_complete")
+
+    def _step_paused(self):
+        return PAUSED
+
+    def _step_closed(self):
+        return CLOSED
+
+
+# One step function per state; each returns an event, or None after moving to a state
+# whose step should run at once.
+_STEPS: Dict[State, Callable[[Connection], object]] = {
+    State.HEAD: Connection._step_head,
+    State.BODY: Connection._step_body,
+    State.CHUNK_SIZE: Connection._step_chunk_size,
+    State.CHUNK_DATA: Connection._step_chunk_data,
+    State.CHUNK_END: Connection._step_chunk_end,
+    State.TRAILERS: Connection._step_trailers,
+    State.PAUSED: Connection._step_paused,
+    State.CLOSED: Connection._step_closed,
+}
+
+
+# --- pure checks on a parsed head ----------------------------------------------------
+
+def _target_uri(scheme: str, host: str, method: str, target: str) -> str:
+    """The target URI (RFC 9112 §3.3). Asterisk-form stays "*", the spelling
+    messages.decode_request turns back into path "*"."""
+    if target[0] == "/":
+        return f"{scheme}://{host}{target}"
+    if method == "CONNECT":
+        return f"{scheme}://{target}"
+    return target  # absolute-form is the URI itself
+
+
+def _request_line_error(line: str) -> ProtocolError:
+    """Name what is wrong with a request line that did not match the grammar."""
+    parts = line.split(" ")
+    if len(parts) == 2 and all(parts) and not parts[1].startswith("HTTP/"):
+        # HTTP/0.9's simple-request: "GET /path" with no version at all
+        return ProtocolError("request line has no HTTP version (HTTP/0.9 is not supported)", 505)
+    if len(parts) != 3 or not all(parts):
+        return ProtocolError("malformed request line: expected 'method SP target SP version'")
+    method, target, version = parts
+    match = _VERSION_RE.fullmatch(version)
+    if match is None:
+        return ProtocolError(f"malformed HTTP version {_shown(version)}")
+    if match.group(1) != "1":
+        return ProtocolError(f"{version} is not supported", 505)
+    if _TOKEN_RE.fullmatch(method) is None:
+        return ProtocolError(f"method {_shown(method)} is not a token")
+    if any(c > "\x7f" for c in target):
+        return ProtocolError("request-target contains a non-ASCII byte")
+    return ProtocolError("request-target contains a control character")
+
+
+def _split_target(method: str, target: str) -> Tuple[str, str]:
+    """-> (path, query) of the four request-target forms (RFC 9112 §3.2)."""
+    if target[0] == "/":
+        match = _ORIGIN_FORM_RE.fullmatch(target)
+        if match is None:
+            raise ProtocolError(_target_error(target))
+        if method == "CONNECT":
+            raise ProtocolError("CONNECT needs an authority-form target (RFC 9112 §3.2.3)")
+        return match.group(1), match.group(2) or ""
+    if target == "*":
+        if method != "OPTIONS":
+            raise ProtocolError("asterisk-form is only for OPTIONS (RFC 9112 §3.2.4)")
+        return "*", ""
+    if method == "CONNECT":
+        if _AUTHORITY_FORM_RE.fullmatch(target) is None:
+            raise ProtocolError("CONNECT target is not host:port (RFC 9112 §3.2.3)")
+        return "", ""
+    match = _ABSOLUTE_FORM_RE.fullmatch(target)
+    if match is None:
+        raise ProtocolError(f"request-target {_shown(target)} is not a valid origin- or absolute-form")
+    return match.group(1) or "/", match.group(2) or ""
+
+
+def _target_error(target: str) -> str:
+    if "#" in target:
+        return "request-target contains a fragment '#' (RFC 9112 §3.2.1)"
+    path = target.partition("?")[0]
+    if re.search(r"%(?![0-9A-Fa-f]{2})", path):
+        return "malformed percent-encoding in request path"
+    return f"request path {_shown(path)} contains a character RFC 3986 does not allow"
+
+
+def _field_line_error(lines: List[str], section: str) -> ProtocolError:
+    """Name what is wrong with the first field line that did not match the grammar."""
+    for line in lines:
+        if line[:1] in (" ", "\t"):
+            return ProtocolError(f"obsolete line folding in {section} section (RFC 9112 §5.2)")
+        name, colon, value = line.partition(":")
+        if not colon:
+            return ProtocolError(f"{section} line {_shown(line)} has no colon")
+        if name.rstrip(" \t") != name:
+            return ProtocolError(f"whitespace before colon in {section} field (RFC 9112 §5.1)")
+        if _TOKEN_RE.fullmatch(name) is None:
+            return ProtocolError(f"{section} field name {_shown(name)} is not a token")
+        if re.search(r"[^\t\x20-\x7e\x80-\xff]", value):
+            return ProtocolError(f"{section} field {_shown(name)} contains a control character")
+    return ProtocolError(f"malformed {section} section")
+
+
+def _check_host(values: Optional[List[str]], protocol: str) -> Optional[str]:
+    """RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, for any request with
+    more than one Host line, and for an invalid Host value."""
+    if values is None:
+        if protocol == "HTTP/1.1":
+            raise ProtocolError("HTTP/1.1 request without a Host header (RFC 9112 §3.2)")
+        return None
+    if len(values) > 1:
+        raise ProtocolError("more than one Host header (RFC 9112 §3.2)")
+    if _HOST_RE.fullmatch(values[0]) is None:
+        raise ProtocolError(f"invalid Host header {_shown(values[0])}")
+    return values[0]
+
+
+def _asks_to_close(values: Optional[List[str]], protocol: str) -> bool:
+    """RFC 9112 §9.3: HTTP/1.1 persists unless "close"; HTTP/1.0 only with "keep-alive"."""
+    if not values:
+        return protocol == "HTTP/1.0"
+    options = {option.strip(" \t").lower() for value in values for option in value.split(",")}
+    if "close" in options:
+        return True
+    return protocol == "HTTP/1.0" and "keep-alive" not in options
+
+
+def _check_transfer_coding(values: List[str], protocol: str, has_length: bool) -> None:
+    """RFC 9112 §6.1 and §6.3: only a body framed by a final "chunked" is readable."""
+    if protocol == "HTTP/1.0":
+        raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request (RFC 9112 §6.1)")
+    if has_length:
+        raise ProtocolError("both Transfer-Encoding and Content-Length (RFC 9112 §6.3)")
+    codings = [coding.strip(" \t").lower() for value in values for coding in value.split(",")]
+    for coding in codings:
+        if not coding:
+            raise ProtocolError("empty element in Transfer-Encoding")
+        if coding not in _KNOWN_CODINGS:
+            raise ProtocolError(f"unknown transfer coding {_shown(coding)}", 501)
+    if codings.count("chunked") > 1:
+        raise ProtocolError("chunked transfer coding applied more than once (RFC 9112 §7)")
+    if codings[-1] != "chunked":
+        raise ProtocolError("final transfer coding is not chunked (RFC 9112 §6.3)")
+    if len(codings) > 1:
+        raise ProtocolError(f"transfer coding {_shown(codings[0])} is not supported", 501)
+
+
+def _content_length(values: List[str], limit: int) -> int:
+    """RFC 9112 §6.3 item 5 and RFC 9110 §8.6: 1*DIGIT; repeated values must agree."""
+    found = set()
+    for value in values:
+        for item in value.split(","):
+            item = item.strip(" \t")
+            if _DIGITS_RE.fullmatch(item) is None:
+                raise ProtocolError(f"invalid Content-Length {_shown(value)}")
+            found.add(item.lstrip("0") or "0")
+    if len(found) > 1:
+        raise ProtocolError("Content-Length values differ")
+    digits = found.pop()
+    if len(digits) > len(str(limit)) or int(digits) > limit:
+        raise ProtocolError(f"request body exceeds {limit} bytes", 413)
+    return int(digits)
+
+
+# --- responses (RFC 9112 §4, RFC 9110 §15) --------------------------------------------
+
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
+_GENERIC_REASONS = {1: "Informational", 2: "Success", 3: "Redirection", 4: "Client Error",
+                    5: "Server Error"}
+# Framing and hop-by-hop fields belong to this layer, not to the application.
+_RESPONSE_OWNED = frozenset(("connection", "keep-alive", "transfer-encoding", "content-length", "date"))
+_UNSAFE_VALUE_RE = re.compile("[\r\n\x00]")
+
+
+def serialize_response(status: int, headers: list, body: bytes, *, keep_alive: bool,
+                       head_only: bool = False, date: bytes, protocol: str = "HTTP/1.1") -> bytes:
+    """The bytes of one response: status line, app headers, Date, Content-Length,
+    Connection, blank line, body. Raises ValueError on header injection attempts."""
+    if not 100 <= status <= 999:
+        raise ValueError(f"status {status} is not a three-digit code")
+    reason = _REASONS.get(status) or _GENERIC_REASONS.get(status // 100, "Unknown")
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("ascii"))]
+    for name, value in headers:
+        if name.lower() in _RESPONSE_OWNED:
+            continue
+        parts.append(_header_line(name, value))
+    parts.append(b"Date: " + date + b"\r\n")
+    # RFC 9110 §8.6 and RFC 9112 §6.3: 1xx, 204 and 304 responses have no content.
+    bodiless = status < 200 or status == 204 or status == 304
+    if not bodiless:
+        parts.append(b"Content-Length: %d\r\n" % len(body))
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    elif protocol == "HTTP/1.0":
+        parts.append(b"Connection: keep-alive\r\n")  # RFC 9112 §9.3: 1.0 closes by default
+    parts.append(b"\r\n")
+    if not (head_only or bodiless):
+        parts.append(body)
+    return b"".join(parts)
+
+
+def _header_line(name: str, value: str) -> bytes:
+    if _TOKEN_RE.fullmatch(name) is None:
+        raise ValueError(f"response header name {name!r} is not a token")
+    if _UNSAFE_VALUE_RE.search(value):
+        raise ValueError(f"response header {name!r} contains CR, LF or NUL")
+    try:
+        return b"%s: %s\r\n" % (name.encode("ascii"), value.encode("latin-1"))
+    except UnicodeEncodeError:
+        raise ValueError(f"response header {name!r} is not latin-1 text") from None
+
+
+def error_response(status: int, message: str, *, date: bytes, keep_alive: bool = False,
+                   extra_headers: tuple = ()) -> bytes:
+    """A small text/plain response, e.g. for a ProtocolError: `message` plus a newline."""
+    headers = [("Content-Type", "text/plain; charset=utf-8")]
+    headers.extend(extra_headers)
+    return serialize_response(status, headers, (message + "\n").encode("utf-8"),
+                              keep_alive=keep_alive, date=date)
+
+
+_WEEKDAYS = (b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun")
+_MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct",
+           b"Nov", b"Dec")
+
+
+def http_date(epoch_seconds: float) -> bytes:
+    """IMF-fixdate (RFC 9110 §5.6.7): b"Sun, 06 Nov 1994 08:49:37 GMT". The caller
+    passes the time; this module reads no clock."""
+    t = time.gmtime(epoch_seconds)
+    return b"%s, %02d %s %04d %02d:%02d:%02d GMT" % (
+        _WEEKDAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year, t.tm_hour, t.tm_min, t.tm_sec)

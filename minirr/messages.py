@@ -1,0 +1,175 @@
+"""Request and Response, and their JSON heads on the wire (RoadRunner 2023.3 shape).
+
+Owns: the application-facing Request/Response types; encoding a request head in the
+master and decoding it in the worker; the reverse for responses.
+Never: parses HTTP bytes (http11 does), touches descriptors or frames.
+
+A request frame's payload is `head ‖ body`, the head being
+
+    {"remoteAddr","protocol","method","uri","headers":{Canonical-Name:[values]},
+     "cookies":{name:value},"rawQuery","parsed":false,"uploads":null,"attributes":{}}
+
+and a response frame's payload is `{"status":int,"headers":{name:[values]}} ‖ body`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Dict, Iterable, List, Optional, Tuple, Union
+from urllib.parse import urlsplit
+
+HeaderList = List[Tuple[str, str]]
+
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_canonical_cache: Dict[str, str] = {}
+
+
+def canonical_header_name(name: str) -> str:
+    """`x-test` -> `X-Test`: the spelling Go's net/http gives header names, which
+    RoadRunner worker libraries index by (wire-protocol.md §2)."""
+    canon = _canonical_cache.get(name)
+    if canon is None:
+        canon = "-".join(word[:1].upper() + word[1:].lower() for word in name.split("-"))
+        if len(_canonical_cache) < 4096:  # bounded: header names come from clients
+            _canonical_cache[name] = canon
+    return canon
+
+
+class Request:
+    """One HTTP request as the application sees it.
+
+    `path` is not percent-decoded; `query` is the raw query string without `?`;
+    `headers` are (name, value) pairs in arrival order; `body` is de-chunked bytes.
+    """
+
+    __slots__ = ("method", "path", "query", "headers", "body", "remote_addr", "protocol", "uri")
+
+    def __init__(self, method: str, path: str, query: str = "", headers: Optional[HeaderList] = None,
+                 body: bytes = b"", remote_addr: str = "", protocol: str = "HTTP/1.1", uri: str = "") -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers if headers is not None else []
+        self.body = body
+        self.remote_addr = remote_addr
+        self.protocol = protocol
+        self.uri = uri
+
+    def header(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        """The first value of header `name` (case-insensitive), else `default`."""
+        lname = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lname:
+                return value
+        return default
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.path}{'?' + self.query if self.query else ''}>"
+
+
+class Response:
+    """What a handler returns. `headers` may be a dict or a list of pairs; a str body is UTF-8."""
+
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status: int = 200, headers: Union[None, dict, Iterable[Tuple[str, str]]] = None,
+                 body: Union[bytes, str] = b"") -> None:
+        self.status = int(status)
+        if headers is None:
+            self.headers: HeaderList = []
+        elif isinstance(headers, dict):
+            self.headers = [(str(k), str(v)) for k, v in headers.items()]
+        else:
+            self.headers = [(str(k), str(v)) for k, v in headers]
+        self.body = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {len(self.body)} bytes>"
+
+
+def _group(headers: Iterable[Tuple[str, str]], canonical: bool) -> Dict[str, List[str]]:
+    grouped: Dict[str, List[str]] = {}
+    for name, value in headers:
+        key = canonical_header_name(name) if canonical else name
+        values = grouped.get(key)
+        if values is None:
+            grouped[key] = [value]
+        else:
+            values.append(value)
+    return grouped
+
+
+def parse_cookies(headers: Iterable[Tuple[str, str]]) -> Dict[str, str]:
+    """Cookie header(s) -> {name: value}; the first occurrence of a name wins."""
+    cookies: Dict[str, str] = {}
+    for name, value in headers:
+        if name.lower() != "cookie":
+            continue
+        for part in value.split(";"):
+            key, sep, val = part.strip().partition("=")
+            if sep and key and key not in cookies:
+                cookies[key] = val.strip().strip('"')
+    return cookies
+
+
+def encode_request_head(request: Request) -> bytes:
+    """The JSON head RoadRunner 2023.3 sends for `request` (every key it sends)."""
+    return _encode_json({
+        "remoteAddr": request.remote_addr,
+        "protocol": request.protocol,
+        "method": request.method,
+        "uri": request.uri,
+        "headers": _group(request.headers, canonical=True),
+        "cookies": parse_cookies(request.headers),
+        "rawQuery": request.query,
+        "parsed": False,
+        "uploads": None,
+        "attributes": {},
+    }).encode("utf-8")
+
+
+def decode_request(head: bytes, body: bytes) -> Request:
+    """Inverse of encode_request_head, run in the worker. Raises ValueError on a bad head."""
+    obj = json.loads(head)
+    if not isinstance(obj, dict):
+        raise ValueError("request head is not a JSON object")
+    uri = obj.get("uri", "")
+    split = urlsplit(uri)
+    path = split.path or "/"
+    if split.scheme == "" and split.netloc == "" and uri.startswith("*"):
+        path = "*"
+    headers = [(name, value) for name, values in (obj.get("headers") or {}).items() for value in values]
+    return Request(
+        method=obj.get("method", "GET"),
+        path=path,
+        query=obj.get("rawQuery", "") or "",
+        headers=headers,
+        body=body,
+        remote_addr=obj.get("remoteAddr", ""),
+        protocol=obj.get("protocol", "HTTP/1.1"),
+        uri=uri,
+    )
+
+
+def encode_response_head(response: Response) -> bytes:
+    return _encode_json({"status": response.status, "headers": _group(response.headers, canonical=False)}).encode("utf-8")
+
+
+def decode_response_head(head: bytes) -> Tuple[int, HeaderList, bool]:
+    """-> (status, header pairs, stop). `stop` is a worker asking to be recycled
+    (wire-protocol.md §2.6). Raises ValueError on anything that is not a valid head."""
+    obj = json.loads(head)
+    if not isinstance(obj, dict):
+        raise ValueError("response head is not a JSON object")
+    if obj.get("stop") is True:
+        return 0, [], True
+    status = obj.get("status")
+    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+        raise ValueError(f"response status {status!r} is outside 100..599")
+    headers = []
+    for name, values in (obj.get("headers") or {}).items():
+        if isinstance(values, str):
+            values = [values]
+        for value in values:
+            headers.append((str(name), str(value)))
+    return status, headers, False

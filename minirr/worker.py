@@ -1,0 +1,188 @@
+"""Inside a worker process: load the app once, then answer request frames until told to stop.
+
+Owns: the worker side of the wire (handshake, request loop, soft errors), loading the
+      application (`module:attr`, factory, interface), and `python -m minirr.worker`.
+Never: sees HTTP bytes or sockets; only frames on two descriptors and Request objects.
+
+    master                                    worker
+      |-- CONTROL|JSON {"pid": master} ------->|  bootstrap: import app, call factory
+      |<------------- CONTROL {"pid": self} ---|  ready
+      |-- JSON [head_len] head‖body ---------->|  handler(Request) -> Response
+      |<------------- JSON [head_len] head‖body|
+      |<------------- ERROR "message" ---------|  (the handler raised: client gets 500)
+      |-- CONTROL|JSON {"stop": true} -------->|  exit 0
+
+The same loop serves a forked worker (pipes created by the master) and an external one
+started as a command (`python -m minirr.worker app:attr`, frames on stdin/stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+import traceback
+from typing import Callable, Optional
+
+from . import frame
+from .frame import CODEC_JSON, CONTROL, ERROR, FrameDecoder
+from .messages import Request, Response, decode_request, encode_response_head
+
+log = logging.getLogger("minirr.worker")
+
+EXIT_OK = 0
+EXIT_BOOT_FAILED = 3          # like gunicorn's WORKER_BOOT_ERROR: the master backs off
+READ_SIZE = 1 << 20
+
+Handler = Callable[[Request], Response]
+
+
+class Channel:
+    """Blocking frame I/O on a pair of descriptors (the worker may block; the master never)."""
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self.read_fd = read_fd
+        self.write_fd = write_fd
+        self._decoder = FrameDecoder()
+        self._pending: list = []
+
+    def receive(self) -> Optional[frame.Frame]:
+        """The next frame, or None at EOF (the master has gone)."""
+        while not self._pending:
+            data = os.read(self.read_fd, READ_SIZE)
+            if not data:
+                return None
+            self._pending.extend(self._decoder.feed(data))
+        return self._pending.pop(0)
+
+    def send(self, flags: int, payload: bytes, options=()) -> None:
+        """One frame, written with as few writes as possible (header never split)."""
+        view = memoryview(frame.encode(flags, payload, options))
+        while view:
+            written = os.write(self.write_fd, view)
+            view = view[written:]
+
+
+# ---- loading the application ------------------------------------------------------------
+
+def load_handler(app: str, factory: bool = False, interface: str = "minirr",
+                 base_dir: Optional[str] = None) -> Handler:
+    """`module:attr` -> a handler(request) -> Response. Runs once per worker: the bootstrap."""
+    if base_dir is not None and base_dir not in sys.path:
+        sys.path.insert(0, base_dir)
+    module_name, _, attr_path = app.partition(":")
+    obj = importlib.import_module(module_name)
+    for attr in attr_path.split("."):
+        obj = getattr(obj, attr)
+    if factory:
+        obj = obj()
+    if interface == "wsgi":
+        from .wsgi import WSGIHandler   # only workers that serve WSGI pay for the import
+        return WSGIHandler(obj)
+    handle = getattr(obj, "handle", None)
+    if callable(handle):
+        return handle
+    if callable(obj):
+        return obj
+    raise TypeError(f"{app} is not callable and has no handle(request) method")
+
+
+# ---- the loop ---------------------------------------------------------------------------
+
+def serve(channel: Channel, bootstrap: Callable[[], Handler]) -> int:
+    """Handshake, bootstrap, then answer requests until stop or EOF. Returns an exit status."""
+    hello = channel.receive()
+    if hello is None:
+        return EXIT_OK
+    try:
+        handler = bootstrap()
+    except SystemExit as exc:
+        # An app that knows why it cannot start says so in one line: sys.exit("Vault at ...: ...")
+        if isinstance(exc.code, str):
+            log.error("bootstrap failed: %s", exc.code)
+        else:
+            log.error("bootstrap exited with status %s", exc.code)
+        return EXIT_BOOT_FAILED
+    except Exception:
+        log.error("bootstrap failed:\n%s", traceback.format_exc().rstrip())
+        return EXIT_BOOT_FAILED
+    channel.send(CONTROL, json.dumps({"pid": os.getpid()}).encode())
+    while True:
+        request_frame = channel.receive()
+        if request_frame is None:
+            return EXIT_OK
+        if request_frame.flags & CONTROL:
+            if _is_stop(request_frame.payload):
+                return EXIT_OK
+            continue
+        _answer(channel, handler, request_frame)
+
+
+def _is_stop(payload: bytes) -> bool:
+    try:
+        return json.loads(payload).get("stop") is True
+    except (ValueError, AttributeError):
+        return False
+
+
+def _answer(channel: Channel, handler: Handler, request_frame: frame.Frame) -> None:
+    head_len = request_frame.options[0] if request_frame.options else len(request_frame.payload)
+    payload = request_frame.payload
+    try:
+        request = decode_request(payload[:head_len], payload[head_len:])
+        response = handler(request)
+        if not isinstance(response, Response):
+            raise TypeError(f"handler returned {type(response).__name__}, expected minirr.Response")
+    except Exception as exc:
+        # A soft error: this request failed, the worker is fine and carries on.
+        log.error("request failed:\n%s", traceback.format_exc().rstrip())
+        channel.send(ERROR, f"{type(exc).__name__}: {exc}".encode("utf-8", "replace"))
+        return
+    head = encode_response_head(response)
+    channel.send(CODEC_JSON, head + response.body, (len(head),))
+
+
+def configure_worker_logging() -> None:
+    """Plain lines on stderr; the master prefixes each with the worker's pid."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+
+
+# ---- python -m minirr.worker ------------------------------------------------------------
+
+def main(argv=None) -> int:
+    """Run an app as an external worker: frames on stdin (in) and stdout (out).
+
+    stdout is the frame channel, so the app's own print() output is moved to stderr
+    before the app is imported: a stray print cannot corrupt the channel.
+    """
+    parser = argparse.ArgumentParser(prog="python -m minirr.worker",
+                                     description="Serve a Python app as a minirr/RoadRunner worker over stdin/stdout.")
+    parser.add_argument("app", help="module:attribute")
+    parser.add_argument("--factory", action="store_true", help="call the attribute once to get the handler")
+    parser.add_argument("--interface", choices=("minirr", "wsgi"), default="minirr")
+    parser.add_argument("--path", default=os.getcwd(), help="folder put first on sys.path (default: cwd)")
+    args = parser.parse_args(argv)
+    frames_in = os.dup(0)
+    frames_out = os.dup(1)
+    os.dup2(2, 1)                        # fd 1 now means stderr: print() goes to the log
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    sys.stdout = sys.stderr
+    configure_worker_logging()
+    channel = Channel(frames_in, frames_out)
+    return serve(channel, lambda: load_handler(args.app, args.factory, args.interface, args.path))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""PEP 3333 adapter: serve a WSGI callable as a minirr handler.
+
+Owns: building the environ from a Request, start_response, collecting the body, close().
+Never: sees sockets or frames; it runs inside a worker, one request at a time.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from typing import Callable, List, Optional, Tuple
+from urllib.parse import unquote, urlsplit
+
+from .messages import Request, Response
+
+_SKIP_HTTP = {"CONTENT_TYPE", "CONTENT_LENGTH"}
+
+
+def build_environ(request: Request) -> dict:
+    """The CGI-style environ of PEP 3333 for `request`."""
+    split = urlsplit(request.uri)
+    scheme = split.scheme or "http"
+    host = split.hostname or "localhost"
+    port = str(split.port or (443 if scheme == "https" else 80))
+    environ = {
+        "REQUEST_METHOD": request.method,
+        "SCRIPT_NAME": "",
+        # PEP 3333: PATH_INFO is decoded, then carried as latin-1 "bytes in a str".
+        "PATH_INFO": unquote(request.path, encoding="latin-1"),
+        "QUERY_STRING": request.query,
+        "SERVER_NAME": host,
+        "SERVER_PORT": port,
+        "SERVER_PROTOCOL": request.protocol,
+        "REMOTE_ADDR": request.remote_addr,
+        "RAW_URI": request.path + ("?" + request.query if request.query else ""),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scheme,
+        "wsgi.input": io.BytesIO(request.body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    for name, value in request.headers:
+        key = name.upper().replace("-", "_")
+        if key in _SKIP_HTTP:
+            environ[key] = value
+            continue
+        key = "HTTP_" + key
+        # RFC 9110 §5.3: repeated fields combine with ", " (no header of interest is a Set-Cookie here)
+        environ[key] = environ[key] + "," + value if key in environ else value
+    environ.setdefault("CONTENT_LENGTH", str(len(request.body)) if request.body else "")
+    return environ
+
+
+class WSGIHandler:
+    """handler(request) -> Response around a WSGI application."""
+
+    def __init__(self, app: Callable) -> None:
+        self.app = app
+
+    def __call__(self, request: Request) -> Response:
+        state: dict = {}
+        chunks: List[bytes] = []
+
+        def start_response(status: str, headers: List[Tuple[str, str]], exc_info: Optional[tuple] = None):
+            if exc_info is not None:
+                try:
+                    if state.get("sent"):
+                        raise exc_info[1].with_traceback(exc_info[2])
+                finally:
+                    exc_info = None
+            elif "status" in state:
+                raise AssertionError("start_response called twice without exc_info")
+            state["status"] = status
+            state["headers"] = headers
+            return chunks.append   # the legacy write() callable
+
+        result = self.app(build_environ(request), start_response)
+        try:
+            for chunk in result:
+                if chunk:
+                    state["sent"] = True
+                    chunks.append(chunk)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        if "status" not in state:
+            raise RuntimeError("WSGI application did not call start_response")
+        status = int(state["status"].split(" ", 1)[0])
+        return Response(status, list(state["headers"]), b"".join(chunks))

@@ -1,0 +1,61 @@
+"""Request/Response heads: RoadRunner 2023.3 keys, canonical names, round trips."""
+
+import json
+
+import pytest
+
+from minirr.messages import (Request, Response, canonical_header_name, decode_request, decode_response_head,
+                             encode_request_head, encode_response_head)
+
+
+def make_request():
+    return Request("POST", "/a%20b", "x=1&y=2",
+                   [("host", "example.com"), ("x-test", "1"), ("Cookie", "a=1; b=\"2\""), ("X-TEST", "2")],
+                   b"body", "10.0.0.1", "HTTP/1.1", "http://example.com/a%20b?x=1&y=2")
+
+
+def test_request_head_has_every_roadrunner_key():
+    head = json.loads(encode_request_head(make_request()))
+    assert list(head) == ["remoteAddr", "protocol", "method", "uri", "headers", "cookies", "rawQuery",
+                          "parsed", "uploads", "attributes"]
+    assert head["headers"] == {"Host": ["example.com"], "X-Test": ["1", "2"], "Cookie": ['a=1; b="2"']}
+    assert head["cookies"] == {"a": "1", "b": "2"}
+    assert head["parsed"] is False and head["uploads"] is None and head["attributes"] == {}
+
+
+def test_request_round_trip():
+    request = make_request()
+    back = decode_request(encode_request_head(request), request.body)
+    assert (back.method, back.path, back.query, back.body, back.remote_addr, back.protocol, back.uri) == \
+        ("POST", "/a%20b", "x=1&y=2", b"body", "10.0.0.1", "HTTP/1.1", request.uri)
+    assert back.header("x-test") == "1" and back.header("missing", "d") == "d"
+
+
+@pytest.mark.parametrize("name,canon", [("x-test", "X-Test"), ("CONTENT-TYPE", "Content-Type"), ("host", "Host")])
+def test_canonical_names(name, canon):
+    assert canonical_header_name(name) == canon
+
+
+def test_response_normalises_headers_and_body():
+    assert Response(201, {"A": "1"}, "héllo").body == "héllo".encode()
+    assert Response(headers=[("Set-Cookie", "a"), ("Set-Cookie", "b")]).headers == [("Set-Cookie", "a"), ("Set-Cookie", "b")]
+
+
+def test_response_head_round_trip():
+    head = encode_response_head(Response(404, [("Set-Cookie", "a"), ("Set-Cookie", "b"), ("X", "y")]))
+    assert head == b'{"status":404,"headers":{"Set-Cookie":["a","b"],"X":["y"]}}'
+    assert decode_response_head(head) == (404, [("Set-Cookie", "a"), ("Set-Cookie", "b"), ("X", "y")], False)
+
+
+def test_worked_example_head():
+    assert decode_response_head(b'{"status":200,"headers":{}}') == (200, [], False)
+
+
+def test_worker_stop_head():
+    assert decode_response_head(b'{"stop":true}')[2] is True
+
+
+@pytest.mark.parametrize("head", [b"[]", b"{}", b'{"status":99}', b'{"status":600}', b'{"status":"200"}', b"nope"])
+def test_bad_response_heads(head):
+    with pytest.raises(ValueError):
+        decode_response_head(head)

@@ -1,0 +1,55 @@
+"""The PEP 3333 adapter, checked by wsgiref.validate."""
+
+import wsgiref.validate
+
+from minirr.messages import Request
+from minirr.wsgi import WSGIHandler, build_environ
+
+
+def simple_app(environ, start_response):
+    body = f"{environ['REQUEST_METHOD']} {environ['PATH_INFO']}?{environ['QUERY_STRING']} " \
+           f"{environ['wsgi.input'].read(int(environ['CONTENT_LENGTH'] or 0)).decode()} {environ.get('HTTP_X_TEST')}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def request(**kw):
+    base = dict(method="POST", path="/caf%C3%A9", query="a=1", headers=[("Host", "h:8080"), ("X-Test", "1"),
+                ("X-Test", "2"), ("Content-Type", "text/plain"), ("Content-Length", "3")], body=b"abc",
+                remote_addr="127.0.0.1", protocol="HTTP/1.1", uri="http://h:8080/caf%C3%A9?a=1")
+    base.update(kw)
+    return Request(**base)
+
+
+def test_validator_finds_nothing_to_complain_about():
+    handler = WSGIHandler(wsgiref.validate.validator(simple_app))
+    response = handler(request())
+    assert response.status == 200
+    assert response.body == "POST /cafÃ©?a=1 abc 1,2".encode()
+
+
+def test_environ_fields():
+    env = build_environ(request())
+    assert env["SERVER_NAME"] == "h" and env["SERVER_PORT"] == "8080"
+    assert env["CONTENT_TYPE"] == "text/plain" and env["CONTENT_LENGTH"] == "3"
+    assert env["wsgi.url_scheme"] == "http" and env["REMOTE_ADDR"] == "127.0.0.1"
+    assert "HTTP_CONTENT_TYPE" not in env
+
+
+def test_close_is_called_and_write_callable_works():
+    closed = []
+
+    class Body:
+        def __iter__(self):
+            return iter([b"b"])
+
+        def close(self):
+            closed.append(True)
+
+    def app(environ, start_response):
+        write = start_response("201 Created", [])
+        write(b"a")
+        return Body()
+
+    response = WSGIHandler(app)(request())
+    assert (response.status, response.body, closed) == (201, b"ab", [True])
