@@ -1,0 +1,373 @@
+"""The master's worker side: starting workers, their pipes, frames, output and exits.
+
+Owns: the Channel of each worker (process handle, frame decoder, write buffer), writing
+      request frames without blocking, reading response frames, relaying the worker's
+      stdout/stderr to the log, stopping and killing, and what a worker's exit means.
+Never: decides *when* a worker is due for retirement (pool.py does), or talks HTTP:
+       a response frame becomes bytes through http11 and goes to `self._finish_job`.
+
+`Backend` is one half of `server.Server` (the other is `frontend.Frontend`).
+
+    start: launcher.start() -> WorkerProcess -> register from_worker, output, sentinel
+           -> handshake frame {"pid": master}; worker answers {"pid": its own} -> IDLE
+    job:   request frame (one write when it fits; the rest on EVENT_WRITE) -> response frame
+    exit:  sentinel readable -> reap (bounded) -> log what it means -> replace
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import time
+from typing import TYPE_CHECKING, Optional
+
+from . import frame, http11
+from .errors import FrameError
+from .frame import CODEC_JSON, CONTROL, ERROR, FrameDecoder
+from .messages import decode_response_head, encode_request_head
+from .pool import Worker, WorkerState
+
+log = logging.getLogger("minirr")
+
+READ_SIZE = 256 * 1024
+MAX_FRAME_PAYLOAD = 1 << 31
+OUTPUT_LINE_LIMIT = 8192
+STOP_PAYLOAD = json.dumps({"stop": True}).encode()
+S = WorkerState
+
+if TYPE_CHECKING:
+    from .frontend import Job
+
+
+class Channel:
+    """The master's side of one worker: process handle, frame decoder, write buffer."""
+
+    def __init__(self, proc) -> None:
+        self.proc = proc
+        self.decoder = FrameDecoder(MAX_FRAME_PAYLOAD)
+        self.out = bytearray()
+        self.writing = False
+        self.output_tail = b""         # an unfinished line of the worker's stdout/stderr
+        self.closed = False
+        self.failure = ""              # why the master gave up on it (for the exit log line)
+
+
+class Backend:
+    """Worker processes and their channels; mixed into server.Server."""
+
+    def _ensure_pool(self, now: float) -> None:
+        if self._stopping:
+            return
+        while self.pool.deficit() and self.pool.can_start(now):
+            self._start_worker(now)
+
+    def _start_worker(self, now: float) -> Worker:
+        worker = self.pool.new_worker(now)
+        proc = self.launcher.start(self._descriptors_for_child())
+        worker.pid = proc.pid
+        channel = Channel(proc)
+        worker.channel = channel
+        self.selector.register(proc.from_worker, selectors.EVENT_READ,
+                               lambda mask: self._on_worker_readable(worker))
+        if proc.output is not None:
+            self.selector.register(proc.output, selectors.EVENT_READ, lambda mask: self._on_worker_output(worker))
+        self.selector.register(proc.sentinel, selectors.EVENT_READ, lambda mask: self._on_worker_exit(worker))
+        log.info("%s started", worker)
+        self._write_to_worker(worker, frame.encode(CONTROL | CODEC_JSON, json.dumps({"pid": os.getpid()}).encode()))
+        return worker
+
+    def _descriptors_for_child(self) -> list:
+        """Everything of the master's a new child must close, by name (STYLE §5)."""
+        items: list = [self.selector]
+        if self.listener is not None:
+            items.append(self.listener)
+        items += [self._wakeup_r, self._wakeup_w]
+        items += [client.sock for client in self.clients.values()]
+        for worker in self.pool.workers.values():
+            channel = worker.channel
+            if channel is not None and not channel.closed:
+                items += channel.proc.fds()
+        items += self._extra_child_descriptors()
+        return [item for item in items if item is not None]
+
+    def _extra_child_descriptors(self) -> list:
+        """Descriptors of optional services (control socket, status, metrics)."""
+        return []
+
+    def _dispatch(self, worker: Worker, job, now: float) -> None:
+        self.pool.assign(worker, job, now)
+        job.worker = worker
+        job.started_at = now
+        request = job.request
+        head = encode_request_head(request)
+        payload_len = len(head) + len(request.body)
+        header = frame.encode_header(CODEC_JSON, payload_len, (len(head),))
+        if len(request.body) < 65536:
+            self._write_to_worker(worker, header + head + request.body)
+        else:
+            self._write_to_worker(worker, header + head, request.body)
+
+    def _write_to_worker(self, worker: Worker, data: bytes, tail: bytes = b"") -> None:
+        channel: Channel = worker.channel
+        if channel.closed:
+            return
+        if channel.out:
+            channel.out += data
+            channel.out += tail
+            return
+        fd = channel.proc.to_worker
+        try:
+            written = os.write(fd, data)
+        except BlockingIOError:
+            written = 0
+        except (BrokenPipeError, OSError):
+            return   # the process is gone; its sentinel will tell
+        if written < len(data) or tail:
+            channel.out += memoryview(data)[written:]
+            channel.out += tail
+            self._flush_worker(worker)
+
+    def _flush_worker(self, worker: Worker) -> None:
+        channel: Channel = worker.channel
+        if channel.closed:
+            return
+        fd = channel.proc.to_worker
+        while channel.out:
+            try:
+                written = os.write(fd, channel.out)
+            except BlockingIOError:
+                break
+            except (BrokenPipeError, OSError):
+                channel.out.clear()
+                break
+            del channel.out[:written]
+        want = bool(channel.out)
+        if want != channel.writing:
+            channel.writing = want
+            if want:
+                self.selector.register(fd, selectors.EVENT_WRITE, lambda mask: self._flush_worker(worker))
+            else:
+                self.selector.unregister(fd)
+
+    def _on_worker_readable(self, worker: Worker) -> None:
+        channel: Channel = worker.channel
+        if channel.closed:
+            return
+        try:
+            data = os.read(channel.proc.from_worker, READ_SIZE)
+        except BlockingIOError:
+            return
+        if not data:
+            if worker.state is S.STOPPING:   # expected: it is on its way out; the sentinel follows
+                self.selector.unregister(channel.proc.from_worker)
+            else:
+                self._fail_worker(worker, "closed its frame channel")
+            return
+        try:
+            frames = channel.decoder.feed(data)
+        except FrameError as exc:
+            leaked = _printable(channel.decoder.buffered[:64])
+            self._fail_worker(worker, f"broke the frame channel ({exc}); it sent: {leaked}")
+            return
+        for item in frames:
+            if worker.state in (S.STOPPING, S.DEAD):
+                return
+            self._on_worker_frame(worker, item)
+
+    def _on_worker_frame(self, worker: Worker, item: frame.Frame) -> None:
+        now = time.monotonic()
+        if worker.state is S.STARTING:
+            self._on_handshake(worker, item, now)
+        elif worker.state is S.BUSY:
+            self._on_response_frame(worker, item, now)
+        else:
+            self._fail_worker(worker, f"sent a frame while {worker.state.name}")
+
+    def _on_handshake(self, worker: Worker, item: frame.Frame, now: float) -> None:
+        try:
+            pid = json.loads(item.payload)["pid"] if item.flags & CONTROL else None
+        except (ValueError, KeyError, TypeError):
+            pid = None
+        if not isinstance(pid, int):
+            self._fail_worker(worker, f"answered the handshake with {_printable(item.payload[:64])}")
+            return
+        self.pool.hello(worker, pid, now)
+        log.info("%s ready in %.0fms", worker, (now - worker.created_at) * 1000)
+        self._drain_queue(now)
+        self._continue_reload(now)
+
+    def _on_response_frame(self, worker: Worker, item: frame.Frame, now: float) -> None:
+        job: Job = worker.job
+        if item.flags & ERROR:
+            log.warning("%s: request %s %s failed: %s", worker, job.request.method, job.request.path,
+                        _printable(item.payload[:200]))
+            self._answer_job_failure_and_free(worker, job, "soft_error", now)
+            return
+        head_len = item.options[0] if item.options else -1
+        try:
+            if not 0 <= head_len <= len(item.payload):
+                raise ValueError("response frame has no head length option")
+            status, headers, stop = decode_response_head(item.payload[:head_len])
+            if stop:
+                self._requeue_from_stopping_worker(worker, job, now)
+                return
+            data = http11.serialize_response(status, headers, item.payload[head_len:], keep_alive=job.keep_alive,
+                                             head_only=job.head_only, date=self._http_date(),
+                                             protocol=job.request.protocol)
+        except ValueError as exc:
+            log.warning("%s: invalid response: %s", worker, exc)
+            self._answer_job_failure_and_free(worker, job, "bad_response", now)
+            return
+        self._finish_job(worker, job, data, status, now)
+
+    def _answer_job_failure_and_free(self, worker: Worker, job: Job, reason: str, now: float) -> None:
+        """A failed job whose worker is fine (soft error, bad response): keep the worker."""
+        self._answer_job_failure(job, reason)
+        if self.pool.job_done(worker, now):
+            self._stop_worker(worker, worker.retire_reason, now)
+            self._ensure_pool(now)
+        self._drain_queue(now)
+
+    def _requeue_from_stopping_worker(self, worker: Worker, job: Job, now: float) -> None:
+        """The worker asked to be recycled instead of answering: run the job elsewhere."""
+        worker.job = None
+        self.pool.mark_retiring(worker, "worker_request")
+        self._stop_worker(worker, "worker_request", now)
+        job.worker = None
+        self.queue.appendleft(job)
+        self._ensure_pool(now)
+        self._drain_queue(now)
+
+    def _stop_worker(self, worker: Worker, reason: str, now: float) -> None:
+        """Soft stop: the stop frame; destroy_timeout later it is killed."""
+        self.pool.retire(worker, reason, now)
+        self._write_to_worker(worker, frame.encode(CONTROL | CODEC_JSON, STOP_PAYLOAD))
+
+    def retire_worker(self, worker: Worker, reason: str, now: float) -> None:
+        """Soft retirement (max_jobs, ttl, memory, reset): now if idle, after its job if busy."""
+        if worker.state is S.IDLE:
+            self._stop_worker(worker, reason, now)
+        elif worker.state is S.BUSY:
+            self.pool.mark_retiring(worker, reason)
+        elif worker.state is S.STARTING:
+            self._kill_worker(worker, reason, now)
+        self._ensure_pool(now)
+
+    def _kill_worker(self, worker: Worker, reason: str, now: float) -> None:
+        channel: Channel = worker.channel
+        channel.failure = channel.failure or reason
+        if worker.live:
+            self.pool.retire(worker, reason, now)
+        channel.proc.kill()
+
+    def _fail_worker(self, worker: Worker, why: str) -> None:
+        """A real fault: kill it now; its job (if any) is answered when it has exited."""
+        log.error("%s %s", worker, why)
+        self._kill_worker(worker, why, time.monotonic())
+
+    def _handle_overdue_workers(self, now: float) -> None:
+        for worker in self.pool.overdue(now):
+            if worker.state is S.BUSY:
+                log.error("%s exceeded exec_ttl (%gs); killing it", worker, self.config.supervisor.exec_ttl)
+                job = worker.job
+                worker.job = None
+                self._kill_worker(worker, "exec_ttl", now)
+                self._answer_job_failure(job, "exec_ttl")
+            elif worker.state is S.STARTING:
+                log.error("%s did not finish its start within allocate_timeout (%gs); killing it",
+                          worker, self.config.pool.allocate_timeout)
+                self._kill_worker(worker, "start timeout", now)
+            elif worker.state is S.STOPPING and not worker.channel.failure:
+                log.warning("%s did not stop within destroy_timeout (%gs); killing it",
+                            worker, self.config.pool.destroy_timeout)
+                self._kill_worker(worker, "destroy_timeout", now)
+        self._ensure_pool(now)
+
+    def _on_worker_output(self, worker: Worker) -> None:
+        channel: Channel = worker.channel
+        if channel.closed or channel.proc.output is None:
+            return   # closed by an earlier callback of the same select() round
+        try:
+            data = os.read(channel.proc.output, READ_SIZE)
+        except BlockingIOError:
+            return
+        if not data:
+            self.selector.unregister(channel.proc.output)
+            os.close(channel.proc.output)
+            channel.proc.output = None
+            self._log_output(worker, b"", final=True)
+            return
+        self._log_output(worker, data)
+
+    def _log_output(self, worker: Worker, data: bytes, final: bool = False) -> None:
+        channel: Channel = worker.channel
+        lines = (channel.output_tail + data).split(b"\n")
+        channel.output_tail = lines.pop()
+        if len(channel.output_tail) > OUTPUT_LINE_LIMIT or (final and channel.output_tail):
+            lines.append(channel.output_tail)
+            channel.output_tail = b""
+        for line in lines:
+            log.info("worker %d (pid %d): %s", worker.id, worker.pid, line.decode("utf-8", "replace").rstrip("\r"))
+
+    def _on_worker_exit(self, worker: Worker) -> None:
+        """The process is gone: clean up, then decide what its exit means."""
+        channel: Channel = worker.channel
+        if channel.closed:
+            return
+        now = time.monotonic()
+        status = channel.proc.reap(timeout=1.0)
+        if channel.proc.output is not None:   # the last words of a dying worker
+            self._drain_output(worker)
+        self._close_channel(worker)
+        job = worker.job
+        was = self.pool.exited(worker, now)
+        self._log_exit(worker, was, status)
+        if job is not None:
+            self._answer_job_failure(job, "worker_died")
+        if was is S.STARTING and not self.pool.serving():
+            self._fail_queue("no_workers")
+        self._ensure_pool(now)
+
+    def _log_exit(self, worker: Worker, was: WorkerState, status: Optional[int]) -> None:
+        how = f"was killed by signal {-status}" if status is not None and status < 0 else f"exited with status {status}"
+        failure = worker.channel.failure
+        if was is S.STOPPING and not failure:
+            log.info("%s stopped (%s)", worker, worker.retire_reason or "stop")
+        elif was is S.STOPPING:
+            log.warning("%s %s after %s", worker, how, failure)
+        elif was is S.STARTING:
+            log.error("%s %s before it was ready; next start in %.1fs", worker, how,
+                      max(0.0, self.pool.next_start_at - time.monotonic()))
+        elif was is S.BUSY:
+            log.error("%s %s while busy; request answered 502", worker, how)
+        else:
+            log.error("%s %s while idle", worker, how)
+
+    def _drain_output(self, worker: Worker) -> None:
+        fd = worker.channel.proc.output
+        while True:
+            try:
+                data = os.read(fd, READ_SIZE)
+            except (BlockingIOError, OSError):
+                break
+            if not data:
+                break
+            self._log_output(worker, data)
+        self._log_output(worker, b"", final=True)
+
+    def _close_channel(self, worker: Worker) -> None:
+        channel: Channel = worker.channel
+        channel.closed = True
+        registered = self.selector.get_map()
+        for fd in channel.proc.fds():
+            if fd in registered:
+                self.selector.unregister(fd)
+        channel.proc.close()
+
+
+
+def _printable(data: bytes) -> str:
+    text = data.decode("latin-1")
+    return repr("".join(ch if 32 <= ord(ch) < 127 else "." for ch in text))
