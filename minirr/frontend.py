@@ -52,6 +52,7 @@ class Client:
         self.job: Optional[Job] = None  # the request being served; others wait in conn's buffer
         self.close_after_write = False
         self.reading = True            # registered for EVENT_READ
+        self.eof = False               # the peer closed its sending side
         self.writing = False           # registered for EVENT_WRITE
         self.closed = False
         self.idle_since = now          # waiting for a request since
@@ -150,15 +151,12 @@ class Frontend:
             return
         client.last_read_at = time.monotonic()
         client.conn.receive_data(data)
-        if not data and client.job is None and not client.out:
-            # The peer is gone and nothing is owed to it; parse what it left, then close.
-            self._process_client(client)
-            if not client.closed and client.job is None and not client.out:
-                self._close_client(client)
-            return
         if not data:
+            client.eof = True
             self._set_reading(client, False)   # EOF stays readable forever: stop watching
         self._process_client(client)
+        if client.eof and client.job is None and not client.out:
+            self._close_client(client)         # the peer is gone and nothing is owed to it
 
     def _process_client(self, client: Client) -> None:
         """Turn buffered bytes into requests while the connection is not busy."""

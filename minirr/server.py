@@ -228,8 +228,8 @@ class Server(Frontend, Backend):
             return
         client.conn.start_next_cycle()
         client.idle_since = now
-        if not client.reading and not client.conn.reading_body:
-            self._set_reading(client, True)
+        if not client.reading and not client.eof:
+            self._set_reading(client, True)    # paused for backpressure while the job ran
         if not client.out:
             self._process_client(client)
 
