@@ -1,10 +1,11 @@
 """Sans-IO HTTP/1.1, server side: request bytes in, Request events out; responses to bytes.
 
-Owns: parsing requests strictly (RFC 9112) and fast, message-body framing (Content-Length
-and chunked), the keep-alive decision, the 100-continue signal, the size limits, and the
-serialization of responses and error responses.
+Owns: the per-connection parser state machine: finding request heads and bodies in
+the byte stream, message-body framing (Content-Length and chunked), the size limits,
+the keep-alive decision, the 100-continue signal; and serializing responses.
 Never: touches a socket, a clock or a process; percent-decodes the target; looks inside
-bodies. The proxy-header trust rule lives in `forwarded` (pure functions, used here).
+bodies. The syntax rules live in `grammar`, the proxy-header trust rule in `forwarded`
+(both pure functions, called from here).
 
 Theory of operation
 -------------------
@@ -54,6 +55,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from .errors import ProtocolError
 from .forwarded import client_address, client_scheme, is_trusted
+from .grammar import (CHUNK_LINE_RE, EMPTY_LINES_RE, FIELD_LINES_RE, MAX_CHUNK_DIGITS,
+                      REQUEST_LINE_RE, TOKEN_RE, asks_to_close, check_host,
+                      check_trailer_section, check_transfer_coding, content_length,
+                      field_line_error, request_line_error, split_target, target_uri)
 from .messages import Request
 
 
@@ -138,61 +143,9 @@ def _advance(conn: "Connection", event: str) -> None:
         conn._buf.clear()  # nothing more will be parsed; don't hold the bytes
 
 
-# --- grammar (RFC 9110 §5.6.2 tokens, RFC 9112 §3 request line, §5 field lines) ---------
-
-_TCHAR = r"!#$%&'*+\-.^_`|~0-9A-Za-z"
-_TOKEN = f"[{_TCHAR}]+"
-_TOKEN_RE = re.compile(_TOKEN)
-# field-value: VCHAR, obs-text, SP and HTAB; no other control character (RFC 9110 §5.5).
-_FIELD_CHARS = r"\t\x20-\x7e\x80-\xff"
-_FIELD_LINES_RE = re.compile(f"{_TOKEN}:[{_FIELD_CHARS}]*(?:\r\n{_TOKEN}:[{_FIELD_CHARS}]*)*")
-# method SP request-target SP HTTP-version; the target is visible ASCII only.
-_REQUEST_LINE_RE = re.compile(f"({_TOKEN}) ([\x21-\x7e]+) HTTP/([0-9])\\.([0-9])")
-_VERSION_RE = re.compile(r"HTTP/([0-9])\.([0-9])")
-
-# RFC 3986 path characters (pchar and "/"), plus "[" and "]" which common clients send
-# unescaped; a "%" must start a valid escape. The query is any VCHAR but "#".
-# `[c]*(?:%XX[c]*)*` is `(?:[c]|%XX)*` unrolled: the same language, matched without
-# trying the alternation at every character.
-_PCHARS = r"[A-Za-z0-9\-._~!$&'()*+,;=:@/\[\]]*"
-_PATH = f"/{_PCHARS}(?:%[0-9A-Fa-f]{{2}}{_PCHARS})*"
-_QUERY = r"[\x21\x22\x24-\x7e]*"
-_REG_CHARS = r"[A-Za-z0-9\-._~!$&'()*+,;=]"
-_HOST_NAME = (r"(?:\[[0-9A-Fa-f:.]+\]"                                   # IPv6 literal
-              r"|\[v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+\]"          # IPvFuture
-              f"|(?:{_REG_CHARS}|%[0-9A-Fa-f]{{2}}){_REG_CHARS}*(?:%[0-9A-Fa-f]{{2}}{_REG_CHARS}*)*)")  # reg-name
-_ORIGIN_FORM_RE = re.compile(f"({_PATH})(?:\\?({_QUERY}))?")
-_AUTHORITY_FORM_RE = re.compile(f"{_HOST_NAME}:[0-9]{{1,5}}")
-_ABSOLUTE_FORM_RE = re.compile(f"(?i:https?)://{_HOST_NAME}(?::[0-9]{{0,5}})?({_PATH})?(?:\\?({_QUERY}))?")
-_HOST_RE = re.compile(f"(?:{_HOST_NAME}(?::[0-9]{{0,5}})?)?")
-_DIGITS_RE = re.compile(r"[0-9]+")
-
-# chunk = chunk-size [ chunk-ext ] CRLF; chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS value ] )
-_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
-_BTOKEN = _TOKEN.encode("ascii")
-_CHUNK_LINE_RE = re.compile(
-    rb"([0-9A-Fa-f]+)(?:[ \t]*;[ \t]*" + _BTOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _BTOKEN + rb"|" + _QUOTED + rb"))?)*")
-_MAX_CHUNK_DIGITS = 16
-_EMPTY_LINES_RE = re.compile(rb"(?:\r\n)+")
-
 # Header fields the parser itself reads; everything else only goes to the application.
 _SPECIAL_FIELDS = frozenset(("host", "content-length", "transfer-encoding", "connection",
                              "expect", "x-forwarded-for", "x-forwarded-proto"))
-_KNOWN_CODINGS = frozenset(("chunked", "compress", "deflate", "gzip", "x-compress", "x-gzip"))
-# RFC 9110 §6.5.1: fields about framing, routing, authentication, request modifiers or
-# content format must be known before the content; they may not arrive as trailers.
-_FORBIDDEN_TRAILERS = frozenset((
-    "content-length", "transfer-encoding", "trailer", "te", "host", "connection",
-    "keep-alive", "proxy-connection", "upgrade", "expect", "max-forwards",
-    "authorization", "proxy-authorization", "cookie", "content-type", "content-encoding",
-    "content-range", "range", "if-match", "if-none-match", "if-modified-since",
-    "if-unmodified-since", "if-range", "cache-control", "forwarded", "x-forwarded-for",
-    "x-forwarded-proto", "x-forwarded-host"))
-
-
-def _shown(text: str) -> str:
-    """A client-supplied string, quoted and cut short enough for a one-line message."""
-    return repr(text if len(text) <= 40 else text[:40] + "...")
 
 
 class Connection:
@@ -303,9 +256,10 @@ class Connection:
         if self._line_at == 0 and buf[:1] == b"\r":
             # RFC 9112 §2.2: a server SHOULD ignore at least one empty line (CRLF)
             # received prior to the request-line. We drop any number of them.
-            match = _EMPTY_LINES_RE.match(buf)
+            match = EMPTY_LINES_RE.match(buf)
             if match is not None:
                 del buf[:match.end()]
+                self._search_at = 0
         end = buf.find(b"\r\n\r\n", self._search_at)
         if end < 0:
             self._check_partial_section()
@@ -321,19 +275,19 @@ class Connection:
     def _parse_head(self, end: int):
         text = self._buf[:end].decode("latin-1")
         line, _, fields = text.partition("\r\n")
-        match = _REQUEST_LINE_RE.fullmatch(line)
+        match = REQUEST_LINE_RE.fullmatch(line)
         if match is None:
             self._check_complete_section(end)
-            raise _request_line_error(line)
+            raise request_line_error(line)
         method, target, major, minor = match.groups()
         if major != "1":
             raise ProtocolError(f"HTTP/{major}.{minor} is not supported", 505)
         protocol = "HTTP/1.0" if minor == "0" else "HTTP/1.1"  # other 1.x: answer as 1.1
-        path, query = _split_target(method, target)
+        path, query = split_target(method, target)
         if fields:
-            if _FIELD_LINES_RE.fullmatch(fields) is None:
+            if FIELD_LINES_RE.fullmatch(fields) is None:
                 self._check_complete_section(end)
-                raise _field_line_error(fields.split("\r\n"), "header")
+                raise field_line_error(fields.split("\r\n"), "header")
             lines = fields.split("\r\n")
             if len(lines) > self._limits.limit_request_fields:
                 raise ProtocolError(f"more than {self._limits.limit_request_fields} header fields", 431)
@@ -354,26 +308,26 @@ class Connection:
         return self._start_body(method, target, path, query, protocol, headers, special)
 
     def _start_body(self, method, target, path, query, protocol, headers, special):
-        host = _check_host(special.get("host"), protocol) or self._default_host
+        host = check_host(special.get("host"), protocol) or self._default_host
         remote_addr, scheme = self._remote_addr, self._scheme
         if self._peer_trusted:  # believe X-Forwarded-* only from a trusted proxy
             remote_addr = client_address(remote_addr, special.get("x-forwarded-for", ()),
                                          self._trusted_proxies)
             scheme = client_scheme(scheme, special.get("x-forwarded-proto", ()))
         self._request = Request(method, path, query, headers, b"", remote_addr, protocol,
-                                _target_uri(scheme, host, method, target))
-        self._must_close = _asks_to_close(special.get("connection"), protocol)
+                                target_uri(scheme, host, method, target))
+        self._must_close = asks_to_close(special.get("connection"), protocol)
         if protocol == "HTTP/1.1" and "expect" in special:
             # RFC 9110 §10.1.1; a 100-continue in an HTTP/1.0 request MUST be ignored.
             self._expect_continue = any(v.lower() == "100-continue" for v in special["expect"])
         codings = special.get("transfer-encoding")
         if codings is not None:
-            _check_transfer_coding(codings, protocol, "content-length" in special)
+            check_transfer_coding(codings, protocol, "content-length" in special)
             self._start_section(request_line=False)
             _advance(self, "chunked")
             return None
         lengths = special.get("content-length")
-        self._body_left = _content_length(lengths, self._limits.max_request_size) if lengths else 0
+        self._body_left = content_length(lengths, self._limits.max_request_size) if lengths else 0
         if self._body_left:
             _advance(self, "content_length")
             return None
@@ -390,7 +344,11 @@ class Connection:
     # --- line-level checks, in stream order (limits and bare LF) -----------------------
 
     def _check_lines(self, end: int) -> None:
-        """Check every complete line in buf[self._line_at:end] once, in order."""
+        """Check every complete line in buf[self._line_at:end] once, in order.
+
+        Within a line the checks run in the order the bytes arrive: its length and the
+        section size up to its end (which a partial read would already have refused),
+        then its terminator."""
         buf = self._buf
         limits = self._limits
         pos = self._line_at
@@ -398,11 +356,14 @@ class Connection:
             nl = buf.find(b"\n", pos, end)
             if nl < 0:
                 break
-            if nl == 0 or buf[nl - 1] != 13:
+            has_cr = nl > pos and buf[nl - 1] == 13
+            self._check_line_length(nl - pos - has_cr)
+            if self._section_at >= 0:
+                self._check_section_size(nl - has_cr - self._section_at)
+            if not has_cr:
                 # RFC 9112 §2.2 lets a recipient accept a bare LF; we do not, because a
                 # front proxy that disagrees about line ends enables request smuggling.
                 raise ProtocolError("bare LF line ending (RFC 9112 §2.2: lines end with CRLF)")
-            self._check_line_length(nl - 1 - pos)
             if self._section_at < 0:
                 self._section_at = nl + 1
             else:
@@ -432,10 +393,12 @@ class Connection:
     def _check_partial_section(self) -> None:
         """A head or trailer section without its end yet: refuse it as soon as a limit is passed."""
         buf = self._buf
+        # A CR at the very end may be half of the CRLF that ends the line: not counted yet.
+        filled = len(buf) - buf.endswith(b"\r")
         self._check_lines(len(buf))
-        self._check_line_length(len(buf) - self._line_at - buf.endswith(b"\r"))
+        self._check_line_length(filled - self._line_at)
         if self._section_at >= 0:
-            self._check_section_size(len(buf) - self._section_at)
+            self._check_section_size(filled - self._section_at)
 
     def _check_complete_section(self, end: int) -> None:
         """The section ends with the CRLF CRLF at `end`: the same checks, all lines."""
@@ -475,15 +438,16 @@ class Connection:
             self._check_chunk_line_length(len(buf) - buf.endswith(b"\r"))
             self._search_at = len(buf)
             return self._wait_for_body()
-        if nl == 0 or buf[nl - 1] != 13:
+        has_cr = nl > 0 and buf[nl - 1] == 13
+        self._check_chunk_line_length(nl - has_cr)
+        if not has_cr:
             raise ProtocolError("bare LF after chunk size (RFC 9112 §7.1: lines end with CRLF)")
-        self._check_chunk_line_length(nl - 1)
-        match = _CHUNK_LINE_RE.fullmatch(buf, 0, nl - 1)
+        match = CHUNK_LINE_RE.fullmatch(buf, 0, nl - 1)
         if match is None:
             raise ProtocolError("malformed chunk size line (RFC 9112 §7.1)")
         digits = match.group(1)
-        if len(digits) > _MAX_CHUNK_DIGITS:
-            raise ProtocolError(f"chunk size has more than {_MAX_CHUNK_DIGITS} hex digits")
+        if len(digits) > MAX_CHUNK_DIGITS:
+            raise ProtocolError(f"chunk size has more than {MAX_CHUNK_DIGITS} hex digits")
         self._count_chunk_extensions(nl - 1 - len(digits))
         size = int(digits, 16)
         del buf[:nl + 1]
@@ -541,13 +505,7 @@ class Connection:
             self._search_at = max(0, len(buf) - 3)
             return self._wait_for_body()
         self._check_complete_section(end)
-        text = buf[:end].decode("latin-1")
-        if _FIELD_LINES_RE.fullmatch(text) is None:
-            raise _field_line_error(text.split("\r\n"), "trailer")
-        for field_line in text.split("\r\n"):
-            name = field_line.partition(":")[0]
-            if name.lower() in _FORBIDDEN_TRAILERS:
-                raise ProtocolError(f"field {_shown(name)} is not allowed in a trailer section (RFC 9110 §6.5.1)")
+        check_trailer_section(buf[:end].decode("latin-1"))
         del buf[:end + 4]  # trailers are checked, then discarded
         return self._complete("trailers_complete")
 
@@ -570,149 +528,6 @@ _STEPS: Dict[State, Callable[[Connection], object]] = {
     State.PAUSED: Connection._step_paused,
     State.CLOSED: Connection._step_closed,
 }
-
-
-# --- pure checks on a parsed head ----------------------------------------------------
-
-def _target_uri(scheme: str, host: str, method: str, target: str) -> str:
-    """The target URI (RFC 9112 §3.3). Asterisk-form stays "*", the spelling
-    messages.decode_request turns back into path "*"."""
-    if target[0] == "/":
-        return f"{scheme}://{host}{target}"
-    if method == "CONNECT":
-        return f"{scheme}://{target}"
-    return target  # absolute-form is the URI itself
-
-
-def _request_line_error(line: str) -> ProtocolError:
-    """Name what is wrong with a request line that did not match the grammar."""
-    parts = line.split(" ")
-    if len(parts) == 2 and all(parts) and not parts[1].startswith("HTTP/"):
-        # HTTP/0.9's simple-request: "GET /path" with no version at all
-        return ProtocolError("request line has no HTTP version (HTTP/0.9 is not supported)", 505)
-    if len(parts) != 3 or not all(parts):
-        return ProtocolError("malformed request line: expected 'method SP target SP version'")
-    method, target, version = parts
-    match = _VERSION_RE.fullmatch(version)
-    if match is None:
-        return ProtocolError(f"malformed HTTP version {_shown(version)}")
-    if match.group(1) != "1":
-        return ProtocolError(f"{version} is not supported", 505)
-    if _TOKEN_RE.fullmatch(method) is None:
-        return ProtocolError(f"method {_shown(method)} is not a token")
-    if any(c > "\x7f" for c in target):
-        return ProtocolError("request-target contains a non-ASCII byte")
-    return ProtocolError("request-target contains a control character")
-
-
-def _split_target(method: str, target: str) -> Tuple[str, str]:
-    """-> (path, query) of the four request-target forms (RFC 9112 §3.2)."""
-    if target[0] == "/":
-        match = _ORIGIN_FORM_RE.fullmatch(target)
-        if match is None:
-            raise ProtocolError(_target_error(target))
-        if method == "CONNECT":
-            raise ProtocolError("CONNECT needs an authority-form target (RFC 9112 §3.2.3)")
-        return match.group(1), match.group(2) or ""
-    if target == "*":
-        if method != "OPTIONS":
-            raise ProtocolError("asterisk-form is only for OPTIONS (RFC 9112 §3.2.4)")
-        return "*", ""
-    if method == "CONNECT":
-        if _AUTHORITY_FORM_RE.fullmatch(target) is None:
-            raise ProtocolError("CONNECT target is not host:port (RFC 9112 §3.2.3)")
-        return "", ""
-    match = _ABSOLUTE_FORM_RE.fullmatch(target)
-    if match is None:
-        raise ProtocolError(f"request-target {_shown(target)} is not a valid origin- or absolute-form")
-    return match.group(1) or "/", match.group(2) or ""
-
-
-def _target_error(target: str) -> str:
-    if "#" in target:
-        return "request-target contains a fragment '#' (RFC 9112 §3.2.1)"
-    path = target.partition("?")[0]
-    if re.search(r"%(?![0-9A-Fa-f]{2})", path):
-        return "malformed percent-encoding in request path"
-    return f"request path {_shown(path)} contains a character RFC 3986 does not allow"
-
-
-def _field_line_error(lines: List[str], section: str) -> ProtocolError:
-    """Name what is wrong with the first field line that did not match the grammar."""
-    for line in lines:
-        if line[:1] in (" ", "\t"):
-            return ProtocolError(f"obsolete line folding in {section} section (RFC 9112 §5.2)")
-        name, colon, value = line.partition(":")
-        if not colon:
-            return ProtocolError(f"{section} line {_shown(line)} has no colon")
-        if name.rstrip(" \t") != name:
-            return ProtocolError(f"whitespace before colon in {section} field (RFC 9112 §5.1)")
-        if _TOKEN_RE.fullmatch(name) is None:
-            return ProtocolError(f"{section} field name {_shown(name)} is not a token")
-        if re.search(r"[^\t\x20-\x7e\x80-\xff]", value):
-            return ProtocolError(f"{section} field {_shown(name)} contains a control character")
-    return ProtocolError(f"malformed {section} section")
-
-
-def _check_host(values: Optional[List[str]], protocol: str) -> Optional[str]:
-    """RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, for any request with
-    more than one Host line, and for an invalid Host value."""
-    if values is None:
-        if protocol == "HTTP/1.1":
-            raise ProtocolError("HTTP/1.1 request without a Host header (RFC 9112 §3.2)")
-        return None
-    if len(values) > 1:
-        raise ProtocolError("more than one Host header (RFC 9112 §3.2)")
-    if _HOST_RE.fullmatch(values[0]) is None:
-        raise ProtocolError(f"invalid Host header {_shown(values[0])}")
-    return values[0]
-
-
-def _asks_to_close(values: Optional[List[str]], protocol: str) -> bool:
-    """RFC 9112 §9.3: HTTP/1.1 persists unless "close"; HTTP/1.0 only with "keep-alive"."""
-    if not values:
-        return protocol == "HTTP/1.0"
-    options = {option.strip(" \t").lower() for value in values for option in value.split(",")}
-    if "close" in options:
-        return True
-    return protocol == "HTTP/1.0" and "keep-alive" not in options
-
-
-def _check_transfer_coding(values: List[str], protocol: str, has_length: bool) -> None:
-    """RFC 9112 §6.1 and §6.3: only a body framed by a final "chunked" is readable."""
-    if protocol == "HTTP/1.0":
-        raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request (RFC 9112 §6.1)")
-    if has_length:
-        raise ProtocolError("both Transfer-Encoding and Content-Length (RFC 9112 §6.3)")
-    codings = [coding.strip(" \t").lower() for value in values for coding in value.split(",")]
-    for coding in codings:
-        if not coding:
-            raise ProtocolError("empty element in Transfer-Encoding")
-        if coding not in _KNOWN_CODINGS:
-            raise ProtocolError(f"unknown transfer coding {_shown(coding)}", 501)
-    if codings.count("chunked") > 1:
-        raise ProtocolError("chunked transfer coding applied more than once (RFC 9112 §7)")
-    if codings[-1] != "chunked":
-        raise ProtocolError("final transfer coding is not chunked (RFC 9112 §6.3)")
-    if len(codings) > 1:
-        raise ProtocolError(f"transfer coding {_shown(codings[0])} is not supported", 501)
-
-
-def _content_length(values: List[str], limit: int) -> int:
-    """RFC 9112 §6.3 item 5 and RFC 9110 §8.6: 1*DIGIT; repeated values must agree."""
-    found = set()
-    for value in values:
-        for item in value.split(","):
-            item = item.strip(" \t")
-            if _DIGITS_RE.fullmatch(item) is None:
-                raise ProtocolError(f"invalid Content-Length {_shown(value)}")
-            found.add(item.lstrip("0") or "0")
-    if len(found) > 1:
-        raise ProtocolError("Content-Length values differ")
-    digits = found.pop()
-    if len(digits) > len(str(limit)) or int(digits) > limit:
-        raise ProtocolError(f"request body exceeds {limit} bytes", 413)
-    return int(digits)
 
 
 # --- responses (RFC 9112 §4, RFC 9110 §15) --------------------------------------------
@@ -753,7 +568,7 @@ def serialize_response(status: int, headers: list, body: bytes, *, keep_alive: b
 
 
 def _header_line(name: str, value: str) -> bytes:
-    if _TOKEN_RE.fullmatch(name) is None:
+    if TOKEN_RE.fullmatch(name) is None:
         raise ValueError(f"response header name {name!r} is not a token")
     if _UNSAFE_VALUE_RE.search(value):
         raise ValueError(f"response header {name!r} contains CR, LF or NUL")

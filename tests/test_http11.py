@@ -1,0 +1,627 @@
+"""Unit tests of minirr.http11 (and minirr.forwarded): the Connection API, its state
+table, the serializer. Parsing rules case by case live in the corpus."""
+
+from __future__ import annotations
+
+import ast
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from minirr import forwarded, grammar, http11
+from minirr.errors import ProtocolError
+from minirr.http11 import (CLOSED, CONTINUE, NEED_DATA, PAUSED, TRANSITIONS, Connection, Limits,
+                           State, error_response, http_date, serialize_response)
+from minirr.messages import Request
+
+GET = b"GET /a HTTP/1.1\r\nHost: example.com\r\n\r\n"
+DATE = b"Sun, 06 Nov 1994 08:49:37 GMT"
+
+
+def conn(**kwargs) -> Connection:
+    kwargs.setdefault("remote_addr", "192.0.2.10")
+    return Connection(kwargs.pop("limits", Limits()), **kwargs)
+
+
+def nets(*cidrs):
+    return tuple(ipaddress.ip_network(c) for c in cidrs)
+
+
+def post(body: bytes, extra: bytes = b"") -> bytes:
+    return (b"POST /p HTTP/1.1\r\nHost: example.com\r\n" + extra
+            + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+
+# --- sentinels, limits, the state table ------------------------------------------------
+
+def test_sentinels_are_distinct_and_readable():
+    sentinels = [NEED_DATA, PAUSED, CLOSED, CONTINUE]
+    assert len(set(map(id, sentinels))) == 4
+    assert [repr(s) for s in sentinels] == ["NEED_DATA", "PAUSED", "CLOSED", "CONTINUE"]
+
+
+def test_limits_defaults_follow_gunicorn():
+    limits = Limits()
+    assert (limits.max_request_size, limits.limit_request_line, limits.limit_request_fields,
+            limits.limit_request_field_size, limits.limit_request_headers) == (
+        10 * 1024 * 1024, 8190, 100, 8190, 65536)
+
+
+@pytest.mark.parametrize("state,event", sorted(TRANSITIONS, key=lambda k: (k[0].name, k[1])))
+def test_every_transition_is_taken_by_advance(state, event):
+    c = conn()
+    c._state = state
+    http11._advance(c, event)
+    assert c._state is TRANSITIONS[(state, event)]
+
+
+def test_illegal_move_raises_and_names_state():
+    c = conn()
+    with pytest.raises(RuntimeError, match="'body_complete' in state HEAD"):
+        http11._advance(c, "body_complete")
+    with pytest.raises(RuntimeError, match="in state HEAD"):
+        c.start_next_cycle()  # no Request was handed out
+
+
+def test_every_state_has_a_way_in_and_terminal_states_absorb():
+    reachable = {new for new in TRANSITIONS.values()} | {State.HEAD}
+    assert reachable == set(State)
+    for terminal in (State.CLOSED, State.FAILED):
+        assert {new for (old, _), new in TRANSITIONS.items() if old is terminal} == {terminal}
+
+
+# --- pausing and pipelining -------------------------------------------------------------
+
+def test_request_then_paused_until_next_cycle():
+    c = conn()
+    c.receive_data(GET + GET.replace(b"/a", b"/b"))
+    first = c.next_event()
+    assert isinstance(first, Request) and first.path == "/a"
+    assert c.next_event() is PAUSED
+    assert c.next_event() is PAUSED
+    assert c.buffered_bytes == len(GET)  # the pipelined request waits, unparsed
+    c.start_next_cycle()
+    assert c.next_event().path == "/b"
+    c.start_next_cycle()
+    assert c.next_event() is NEED_DATA
+    assert c.buffered_bytes == 0
+
+
+def test_empty_connection_needs_data():
+    c = conn()
+    assert c.next_event() is NEED_DATA
+    assert not c.has_partial_request and not c.reading_body
+
+
+def test_request_fields():
+    c = conn()
+    c.receive_data(b"PUT /x/y?z=1 HTTP/1.1\r\nHost: h.test:81\r\nX-A: 1\r\nContent-Length: 2\r\n\r\nok")
+    r = c.next_event()
+    assert (r.method, r.path, r.query, r.body, r.remote_addr, r.protocol, r.uri) == (
+        "PUT", "/x/y", "z=1", b"ok", "192.0.2.10", "HTTP/1.1", "http://h.test:81/x/y?z=1")
+    assert r.headers == [("Host", "h.test:81"), ("X-A", "1"), ("Content-Length", "2")]
+
+
+def test_scheme_and_default_host_go_into_uri():
+    c = conn(scheme="https", default_host="svc.internal")
+    c.receive_data(b"GET /p HTTP/1.0\r\n\r\n")
+    assert c.next_event().uri == "https://svc.internal/p"
+
+
+# --- EOF --------------------------------------------------------------------------------
+
+def test_eof_on_idle_connection_is_closed():
+    c = conn()
+    c.receive_data(b"")
+    assert c.next_event() is CLOSED
+    assert c.next_event() is CLOSED
+
+
+def test_eof_mid_head_and_mid_body_is_closed_without_error():
+    for partial in (b"GET / HTTP/1.1\r\nHo", post(b"hello")[:-2]):
+        c = conn()
+        c.receive_data(partial)
+        assert c.next_event() is NEED_DATA
+        c.receive_data(b"")
+        assert c.next_event() is CLOSED
+
+
+def test_eof_mid_chunked_body_is_closed():
+    c = conn()
+    c.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+    assert c.next_event() is NEED_DATA
+    c.receive_data(b"")
+    assert c.next_event() is CLOSED
+
+
+def test_eof_after_buffered_requests_returns_them_without_keep_alive():
+    c = conn()
+    c.receive_data(GET + GET)
+    c.receive_data(b"")
+    for _ in range(2):
+        assert isinstance(c.next_event(), Request)
+        assert c.keep_alive is False
+        c.start_next_cycle()
+    assert c.next_event() is CLOSED
+
+
+def test_eof_while_paused_clears_keep_alive():
+    c = conn()
+    c.receive_data(GET)
+    c.next_event()
+    assert c.keep_alive is True
+    c.receive_data(b"")
+    assert c.keep_alive is False
+    c.start_next_cycle()
+    assert c.next_event() is CLOSED
+
+
+def test_bytes_after_eof_are_a_caller_bug():
+    c = conn()
+    c.receive_data(b"")
+    c.receive_data(b"")  # repeating the EOF is harmless
+    with pytest.raises(RuntimeError):
+        c.receive_data(b"x")
+
+
+def test_close_request_ends_the_connection_and_drops_later_bytes():
+    c = conn()
+    c.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" + GET)
+    assert isinstance(c.next_event(), Request) and c.keep_alive is False
+    c.start_next_cycle()
+    assert c.next_event() is CLOSED
+    c.receive_data(GET)
+    assert c.next_event() is CLOSED and c.buffered_bytes == 0
+    c.start_next_cycle()  # a late call in a terminal state is harmless
+    assert c.next_event() is CLOSED
+
+
+# --- keep-alive (RFC 9112 §9.3) ---------------------------------------------------------
+
+@pytest.mark.parametrize("version,connection,expected", [
+    (b"HTTP/1.1", None, True),
+    (b"HTTP/1.1", b"keep-alive", True),
+    (b"HTTP/1.1", b"close", False),
+    (b"HTTP/1.1", b"Close", False),
+    (b"HTTP/1.1", b"upgrade, close", False),
+    (b"HTTP/1.0", None, False),
+    (b"HTTP/1.0", b"keep-alive", True),
+    (b"HTTP/1.0", b"KEEP-ALIVE", True),
+    (b"HTTP/1.0", b"keep-alive, close", False),
+    (b"HTTP/1.1", b"te", True),
+])
+def test_keep_alive_rules(version, connection, expected):
+    head = b"GET / " + version + b"\r\nHost: a\r\n"
+    if connection is not None:
+        head += b"Connection: " + connection + b"\r\n"
+    c = conn()
+    c.receive_data(head + b"\r\n")
+    assert isinstance(c.next_event(), Request)
+    assert c.keep_alive is expected
+
+
+def test_keep_alive_from_two_connection_lines():
+    c = conn()
+    c.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n")
+    c.next_event()
+    assert c.keep_alive is False
+
+
+# --- 100-continue (RFC 9110 §10.1.1) ------------------------------------------------------
+
+def test_continue_once_then_need_data_then_request():
+    c = conn()
+    c.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+    assert c.next_event() is CONTINUE
+    assert c.reading_body
+    assert c.next_event() is NEED_DATA
+    c.receive_data(b"hel")
+    assert c.next_event() is NEED_DATA
+    c.receive_data(b"lo")
+    assert c.next_event().body == b"hello"
+
+
+def test_continue_for_chunked_body():
+    c = conn()
+    c.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert c.next_event() is CONTINUE
+    c.receive_data(b"2\r\nok\r\n0\r\n\r\n")
+    assert c.next_event().body == b"ok"
+
+
+def test_continue_even_with_part_of_the_body_buffered():
+    c = conn()
+    c.receive_data(post(b"hello", b"Expect: 100-continue\r\n")[:-2])
+    assert c.next_event() is CONTINUE
+
+
+def test_no_continue_when_body_already_complete_or_absent():
+    for data in (post(b"hello", b"Expect: 100-continue\r\n"),
+                 b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n"):
+        c = conn()
+        c.receive_data(data)
+        assert isinstance(c.next_event(), Request)
+
+
+def test_no_continue_for_http10_or_other_expectations():
+    for head in (b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+                 b"POST / HTTP/1.1\r\nHost: a\r\nExpect: something\r\nContent-Length: 1\r\n\r\n"):
+        c = conn()
+        c.receive_data(head)
+        assert c.next_event() is NEED_DATA
+
+
+def test_too_large_body_refused_before_continue():
+    c = conn(limits=Limits(max_request_size=10))
+    c.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 11\r\n\r\n")
+    with pytest.raises(ProtocolError) as info:
+        c.next_event()
+    assert info.value.status == 413
+
+
+def test_continue_is_not_repeated_for_the_next_request():
+    c = conn()
+    c.receive_data(post(b"x", b"Expect: 100-continue\r\n") + post(b"y")[:-1])
+    assert c.next_event().body == b"x"
+    c.start_next_cycle()
+    assert c.next_event() is NEED_DATA
+
+
+# --- progress properties ------------------------------------------------------------------
+
+def test_has_partial_request_and_reading_body():
+    c = conn()
+    c.receive_data(b"\r\n")
+    c.next_event()
+    assert not c.has_partial_request  # empty lines before a request are not a request
+    c.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n")
+    assert c.next_event() is NEED_DATA
+    assert c.has_partial_request and not c.reading_body
+    c.receive_data(b"\r\nab")
+    assert c.next_event() is NEED_DATA
+    assert c.has_partial_request and c.reading_body
+    assert c.buffered_bytes == 0  # body bytes in progress are not counted as buffered
+    c.receive_data(b"cd")
+    assert isinstance(c.next_event(), Request)
+    assert not c.has_partial_request and not c.reading_body
+
+
+# --- limits with the defaults, enforced while data arrives ---------------------------------
+
+def test_endless_header_section_refused_before_it_ends():
+    c = conn()
+    c.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n")
+    with pytest.raises(ProtocolError) as info:
+        for i in range(1000):
+            c.receive_data(b"X-Filler-%04d: %s\r\n" % (i, b"v" * 1000))
+            assert c.next_event() is NEED_DATA
+    assert info.value.status == 431
+    assert info.value.msg == "header section exceeds 65536 bytes"
+    assert i < 70  # refused at about 64 KiB, not buffered on
+
+
+def test_endless_request_line_refused():
+    c = conn()
+    c.receive_data(b"GET /")
+    with pytest.raises(ProtocolError) as info:
+        for _ in range(100):
+            c.receive_data(b"a" * 1000)
+            c.next_event()
+    assert info.value.status == 414
+    assert info.value.msg == "request line exceeds 8190 bytes"
+
+
+def test_default_request_line_limit_is_inclusive():
+    target = b"/" + b"a" * (8190 - len(b"GET  HTTP/1.1") - 1)
+    for extra, ok in ((b"", True), (b"a", False)):
+        c = conn()
+        c.receive_data(b"GET " + target + extra + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+        if ok:
+            assert isinstance(c.next_event(), Request)
+        else:
+            with pytest.raises(ProtocolError, match="8190"):
+                c.next_event()
+
+
+def test_many_small_chunks_without_extensions_are_fine():
+    body = b"".join(b"1\r\n%c\r\n" % (97 + i % 26) for i in range(5000))
+    c = conn()
+    c.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + body + b"0\r\n\r\n")
+    assert len(c.next_event().body) == 5000
+
+
+def test_huge_content_length_digits_do_not_hit_int_limits():
+    c = conn()
+    c.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n")
+    with pytest.raises(ProtocolError) as info:
+        c.next_event()
+    assert info.value.status == 413
+
+
+# --- protocol errors poison the connection -----------------------------------------------
+
+def test_error_poisons_connection():
+    c = conn()
+    c.receive_data(b"GET / HTTP/1.1\nHost: a\r\n\r\n")
+    with pytest.raises(ProtocolError) as first:
+        c.next_event()
+    c.receive_data(GET)
+    assert c.buffered_bytes == 0
+    for _ in range(2):
+        with pytest.raises(ProtocolError) as again:
+            c.next_event()
+        assert (again.value.msg, again.value.status) == (first.value.msg, first.value.status)
+    c.start_next_cycle()  # harmless
+    assert not c.has_partial_request and not c.reading_body
+
+
+def test_error_after_a_good_request_comes_on_the_next_cycle():
+    c = conn()
+    c.receive_data(GET + b"BAD\r\n\r\n")
+    assert isinstance(c.next_event(), Request)
+    assert c.next_event() is PAUSED
+    c.start_next_cycle()
+    with pytest.raises(ProtocolError):
+        c.next_event()
+
+
+# --- X-Forwarded-For / X-Forwarded-Proto ---------------------------------------------------
+
+def forwarded_request(peer, trusted, *fields):
+    c = conn(remote_addr=peer, trusted_proxies=nets(*trusted))
+    c.receive_data(b"GET /p HTTP/1.1\r\nHost: example.com\r\n" + b"".join(f + b"\r\n" for f in fields) + b"\r\n")
+    return c.next_event()
+
+
+def test_trusted_proxy_sets_client_and_scheme():
+    r = forwarded_request("10.0.0.5", ["10.0.0.0/8"], b"X-Forwarded-For: 203.0.113.7", b"X-Forwarded-Proto: https")
+    assert (r.remote_addr, r.uri) == ("203.0.113.7", "https://example.com/p")
+    assert ("X-Forwarded-For", "203.0.113.7") in r.headers
+
+
+def test_untrusted_peer_is_not_believed_but_headers_pass():
+    r = forwarded_request("192.0.2.1", ["10.0.0.0/8"], b"X-Forwarded-For: 203.0.113.7", b"X-Forwarded-Proto: https")
+    assert (r.remote_addr, r.uri) == ("192.0.2.1", "http://example.com/p")
+    assert r.headers[1:] == [("X-Forwarded-For", "203.0.113.7"), ("X-Forwarded-Proto", "https")]
+
+
+def test_no_trusted_proxies_means_no_trust():
+    r = forwarded_request("10.0.0.5", [], b"X-Forwarded-For: 203.0.113.7")
+    assert r.remote_addr == "10.0.0.5"
+
+
+def test_forged_left_entries_are_ignored():
+    r = forwarded_request("10.0.0.5", ["10.0.0.0/8"], b"X-Forwarded-For: 1.1.1.1, 2.2.2.2, 10.9.9.9")
+    assert r.remote_addr == "2.2.2.2"
+
+
+def test_ipv4_mapped_peer_matches_ipv4_network():
+    r = forwarded_request("::ffff:10.0.0.5", ["10.0.0.0/8"], b"X-Forwarded-For: 203.0.113.7")
+    assert r.remote_addr == "203.0.113.7"
+
+
+def test_ipv6_proxy_network():
+    r = forwarded_request("fd00::1", ["fd00::/8"], b"X-Forwarded-For: 2001:db8::1")
+    assert r.remote_addr == "2001:db8::1"
+
+
+def test_trusted_proxy_without_xff_keeps_peer():
+    r = forwarded_request("10.0.0.5", ["10.0.0.0/8"], b"X-Forwarded-Proto: HTTPS")
+    assert (r.remote_addr, r.uri) == ("10.0.0.5", "https://example.com/p")
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("10.0.0.1", "10.0.0.1"), (" 10.0.0.1:8080 ", "10.0.0.1"), ("::1", "::1"),
+    ("[::1]:80", "::1"), ("[2001:db8::1]", "2001:db8::1"), ("::ffff:1.2.3.4", "1.2.3.4"),
+    ("unknown", None), ("", None), ("[::1", None), ("1.2.3.4.5", None), ("_hidden", None),
+])
+def test_parse_address(text, expected):
+    address = forwarded.parse_address(text)
+    assert (None if address is None else str(address)) == expected
+
+
+def test_forwarded_helpers_directly():
+    trusted = nets("10.0.0.0/8")
+    assert forwarded.is_trusted("10.1.2.3", trusted)
+    assert not forwarded.is_trusted("", trusted)
+    assert not forwarded.is_trusted("10.1.2.3", ())
+    assert forwarded.client_address("10.0.0.1", ["1.2.3.4, bogus"], trusted) == "10.0.0.1"
+    assert forwarded.client_address("10.0.0.1", ["bogus, 10.0.0.2"], trusted) == "10.0.0.2"
+    assert forwarded.client_address("10.0.0.1", [], trusted) == "10.0.0.1"
+    assert forwarded.client_scheme("http", ["https, http"]) == "http"
+    assert forwarded.client_scheme("https", ["ftp"]) == "https"
+    assert forwarded.client_scheme("http", []) == "http"
+
+
+# --- serialize_response ---------------------------------------------------------------------
+
+def test_serialize_basic_response():
+    out = serialize_response(200, [("Content-Type", "text/plain"), ("X-A", "1")], b"hi",
+                             keep_alive=True, date=DATE)
+    assert out == (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-A: 1\r\n"
+                   b"Date: " + DATE + b"\r\nContent-Length: 2\r\n\r\nhi")
+
+
+def test_serialize_drops_fields_this_layer_owns():
+    app_headers = [("Connection", "keep-alive"), ("keep-alive", "timeout=5"), ("Transfer-Encoding", "chunked"),
+                   ("content-length", "999"), ("Date", "yesterday"), ("X-Kept", "yes")]
+    out = serialize_response(200, app_headers, b"abc", keep_alive=True, date=DATE)
+    head = out.split(b"\r\n\r\n")[0]
+    assert head.split(b"\r\n")[1:] == [b"X-Kept: yes", b"Date: " + DATE, b"Content-Length: 3"]
+
+
+def test_serialize_connection_close_and_http10_keep_alive():
+    closing = serialize_response(200, [], b"", keep_alive=False, date=DATE)
+    assert b"\r\nConnection: close\r\n" in closing
+    kept_10 = serialize_response(200, [], b"", keep_alive=True, date=DATE, protocol="HTTP/1.0")
+    assert b"\r\nConnection: keep-alive\r\n" in kept_10
+    kept_11 = serialize_response(200, [], b"", keep_alive=True, date=DATE)
+    assert b"Connection" not in kept_11
+    closing_10 = serialize_response(200, [], b"", keep_alive=False, date=DATE, protocol="HTTP/1.0")
+    assert b"keep-alive" not in closing_10 and b"Connection: close" in closing_10
+
+
+def test_serialize_head_keeps_length_drops_body():
+    out = serialize_response(200, [], b"hello", keep_alive=True, head_only=True, date=DATE)
+    assert out.endswith(b"Content-Length: 5\r\n\r\n")
+
+
+@pytest.mark.parametrize("status", [204, 304, 100])
+def test_serialize_bodiless_statuses(status):
+    out = serialize_response(status, [], b"ignored", keep_alive=True, date=DATE)
+    assert b"Content-Length" not in out and out.endswith(b"\r\n\r\n")
+
+
+@pytest.mark.parametrize("status,line", [
+    (404, b"HTTP/1.1 404 Not Found\r\n"), (418, b"HTTP/1.1 418 I'm a Teapot\r\n"),
+    (299, b"HTTP/1.1 299 Success\r\n"), (499, b"HTTP/1.1 499 Client Error\r\n"),
+    (599, b"HTTP/1.1 599 Server Error\r\n"), (999, b"HTTP/1.1 999 Unknown\r\n"),
+])
+def test_serialize_reason_phrases(status, line):
+    out = serialize_response(status, [], b"", keep_alive=True, date=DATE)
+    if status == 418 and not out.startswith(line):  # the phrase's spelling varies by Python
+        line = out.split(b"\r\n")[0] + b"\r\n"
+        assert line.startswith(b"HTTP/1.1 418 I")
+    assert out.startswith(line)
+
+
+@pytest.mark.parametrize("status", [99, 1000, -200])
+def test_serialize_refuses_bad_status(status):
+    with pytest.raises(ValueError):
+        serialize_response(status, [], b"", keep_alive=True, date=DATE)
+
+
+@pytest.mark.parametrize("name,value", [
+    ("X-A", "1\r\nSet-Cookie: evil=1"), ("X-A", "1\nX: 2"), ("X-A", "a\rb"), ("X-A", "a\x00b"),
+    ("X A", "1"), ("X-A:", "1"), ("X-A\r\nX-B", "1"), ("", "1"), ("X-\xe9", "1"), ("X-A", "snow \u2603"),
+])
+def test_serialize_refuses_header_injection(name, value):
+    with pytest.raises(ValueError):
+        serialize_response(200, [(name, value)], b"", keep_alive=True, date=DATE)
+
+
+def test_serialize_latin1_value_and_tab():
+    out = serialize_response(200, [("X-Name", "caf\xe9\tx")], b"", keep_alive=True, date=DATE)
+    assert b"X-Name: caf\xe9\tx\r\n" in out
+
+
+# --- error_response and http_date ---------------------------------------------------------------
+
+def test_error_response():
+    out = error_response(431, "header section exceeds 65536 bytes", date=DATE)
+    assert out == (b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                   b"Content-Type: text/plain; charset=utf-8\r\nDate: " + DATE + b"\r\n"
+                   b"Content-Length: 35\r\nConnection: close\r\n\r\n"
+                   b"header section exceeds 65536 bytes\n")
+
+
+def test_error_response_keep_alive_and_extra_headers():
+    out = error_response(503, "no worker free", date=DATE, keep_alive=True, extra_headers=(("Retry-After", "1"),))
+    assert b"Retry-After: 1\r\n" in out and b"Connection" not in out
+    assert out.endswith(b"\r\n\r\nno worker free\n")
+
+
+def test_error_response_utf8_message():
+    out = error_response(400, "caf\xe9", date=DATE)
+    assert out.endswith(b"Content-Length: 6\r\nConnection: close\r\n\r\ncaf\xc3\xa9\n")
+
+
+@pytest.mark.parametrize("epoch,expected", [
+    (784111777, b"Sun, 06 Nov 1994 08:49:37 GMT"),
+    (784111777.999, b"Sun, 06 Nov 1994 08:49:37 GMT"),
+    (0, b"Thu, 01 Jan 1970 00:00:00 GMT"),
+    (951782400, b"Tue, 29 Feb 2000 00:00:00 GMT"),
+    (1735689599, b"Tue, 31 Dec 2024 23:59:59 GMT"),
+])
+def test_http_date(epoch, expected):
+    assert http_date(epoch) == expected
+
+
+# --- grammar: the pure rules, one by one ----------------------------------------------------
+
+@pytest.mark.parametrize("method,target,expected", [
+    ("GET", "/a/b?c=d&e", ("/a/b", "c=d&e")),
+    ("GET", "/a?", ("/a", "")),
+    ("OPTIONS", "*", ("*", "")),
+    ("CONNECT", "example.com:443", ("", "")),
+    ("GET", "http://example.com", ("/", "")),
+    ("GET", "https://example.com:8443/x?y", ("/x", "y")),
+])
+def test_split_target_forms(method, target, expected):
+    assert grammar.split_target(method, target) == expected
+
+
+@pytest.mark.parametrize("method,target", [
+    ("GET", "*"), ("CONNECT", "/"), ("CONNECT", "example.com"), ("GET", "example.com:80"),
+    ("GET", "/a b"), ("GET", "/%G0"), ("GET", "/a#b"), ("GET", "http://u@h/"), ("GET", "mailto:x@y"),
+])
+def test_split_target_refusals(method, target):
+    with pytest.raises(ProtocolError) as info:
+        grammar.split_target(method, target)
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize("values,status", [
+    (["chunked"], None), (["gzip, chunked"], 501), (["foo"], 501), (["gzip"], 400),
+    (["chunked", "chunked"], 400), (["chunked, gzip"], 400), ([" chunked , "], 400), (["CHUNKED"], None),
+])
+def test_transfer_coding_rules(values, status):
+    if status is None:
+        grammar.check_transfer_coding(values, "HTTP/1.1", has_length=False)
+    else:
+        with pytest.raises(ProtocolError) as info:
+            grammar.check_transfer_coding(values, "HTTP/1.1", has_length=False)
+        assert info.value.status == status
+
+
+@pytest.mark.parametrize("values,expected", [
+    (["0"], 0), (["10"], 10), (["007"], 7), (["5, 5"], 5), (["5", "05"], 5), (["100"], 100),
+])
+def test_content_length_values(values, expected):
+    assert grammar.content_length(values, limit=100) == expected
+
+
+@pytest.mark.parametrize("values,status", [
+    (["101"], 413), (["1" * 30], 413), (["5, 6"], 400), (["5", "6"], 400), (["-0"], 400), ([" "], 400),
+])
+def test_content_length_refusals(values, status):
+    with pytest.raises(ProtocolError) as info:
+        grammar.content_length(values, limit=100)
+    assert info.value.status == status
+
+
+@pytest.mark.parametrize("values,protocol,expected", [
+    (None, "HTTP/1.1", False), (None, "HTTP/1.0", True), (["close"], "HTTP/1.1", True),
+    (["Keep-Alive"], "HTTP/1.0", False), (["foo, bar"], "HTTP/1.0", True),
+])
+def test_asks_to_close(values, protocol, expected):
+    assert grammar.asks_to_close(values, protocol) is expected
+
+
+def test_shown_cuts_long_client_strings():
+    assert grammar.shown("x" * 100) == repr("x" * 40 + "...")
+
+
+# --- imports point one way (STYLE.md §3) -----------------------------------------------------
+
+ALLOWED_IMPORTS = {
+    "http11": {"errors", "messages", "grammar", "forwarded"},
+    "grammar": {"errors"},
+    "forwarded": set(),
+}
+
+
+@pytest.mark.parametrize("module", sorted(ALLOWED_IMPORTS))
+def test_protocol_modules_import_only_downward(module):
+    source = (Path(http11.__file__).parent / f"{module}.py").read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            imported.add(node.module)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            assert not any(n and n.startswith("minirr") for n in names), "use relative imports"
+            for name in names:  # protocol code does no I/O (STYLE.md §1)
+                assert name.split(".")[0] not in {"socket", "select", "selectors", "os", "signal"}
+    assert imported <= ALLOWED_IMPORTS[module]
