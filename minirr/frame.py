@@ -48,7 +48,9 @@ PONG = 0x08
 
 _HEAD = struct.Struct("<BBI")  # version|hl, flags, length: the bytes the CRC covers
 _CRC = struct.Struct("<I")
-_TAIL = struct.Struct("<BB")
+# CRC, stream byte, reserved byte, then n option words: one Struct per option count.
+_TAILS = [struct.Struct(f"<IBB{n}I") for n in range(MAX_OPTIONS + 1)]
+_OPTIONS = [struct.Struct(f"<{n}I") for n in range(MAX_OPTIONS + 1)]
 
 
 class Frame(NamedTuple):
@@ -63,12 +65,7 @@ def encode_header(flags: int, payload_len: int, options: Sequence[int] = (), str
     if len(options) > MAX_OPTIONS:
         raise FrameError(f"a frame carries at most {MAX_OPTIONS} options, not {len(options)}")
     head = _HEAD.pack((VERSION << 4) | (3 + len(options)), flags, payload_len)
-    return b"".join((
-        head,
-        _CRC.pack(zlib.crc32(head)),
-        _TAIL.pack(stream, 0),
-        struct.pack(f"<{len(options)}I", *options),
-    ))
+    return head + _TAILS[len(options)].pack(zlib.crc32(head), stream, 0, *options)
 
 
 def encode(flags: int, payload: bytes = b"", options: Sequence[int] = (), stream: int = 0) -> bytes:
@@ -111,7 +108,7 @@ class FrameDecoder:
         end = HEADER_SIZE + options_bytes + length
         if len(buf) < end:
             return None
-        options = struct.unpack_from(f"<{options_bytes // 4}I", buf, HEADER_SIZE)
+        options = _OPTIONS[options_bytes // 4].unpack_from(buf, HEADER_SIZE)
         payload = bytes(buf[HEADER_SIZE + options_bytes:end])
         stream = buf[10]
         del buf[:end]

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import json
 from typing import Dict, Iterable, List, Optional, Tuple, Union
-from urllib.parse import urlsplit
 
 HeaderList = List[Tuple[str, str]]
 
 _encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_decode_json = json.JSONDecoder().decode   # on str: json.loads(bytes) sniffs the encoding every call
+_RESPONSE_HEAD_CACHE: Dict[bytes, Tuple[int, "HeaderList"]] = {}
+_RESPONSE_HEAD_CACHE_SIZE = 256            # an app sends few distinct heads; bounded all the same
 _canonical_cache: Dict[str, str] = {}
 
 
@@ -114,13 +116,14 @@ def parse_cookies(headers: Iterable[Tuple[str, str]]) -> Dict[str, str]:
 
 def encode_request_head(request: Request) -> bytes:
     """The JSON head RoadRunner 2023.3 sends for `request` (every key it sends)."""
+    headers = _group(request.headers, canonical=True)
     return _encode_json({
         "remoteAddr": request.remote_addr,
         "protocol": request.protocol,
         "method": request.method,
         "uri": request.uri,
-        "headers": _group(request.headers, canonical=True),
-        "cookies": parse_cookies(request.headers),
+        "headers": headers,
+        "cookies": parse_cookies(request.headers) if "Cookie" in headers else {},
         "rawQuery": request.query,
         "parsed": False,
         "uploads": None,
@@ -130,18 +133,14 @@ def encode_request_head(request: Request) -> bytes:
 
 def decode_request(head: bytes, body: bytes) -> Request:
     """Inverse of encode_request_head, run in the worker. Raises ValueError on a bad head."""
-    obj = json.loads(head)
+    obj = _decode_json(head.decode("utf-8"))
     if not isinstance(obj, dict):
         raise ValueError("request head is not a JSON object")
     uri = obj.get("uri", "")
-    split = urlsplit(uri)
-    path = split.path or "/"
-    if split.scheme == "" and split.netloc == "" and uri.startswith("*"):
-        path = "*"
     headers = [(name, value) for name, values in (obj.get("headers") or {}).items() for value in values]
     return Request(
         method=obj.get("method", "GET"),
-        path=path,
+        path=path_of(uri),
         query=obj.get("rawQuery", "") or "",
         headers=headers,
         body=body,
@@ -151,14 +150,37 @@ def decode_request(head: bytes, body: bytes) -> Request:
     )
 
 
+def path_of(uri: str) -> str:
+    """The path of an absolute URL (`http://host/a/b?q` -> `/a/b`), not percent-decoded.
+    A plain string scan: urlsplit costs more than the rest of a request's decoding."""
+    if uri == "*":
+        return "*"
+    scheme_end = uri.find("://")
+    if scheme_end >= 0:
+        slash = uri.find("/", scheme_end + 3)
+        uri = uri[slash:] if slash >= 0 else "/"
+    for mark in ("?", "#"):
+        cut = uri.find(mark)
+        if cut >= 0:
+            uri = uri[:cut]
+    return uri or "/"
+
+
 def encode_response_head(response: Response) -> bytes:
     return _encode_json({"status": response.status, "headers": _group(response.headers, canonical=False)}).encode("utf-8")
 
 
 def decode_response_head(head: bytes) -> Tuple[int, HeaderList, bool]:
     """-> (status, header pairs, stop). `stop` is a worker asking to be recycled
-    (wire-protocol.md §2.6). Raises ValueError on anything that is not a valid head."""
-    obj = json.loads(head)
+    (wire-protocol.md §2.6). Raises ValueError on anything that is not a valid head.
+
+    Runs in the master once per request, and an app sends the same few heads over and
+    over, so decoded heads are remembered (the cache is bounded; callers must not mutate
+    the returned list)."""
+    cached = _RESPONSE_HEAD_CACHE.get(head)
+    if cached is not None:
+        return cached[0], cached[1], False
+    obj = _decode_json(head.decode("utf-8"))
     if not isinstance(obj, dict):
         raise ValueError("response head is not a JSON object")
     if obj.get("stop") is True:
@@ -172,4 +194,6 @@ def decode_response_head(head: bytes) -> Tuple[int, HeaderList, bool]:
             values = [values]
         for value in values:
             headers.append((str(name), str(value)))
+    if len(_RESPONSE_HEAD_CACHE) < _RESPONSE_HEAD_CACHE_SIZE:
+        _RESPONSE_HEAD_CACHE[head] = (status, headers)
     return status, headers, False

@@ -59,3 +59,17 @@ def test_worker_stop_head():
 def test_bad_response_heads(head):
     with pytest.raises(ValueError):
         decode_response_head(head)
+
+
+@pytest.mark.parametrize("uri,path", [
+    ("http://h/a/b?q=1#f", "/a/b"), ("http://h", "/"), ("http://h?x", "/"), ("https://h:8443/x%20y", "/x%20y"),
+    ("*", "*"), ("/plain?x", "/plain"), ("http://[::1]:8080/v6", "/v6"),
+])
+def test_path_of(uri, path):
+    from minirr.messages import path_of
+    assert path_of(uri) == path
+
+
+def test_response_head_cache_returns_equal_results():
+    head = b'{"status":201,"headers":{"X":["1"]}}'
+    assert decode_response_head(head) == decode_response_head(head) == (201, [("X", "1")], False)
