@@ -35,7 +35,7 @@ log = logging.getLogger("minirr.worker")
 
 EXIT_OK = 0
 EXIT_BOOT_FAILED = 3          # like gunicorn's WORKER_BOOT_ERROR: the master backs off
-READ_SIZE = 1 << 20
+READ_SIZE = 64 * 1024           # os.read allocates this much per call: keep it modest
 
 Handler = Callable[[Request], Response]
 
