@@ -7,6 +7,7 @@ import time
 from minirr import Response
 
 BOOTED_AT = time.time()
+GROWN = []                  # /grow keeps its allocations here, for max_worker_memory tests
 
 
 def route(request):
@@ -27,12 +28,18 @@ def route(request):
         print("hello from stdout")
         print("hello from stderr", file=sys.stderr)
         return Response(200, {}, "printed")
+    if path == "/grow":
+        # Keep MB more resident memory in this worker (every page is written: real RSS).
+        GROWN.append(b"\x01" * (int(request.query or "1") * 1024 * 1024))
+        return Response(200, {}, f"{os.getpid()} holds {len(GROWN)} blocks")
     if path == "/fds":
         return Response(200, {}, " ".join(sorted(os.listdir("/proc/self/fd"), key=int)))
     if path == "/request":
         return Response(200, {"Content-Type": "text/plain"},
                         f"{request.method} {request.path} {request.query} {request.protocol} {request.uri} "
                         f"{request.remote_addr} {request.header('x-test')}")
+    if path == "/bytes":
+        return Response(200, {"Content-Type": "application/octet-stream"}, b"x" * int(request.query or "0"))
     if path == "/headers":
         return Response(200, [("X-Multi", "a"), ("X-Multi", "b"), ("Content-Type", "text/plain")], "h")
     return Response(200, {"Content-Type": "text/plain"}, "Hello, world!")
