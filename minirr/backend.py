@@ -65,7 +65,16 @@ class Backend:
 
     def _start_worker(self, now: float) -> Worker:
         worker = self.pool.new_worker(now)
-        proc = self.launcher.start(self._descriptors_for_child())
+        try:
+            proc = self.launcher.start(self._descriptors_for_child())
+        except OSError as exc:
+            # The program vanished, or fds or processes ran out: a failed start, with back-off.
+            self.pool.exited(worker, now)
+            log.error("%s could not be started: %s; next start in %.1fs", worker, exc,
+                      max(0.0, self.pool.next_start_at - now))
+            if not self.pool.serving():
+                self._fail_queue("no_workers")
+            return worker
         worker.pid = proc.pid
         channel = Channel(proc)
         worker.channel = channel
@@ -160,10 +169,12 @@ class Backend:
         except BlockingIOError:
             return
         if not data:
-            if worker.state is S.STOPPING:   # expected: it is on its way out; the sentinel follows
-                self.selector.unregister(channel.proc.from_worker)
-            else:
-                self._fail_worker(worker, "closed its frame channel")
+            # EOF: the process is exiting (its descriptors close a moment before its sentinel
+            # fires) or it closed its end and is no use any more. Either way the sentinel
+            # reports the exit with its real status and state; kill() makes sure it comes.
+            self.selector.unregister(channel.proc.from_worker)
+            if worker.state is not S.STOPPING:
+                channel.proc.kill()
             return
         try:
             frames = channel.decoder.feed(data)
@@ -195,11 +206,16 @@ class Backend:
             return
         self.pool.hello(worker, pid, now)
         log.info("%s ready in %.0fms", worker, (now - worker.created_at) * 1000)
+        self._on_worker_ready(worker, now)
         self._drain_queue(now)
         self._continue_reload(now)
 
     def _on_response_frame(self, worker: Worker, item: frame.Frame, now: float) -> None:
         job: Job = worker.job
+        if item.stream & frame.STREAM:
+            # wire-protocol.md §2.7: streamed responses are optional and not supported yet.
+            self._fail_worker(worker, "sent a streamed response (STREAM bit), which minirr does not support")
+            return
         if item.flags & ERROR:
             log.warning("%s: request %s %s failed: %s", worker, job.request.method, job.request.path,
                         _printable(item.payload[:200]))
@@ -309,7 +325,8 @@ class Backend:
             lines.append(channel.output_tail)
             channel.output_tail = b""
         for line in lines:
-            log.info("worker %d (pid %d): %s", worker.id, worker.pid, line.decode("utf-8", "replace").rstrip("\r"))
+            log.info("worker %d (pid %d): %s", worker.id, worker.pid, line.decode("utf-8", "replace").rstrip("\r"),
+                     extra={"worker": worker.id, "pid": worker.pid})
 
     def _on_worker_exit(self, worker: Worker) -> None:
         """The process is gone: clean up, then decide what its exit means."""
@@ -324,6 +341,7 @@ class Backend:
         job = worker.job
         was = self.pool.exited(worker, now)
         self._log_exit(worker, was, status)
+        self._on_worker_gone(worker, was)
         if job is not None:
             self._answer_job_failure(job, "worker_died")
         if was is S.STARTING and not self.pool.serving():

@@ -14,7 +14,7 @@ import sys
 from typing import List, Optional
 
 from . import __version__, config as config_module, logs
-from .errors import ConfigError
+from .errors import ConfigError, MinirrError
 
 EXIT_CONFIG = 2
 
@@ -69,14 +69,54 @@ def cmd_serve(args) -> int:
     from .server import Server
     config = _config_or_exit(args)
     logs.configure(config.logs.level, config.logs.format)
-    server = Server(config, make_launcher(config), stdout=sys.stdout)
+    try:
+        launcher = make_launcher(config)
+    except ConfigError as exc:        # e.g. [server] command names a program that does not exist
+        print(f"minirr: {args.config}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    server = Server(config, launcher, stdout=sys.stdout)
     try:
         server.bind()
     except OSError as exc:
         print(f"minirr: cannot listen on {config.http.address[0]}:{config.http.address[1]}: {exc.strerror}",
               file=sys.stderr)
         return 1
+    try:
+        server.open_operations()
+    except MinirrError as exc:          # e.g. "another minirr is running on PATH"
+        print(f"minirr: {exc}", file=sys.stderr)
+        return 1
     return server.run()
+
+
+def _control_address(config: config_module.Config):
+    from . import control
+    try:
+        return control.parse_listen(config.rpc.listen, config.base_dir)
+    except MinirrError as exc:
+        print(f"minirr: {exc}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+def cmd_workers(args) -> int:
+    from . import remote
+    config = _config_or_exit(args)
+    return remote.run_workers(_control_address(config), interactive=args.interactive, as_json=args.json)
+
+
+def cmd_reset(args) -> int:
+    from . import remote
+    config = _config_or_exit(args)
+    return remote.run_reset(_control_address(config), config.pool.reset_timeout)
+
+
+def cmd_stop(args) -> int:
+    from . import remote
+    config = _config_or_exit(args)
+    # Graceful: the drain may take up to destroy_timeout (0 = no limit). Forced: moments.
+    destroy = config.pool.destroy_timeout
+    wait_s = 30.0 if args.force else (destroy + 10.0 if destroy else None)
+    return remote.run_stop(_control_address(config), args.force, wait_s)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
     common(serve)
     serve.add_argument("--dotenv", metavar="FILE", help="load KEY=VALUE lines into the environment first")
     serve.set_defaults(func=cmd_serve)
+
+    workers = sub.add_parser("workers", help="show the workers of a running server")
+    common(workers)
+    workers.add_argument("-i", "--interactive", action="store_true", help="redraw every second until Ctrl-C")
+    workers.add_argument("--json", action="store_true", help="print the answer as JSON")
+    workers.set_defaults(func=cmd_workers)
+
+    reset = sub.add_parser("reset", help="replace every worker of a running server, one at a time")
+    common(reset)
+    reset.set_defaults(func=cmd_reset)
+
+    stop = sub.add_parser("stop", help="stop a running server (gracefully, like SIGTERM)")
+    common(stop)
+    stop.add_argument("-f", "--force", action="store_true", help="stop at once, killing busy workers")
+    stop.set_defaults(func=cmd_stop)
     return parser
 
 

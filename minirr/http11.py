@@ -231,6 +231,13 @@ class Connection:
         self._new_request()
 
     @property
+    def close_requested(self) -> bool:
+        """The last Request itself asked to close (`Connection: close`, or HTTP/1.0 without
+        keep-alive). Unlike `keep_alive`, a peer that merely half-closed does not count:
+        its complete pipelined requests are still owed answers."""
+        return self._must_close
+
+    @property
     def has_partial_request(self) -> bool:
         """Bytes of an incomplete request are buffered (408 rather than a silent close)."""
         if self._state is State.HEAD:

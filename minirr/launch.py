@@ -1,48 +1,56 @@
 """How a worker process is started: the one seam between the pool and the OS.
 
-Owns: creating a worker process and its pipes, the child's side of fork hygiene, and
-      the handle the master keeps (pid, its ends of the pipes, exit sentinel, kill, reap).
+Owns: creating a worker process and its pipes, the child's side of fork hygiene, an
+      external program's argv and environment, and the handle the master keeps (pid,
+      its ends of the pipes, exit sentinel, kill, reap).
 Never: decides when to start or stop a worker (pool and server do), reads frames.
 
-    master                         forked worker
-    to_worker   (write) ───pipe───> request fd   (read)
-    from_worker (read)  <──pipe──── response fd  (write)
-    output      (read)  <──pipe──── fd 1 and fd 2 (the app's print() and logging)
-    sentinel    (read)  ─── becomes readable when the process exits (multiprocessing)
+    master                         worker
+    to_worker   (write) ───pipe───> requests   (forked: a pipe fd;  command: stdin)
+    from_worker (read)  <──pipe──── responses  (forked: a pipe fd;  command: stdout)
+    output      (read)  <──pipe──── log lines  (forked: fd 1 and 2; command: stderr)
+    sentinel    (read)  ─── becomes readable when the process exits
 
 A launcher is any object with `start(close_in_child) -> WorkerProcess`. ForkLauncher
-forks this interpreter; the command launcher runs an external program.
+forks this interpreter; CommandLauncher runs `[server] command`, any program that
+speaks the wire protocol (RoadRunner's `server.command`).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
-import socket
+import subprocess
 import sys
-from typing import Callable, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import worker as worker_module
+from .errors import ConfigError
 
 _fork = multiprocessing.get_context("fork")   # named: the platform default changes in 3.14
 
 
 class WorkerProcess:
-    """The master's handle on one running worker process."""
+    """The master's handle on one running worker process, whichever launcher started it.
+
+    `child` is the launcher's own handle on the process (a _ForkedChild or a
+    _CommandChild): it knows how to wait for the exit status and what else to close.
+    """
 
     def __init__(self, pid: int, to_worker: int, from_worker: int, output: Optional[int],
-                 sentinel: int, process=None) -> None:
+                 sentinel: int, child) -> None:
         self.pid = pid
         self.to_worker = to_worker        # master writes request frames here
         self.from_worker = from_worker    # master reads response frames here
-        self.output = output              # master reads the worker's stdout/stderr lines here
+        self.output = output              # master reads the worker's log lines here
         self.sentinel = sentinel          # readable once the process has exited
-        self._process = process
+        self._child = child
 
     def fds(self) -> List[int]:
         """Every descriptor of the master's that belongs to this worker."""
-        fds = [self.to_worker, self.from_worker, self.output, self.sentinel] + _multiprocessing_fds(self._process)
+        fds = [self.to_worker, self.from_worker, self.output, self.sentinel] + self._child.extra_fds()
         return [fd for fd in dict.fromkeys(fds) if fd is not None]
 
     def kill(self) -> None:
@@ -53,18 +61,49 @@ class WorkerProcess:
 
     def reap(self, timeout: float = 1.0) -> Optional[int]:
         """Wait (bounded) for the exit status. The sentinel fires a moment before the
-        child can be reaped, hence the short join. A negative status is a signal number."""
-        self._process.join(timeout)
-        return self._process.exitcode
+        child can be reaped, hence the short wait. A negative status is a signal number."""
+        return self._child.wait(timeout)
 
     def close(self) -> None:
-        for fd in (self.to_worker, self.from_worker, self.output):
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self._process.close()   # closes the sentinel
+        _close_all([self.to_worker, self.from_worker, self.output])
+        self._child.release()   # closes the sentinel
+
+
+class _ForkedChild:
+    """A multiprocessing.Process, seen through the three calls WorkerProcess needs."""
+
+    def __init__(self, process) -> None:
+        self.process = process
+
+    def wait(self, timeout: float) -> Optional[int]:
+        self.process.join(timeout)
+        return self.process.exitcode
+
+    def extra_fds(self) -> List[int]:
+        return _multiprocessing_fds(self.process)
+
+    def release(self) -> None:
+        self.process.close()   # closes the sentinel
+
+
+class _CommandChild:
+    """A subprocess.Popen and the pidfd that serves as its exit sentinel."""
+
+    def __init__(self, popen: subprocess.Popen, pidfd: int) -> None:
+        self.popen = popen
+        self.pidfd = pidfd
+
+    def wait(self, timeout: float) -> Optional[int]:
+        try:
+            return self.popen.wait(timeout)   # waitpid on this pid only; -N for signal N
+        except subprocess.TimeoutExpired:
+            return None
+
+    def extra_fds(self) -> List[int]:
+        return []
+
+    def release(self) -> None:
+        _close_all([self.pidfd])
 
 
 def _multiprocessing_fds(process) -> List[int]:
@@ -76,9 +115,41 @@ def _multiprocessing_fds(process) -> List[int]:
     return [fd for fd in args or () if isinstance(fd, int)]
 
 
-def _pipe() -> tuple:
-    r, w = os.pipe()
-    return r, w
+def _close_all(fds: Sequence[Optional[int]]) -> None:
+    for fd in fds:
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class _Pipes:
+    """The three pipes of one worker. Both launchers create them the same way and hand
+    the master's ends over the same way; only what the child does with its ends differs."""
+
+    def __init__(self) -> None:
+        self.request_r, self.request_w = os.pipe()      # os.pipe() fds are not inheritable (PEP 446)
+        self.response_r, self.response_w = os.pipe()
+        self.output_r, self.output_w = os.pipe()
+
+    def master_ends(self) -> List[int]:
+        return [self.request_w, self.response_r, self.output_r]
+
+    def child_ends(self) -> List[int]:
+        return [self.request_r, self.response_w, self.output_w]
+
+    def hand_over(self, pid: int, sentinel: int, child) -> WorkerProcess:
+        """The child holds its ends now: close the master's copies of them, and make the
+        master's own ends non-blocking (only select() may wait in the master)."""
+        _close_all(self.child_ends())
+        for fd in self.master_ends():
+            os.set_blocking(fd, False)
+        return WorkerProcess(pid, self.request_w, self.response_r, self.output_r, sentinel, child)
+
+    def close(self) -> None:
+        """The start failed: nobody will use any of them."""
+        _close_all(self.master_ends() + self.child_ends())
 
 
 class ForkLauncher:
@@ -91,24 +162,105 @@ class ForkLauncher:
         self.base_dir = base_dir
 
     def start(self, close_in_child: Sequence[object]) -> WorkerProcess:
-        req_r, req_w = _pipe()
-        resp_r, resp_w = _pipe()
-        out_r, out_w = _pipe()
-        master_ends = [req_w, resp_r, out_r]
+        pipes = _Pipes()
         sys.stdout.flush()
         sys.stderr.flush()
         process = _fork.Process(
             target=_child_main,
-            args=(list(close_in_child) + master_ends, req_r, resp_w, out_w,
-                  self.app, self.factory, self.interface, self.base_dir),
+            args=(list(close_in_child) + pipes.master_ends(), pipes.request_r, pipes.response_w,
+                  pipes.output_w, self.app, self.factory, self.interface, self.base_dir),
             name="minirr-worker",
         )
-        process.start()
-        for fd in (req_r, resp_w, out_w):   # the child's ends: the master must not keep them
-            os.close(fd)
-        for fd in master_ends:
-            os.set_blocking(fd, False)
-        return WorkerProcess(process.pid, req_w, resp_r, out_r, process.sentinel, process)
+        try:
+            process.start()
+        except OSError:
+            pipes.close()
+            raise
+        return pipes.hand_over(process.pid, process.sentinel, _ForkedChild(process))
+
+
+class CommandLauncher:
+    """Start `[server] command` (e.g. `php worker.php`): frames on the program's stdin and
+    stdout, its stderr relayed to the log, as RoadRunner's `server.command` does.
+
+    `close_in_child` is not needed here: exec with close_fds=True leaves the program only
+    fds 0, 1 and 2, so no socket or pipe of the master's can leak into it.
+    """
+
+    def __init__(self, config) -> None:
+        self.base_dir = config.base_dir
+        self.argv = resolve_command(config.server.command, config.base_dir)
+        self.env = worker_environment(os.environ, config.server.env, config.rpc.listen)
+        _check_program(self.argv[0], self.base_dir, self.env.get("PATH", os.defpath))
+        _check_pidfd()
+
+    def start(self, close_in_child: Sequence[object] = ()) -> WorkerProcess:
+        pipes = _Pipes()
+        try:
+            popen = subprocess.Popen(
+                self.argv, stdin=pipes.request_r, stdout=pipes.response_w, stderr=pipes.output_w,
+                cwd=self.base_dir, env=self.env, close_fds=True,
+                # Own session and process group: a terminal's Ctrl-C reaches the master only,
+                # which then stops workers gracefully instead of having them die mid-request.
+                start_new_session=True,
+            )
+        except OSError:
+            pipes.close()
+            raise
+        # A pidfd becomes readable when the process exits (Linux 5.3+), like
+        # multiprocessing's sentinel; reaping stays a bounded waitpid on this pid only.
+        try:
+            pidfd = os.pidfd_open(popen.pid)
+        except OSError:                  # out of descriptors: undo the start
+            pipes.close()
+            popen.kill()
+            popen.wait()
+            raise
+        return pipes.hand_over(popen.pid, pidfd, _CommandChild(popen, pidfd))
+
+
+def resolve_command(argv: Sequence[str], base_dir: str) -> List[str]:
+    """Relative arguments that name a file in the config's folder become absolute paths
+    (`php worker.php` runs the worker.php next to rr.ini); everything else is kept."""
+    resolved = []
+    for arg in argv:
+        candidate = os.path.join(base_dir, arg)
+        if not os.path.isabs(arg) and os.path.isfile(candidate):
+            arg = os.path.abspath(candidate)
+        resolved.append(arg)
+    return resolved
+
+
+def worker_environment(inherited: Mapping[str, str], configured: Sequence[Tuple[str, str]],
+                       rpc_listen: str) -> Dict[str, str]:
+    """The master's environment, then `[server.env]`, then the variables RoadRunner's
+    worker libraries read to learn how they are connected (these always win)."""
+    env = dict(inherited)
+    env.update(configured)
+    env["RR_RELAY"] = "pipes"          # frames on stdin/stdout
+    env["RR_MODE"] = "http"            # the worker serves HTTP requests
+    if rpc_listen.startswith("tcp://"):
+        env["RR_RPC"] = rpc_listen     # RoadRunner's RPC clients speak TCP only
+    return env
+
+
+def _check_program(program: str, base_dir: str, path: str) -> None:
+    """Fail at startup with one line, not once per worker start, if the program is missing.
+    A name with a slash is a path (from base_dir, the worker's cwd); a bare name is on PATH."""
+    if os.sep in program:
+        program_path = os.path.join(base_dir, program)
+        found = os.path.isfile(program_path) and os.access(program_path, os.X_OK)
+    else:
+        found = shutil.which(program, path=path) is not None
+    if not found:
+        raise ConfigError("server", "command", f"{program!r} is not an executable file or a program on PATH")
+
+
+def _check_pidfd() -> None:
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        raise ConfigError("server", "command", "external workers need os.pidfd_open (Linux 5.3 or later)") from None
 
 
 def close_inherited(items: Sequence[object]) -> None:

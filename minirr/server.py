@@ -32,6 +32,7 @@ from .backend import Backend
 from .config import Config
 from .frontend import Client, Frontend, Job
 from .messages import Request
+from .operations import Operations
 from .pool import Pool, Worker, WorkerState
 
 log = logging.getLogger("minirr")
@@ -42,7 +43,7 @@ TICK_IDLE_S = 1.0
 S = WorkerState
 
 
-class Server(Frontend, Backend):
+class Server(Operations, Frontend, Backend):
     """The master process. `run()` returns the exit status."""
 
     def __init__(self, config: Config, launcher, stdout=None) -> None:
@@ -78,6 +79,7 @@ class Server(Frontend, Backend):
         self._date = b""
         self._next_tick_at = 0.0
         self.started_at = time.time()
+        self._init_operations()
 
     # ================================================================== start and run
     def bind(self) -> None:
@@ -96,6 +98,7 @@ class Server(Frontend, Backend):
         """Bind, start the pool, announce readiness, then loop until stopped."""
         if self.listener is None:
             self.bind()
+        self.open_operations()           # control socket, status, metrics (idempotent)
         self._install_signals()
         now = time.monotonic()
         self._ensure_pool(now)
@@ -122,6 +125,7 @@ class Server(Frontend, Backend):
             self._on_tick(now)
             busy = self.clients or self.queue or len(self.pool.workers) != self.pool.size or self._stopping
             self._next_tick_at = now + (TICK_BUSY_S if busy else TICK_IDLE_S)
+            self._next_tick_at = min(self._next_tick_at, self._operations_due_at(now))
 
     def _on_tick(self, now: float) -> None:
         """Time-driven work, in the order a reader would check it."""
@@ -132,6 +136,7 @@ class Server(Frontend, Backend):
         self._ensure_pool(now)
         self._continue_reload(now)
         self._continue_shutdown(now)
+        self._on_operations_tick(now)
 
     # ================================================================== signals
     def _install_signals(self) -> None:
@@ -162,7 +167,7 @@ class Server(Frontend, Backend):
     # ================================================================== jobs
     def _submit(self, client: Client, request: Request) -> None:
         now = time.monotonic()
-        keep_alive = client.conn.keep_alive and not self._stopping
+        keep_alive = not client.conn.close_requested and not self._stopping
         allocate = self.config.pool.allocate_timeout
         job = Job(client, request, keep_alive, now, now + allocate if allocate else 0.0)
         client.job = job
@@ -208,30 +213,16 @@ class Server(Frontend, Backend):
 
     def _respond(self, job: Job, data: bytes, status: int, now: float) -> None:
         client = job.client
+        self._on_request_answered(status, now - job.queued_at)
         if self.config.logs.access_log:
             pid = job.worker.pid if job.worker is not None else "-"
+            target = job.request.path + ("?" + job.request.query if job.request.query else "")
+            duration_ms = (now - job.queued_at) * 1000
+            fields = {"remote_addr": job.request.remote_addr, "method": job.request.method, "target": target,
+                      "status": status, "bytes": len(data), "duration_ms": round(duration_ms, 1), "pid": pid}
             access_log.info('%s "%s %s %s" %d %d %.1fms pid=%s', job.request.remote_addr, job.request.method,
-                            job.request.path + ("?" + job.request.query if job.request.query else ""),
-                            job.request.protocol, status, len(data), (now - job.queued_at) * 1000, pid)
-        if client.closed:
-            return
-        client.job = None
-        client.served += 1
-        if not job.keep_alive:
-            client.close_after_write = True
-        self._send(client, data)
-        if client.closed:
-            return
-        if client.close_after_write:
-            if not client.out:
-                self._close_client(client)
-            return
-        client.conn.start_next_cycle()
-        client.idle_since = now
-        if not client.reading and not client.eof:
-            self._set_reading(client, True)    # paused for backpressure while the job ran
-        if not client.out:
-            self._process_client(client)
+                            target, job.request.protocol, status, len(data), duration_ms, pid, extra=fields)
+        self._send_response(client, data, job.keep_alive, now)
 
     def _answer_job_failure(self, job: Job, reason: str) -> None:
         """The one place that maps a failed job to what the client sees."""
@@ -246,6 +237,7 @@ class Server(Frontend, Backend):
             "shutdown": (503, "the server is shutting down", (("Retry-After", "1"),)),
         }
         status, message, extra = outcomes[reason]
+        self._on_job_failed(reason)
         keep_alive = job.keep_alive and status < 502 and not self._stopping
         data = http11.error_response(status, message, date=self._http_date(), keep_alive=keep_alive,
                                      extra_headers=extra)
@@ -264,6 +256,7 @@ class Server(Frontend, Backend):
         self.pool.generation += 1
         self._reload_queue = [w for w in self.pool.workers.values() if w.live]
         self._reloading = True
+        self._on_reload_started()
         self._continue_reload(time.monotonic())
 
     def _continue_reload(self, now: float) -> None:
@@ -279,6 +272,7 @@ class Server(Frontend, Backend):
                 return
         self._reloading = False
         log.info("reload complete")
+        self._on_reload_finished(now)
 
     @property
     def reloading(self) -> bool:
@@ -287,6 +281,7 @@ class Server(Frontend, Backend):
     def begin_shutdown(self, force: bool = False) -> None:
         """SIGTERM/SIGINT: stop accepting, finish in-flight and queued work, stop workers.
         A second signal (or force) exits at once."""
+        self._on_shutdown_started()
         if self._stopping or force:
             log.warning("stopping now: killing %d workers", len(self.pool.workers))
             for worker in list(self.pool.workers.values()):
@@ -329,7 +324,10 @@ class Server(Frontend, Backend):
             for worker in list(self.pool.workers.values()):
                 if worker.channel.proc is not None:
                     worker.channel.proc.kill()
-        if not self.pool.workers and not busy:
+        # Responses still draining to slow readers get until the stop deadline.
+        unsent = any(c.out for c in self.clients.values())
+        past_deadline = self._stop_deadline_at and now >= self._stop_deadline_at
+        if not self.pool.workers and not busy and (not unsent or past_deadline):
             log.info("stopped")
             self._exit_status = 0
 
@@ -342,6 +340,7 @@ class Server(Frontend, Backend):
             self._close_client(client)
         if self.listener is not None:
             self.listener.close()
+        self._close_operations()
         signal.set_wakeup_fd(-1)
         self.selector.close()
 

@@ -144,7 +144,10 @@ class ServerProcess:
             with self._lock:
                 hits = [line for line in self.stderr_lines if rx.search(line)]
             return hits if len(hits) >= count else None
-        return wait_until(found, timeout, message=f"log line /{pattern}/ x{count}\n--- log:\n{self.log}")
+        try:
+            return wait_until(found, timeout, message=f"log line /{pattern}/ x{count}")
+        except AssertionError as exc:   # show the log as it is now, not as it was when we began
+            raise AssertionError(f"{exc}\n--- log:\n{self.log}") from None
 
     def workers(self) -> List[int]:
         """Pids of the master's live child processes."""
@@ -220,3 +223,24 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        """Wait for the master to exit by itself (after a signal or `minirr stop` the test
+        sent); unlike stop(), sends nothing: a second SIGTERM would force an exit 1."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"server did not exit within {timeout}s:\n{self.log}")
+        for t in self._threads:
+            t.join(5)
+        return self.proc.returncode
+
+
+def run_cli(*args: str, timeout: float = 60.0, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+    """Run `python -m minirr ARGS...` (e.g. "workers", "-c", path) to completion."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), full_env.get("PYTHONPATH", "")])
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "minirr", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env)

@@ -76,6 +76,13 @@ def test_pipelined_requests_are_answered_in_order(serve, mode):
     assert data.endswith(b"Hello, world!")
 
 
+def test_pipelined_requests_then_half_close_are_all_answered(serve, mode):
+    srv = serve(config(mode))
+    reqs = b"".join(f"GET /request?{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in range(3))
+    data = srv.raw(reqs, shutdown=True)
+    assert data.count(b"HTTP/1.1 200 OK") == 3
+
+
 def test_head_has_no_body(serve, mode):
     srv = serve(config(mode))
     data = srv.raw(b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -267,7 +274,7 @@ def test_sigterm_drains_in_flight_request_and_exits_0(serve, mode):
     t.start()
     srv.wait_for_log(r"sleeping in")
     srv.send_signal(signal.SIGTERM)
-    assert srv.stop(timeout=30) == 0
+    assert srv.wait_exit(timeout=30) == 0
     t.join()
     assert result["resp"][0] == 200 and result["resp"][2] == b"slept"
     assert not [p for p in workers if pid_alive(p)]

@@ -1,0 +1,139 @@
+"""The control protocol: calls to a running master and its answers, as Goridge frames.
+
+Owns: the wire format of the control socket (`[rpc] listen`), the list of methods and
+      their answers' shape, and where a `listen` value points (unix path or tcp port).
+Never: opens a socket or reads a clock. The master serves calls from its selector
+       (endpoints.py, operations.py); the cli's blocking client is in remote.py.
+
+Wire format, modelled on RoadRunner's goridge RPC codec (frame.py has the 12-byte header):
+
+    call    flags = CODEC_JSON           options = (seq, len(method))
+            payload = method ‖ JSON params                 e.g. b"stop" b'{"force":false}'
+    answer  flags = CODEC_JSON [| ERROR]  options = (seq, len(method))
+            payload = method ‖ JSON result                 ERROR: {"error": "message"}
+
+`seq` is chosen by the caller and echoed, so answers can be matched to calls (a `reset`
+is answered only when the reload has finished; other calls may be answered before it).
+
+    method    params               result
+    workers   {}                   {"pid": master pid, "workers": [row, ...]}
+                                   row = {"id", "pid", "status", "execs", "memory_bytes",
+                                          "cpu_percent", "created_at" (epoch s), "age_s"}
+    reset     {}                   {"replaced": n, "seconds": s}   (when the reload is done)
+    stop      {"force": bool}      {"pid": master pid, "force": bool}  (then the master exits)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import NamedTuple, Tuple, Union
+
+from . import frame
+from .errors import MinirrError
+from .frame import CODEC_JSON, ERROR
+
+METHODS = ("workers", "reset", "stop")
+MAX_PAYLOAD_BYTES = 1 << 20          # a workers table of thousands of rows still fits
+UNIX_PATH_MAX_BYTES = 107            # sun_path is 108 bytes with the terminating NUL (unix(7))
+
+
+class ControlError(MinirrError):
+    """A control frame that does not follow the protocol, or an answer that is an error."""
+
+
+class Call(NamedTuple):
+    seq: int
+    method: str
+    params: dict
+
+
+class Answer(NamedTuple):
+    seq: int
+    method: str
+    result: dict
+    error: str          # "" unless the master answered with an error
+
+
+# ---- calls and answers ------------------------------------------------------------------
+
+def encode_call(seq: int, method: str, params: dict) -> bytes:
+    return _encode(0, seq, method, params)
+
+
+def encode_answer(seq: int, method: str, result: dict) -> bytes:
+    return _encode(0, seq, method, result)
+
+
+def encode_error(seq: int, method: str, message: str) -> bytes:
+    return _encode(ERROR, seq, method, {"error": message})
+
+
+def _encode(extra_flags: int, seq: int, method: str, body: dict) -> bytes:
+    name = method.encode("utf-8")
+    payload = name + json.dumps(body, separators=(",", ":")).encode("utf-8")
+    return frame.encode(CODEC_JSON | extra_flags, payload, (seq, len(name)))
+
+
+def decode_call(item: frame.Frame) -> Call:
+    """A call frame -> Call. Raises ControlError; an unknown method is the server's to
+    answer (it knows the seq), so it is not an error here."""
+    seq, method, body = _split(item)
+    return Call(seq, method, body)
+
+
+def decode_answer(item: frame.Frame) -> Answer:
+    seq, method, body = _split(item)
+    if item.flags & ERROR:
+        return Answer(seq, method, {}, str(body.get("error", "unknown error")))
+    return Answer(seq, method, body, "")
+
+
+def _split(item: frame.Frame) -> Tuple[int, str, dict]:
+    if not item.flags & CODEC_JSON or len(item.options) != 2:
+        raise ControlError("a control frame carries JSON and two options (seq, method length)")
+    seq, name_len = item.options
+    if name_len > len(item.payload):
+        raise ControlError(f"method length {name_len} exceeds the payload ({len(item.payload)} bytes)")
+    try:
+        method = item.payload[:name_len].decode("utf-8")
+        body = json.loads(item.payload[name_len:] or b"{}")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ControlError(f"control payload is not a method name and JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ControlError("control payload JSON must be an object")
+    return seq, method, body
+
+
+# ---- where the control socket is ----------------------------------------------------------
+
+class UnixAddress(NamedTuple):
+    path: str
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}"
+
+
+class TCPAddress(NamedTuple):
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"tcp://{self.host}:{self.port}"
+
+
+Address = Union[UnixAddress, TCPAddress]
+
+
+def parse_listen(listen: str, base_dir: str) -> Address:
+    """`unix:minirr.sock` (relative to the config file's folder) or `tcp://127.0.0.1:PORT`.
+    The value was validated by config.parse_listen; raises ControlError for a unix path
+    longer than the kernel accepts."""
+    if listen.startswith("unix:"):
+        path = os.path.normpath(os.path.join(base_dir, listen[len("unix:"):]))
+        if len(os.fsencode(path)) > UNIX_PATH_MAX_BYTES:
+            raise ControlError(f"control socket path {path} is longer than {UNIX_PATH_MAX_BYTES} bytes; "
+                               f"set [rpc] listen to a shorter path")
+        return UnixAddress(path)
+    host, _, port = listen[len("tcp://"):].rpartition(":")
+    return TCPAddress(host.strip("[]"), int(port))

@@ -1,0 +1,290 @@
+"""External workers (`[server] command`): the launcher itself, a PHP worker end to end,
+stray output on the frame channel, and the environment a worker is started with.
+
+test_server.py runs the whole core list with `command = python -m minirr.worker ...`;
+this file covers what only external workers have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import pytest
+
+from minirr import config as config_module, frame
+from minirr.errors import ConfigError
+from minirr.launch import CommandLauncher, resolve_command, worker_environment
+from serverproc import pid_alive, wait_until
+
+WORKERS = Path(__file__).resolve().parent / "workers"
+PHP_WORKER = (WORKERS / "worker.php").read_text()
+LEAKY_WORKER = f"{sys.executable} {WORKERS / 'leaky_worker.py'}"
+
+needs_php = pytest.mark.skipif(shutil.which("php") is None,
+                               reason="php is not on PATH (CI installs php-cli; apt-get install php-cli)")
+
+
+# Two external workers: PHP (worker.php, copied next to rr.ini, so `php worker.php` resolves
+# against the config's folder) and Python (leaky_worker.py, which runs without php-cli).
+COMMANDS = {"php": "php worker.php", "python": LEAKY_WORKER}
+BOTH_WORKERS = pytest.mark.parametrize("kind", [pytest.param("python"), pytest.param("php", marks=needs_php)])
+
+
+def serve_command(serve, kind: str, extra: str = "", num_workers: int = 1, sections: str = "",
+                  files: Optional[Dict[str, str]] = None, env: Optional[Dict[str, str]] = None):
+    """`extra` goes into [pool]; `sections` (e.g. [server.env]) comes before it."""
+    text = (f"[server]\ncommand = {COMMANDS[kind]}\n\n{sections}"
+            f"[pool]\nnum_workers = {num_workers}\n{extra}")
+    return serve(text, files={"worker.php": PHP_WORKER, **(files or {})}, env=env)
+
+
+def serve_php(serve, extra: str = "", num_workers: int = 1):
+    return serve_command(serve, "php", extra, num_workers)
+
+
+def pid_of(srv) -> int:
+    status, _, body = srv.request("GET", "/pid")
+    assert status == 200, body
+    return int(body)
+
+
+# ---- the launcher on its own -------------------------------------------------------------
+
+def launcher_config(tmp_path: Path, command: str):
+    root = Path(__file__).resolve().parent.parent
+    text = f"[server]\ncommand = {command}\n[server.env]\nPYTHONPATH = {root}\n"
+    return config_module.parse(text, base_dir=str(tmp_path))
+
+
+def read_frame(fd: int, decoder: frame.FrameDecoder, timeout: float = 10.0) -> frame.Frame:
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, "no frame from the worker in time"
+        if select.select([fd], [], [], remaining)[0]:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            assert data, "the worker closed its stdout"
+            frames = decoder.feed(data)
+            if frames:
+                return frames[0]
+
+
+def test_launcher_gives_non_blocking_pipes_a_pidfd_sentinel_and_a_reapable_process(tmp_path):
+    launcher = CommandLauncher(launcher_config(tmp_path, LEAKY_WORKER))
+    proc = launcher.start([])
+    try:
+        assert len(set(proc.fds())) == 4          # to_worker, from_worker, output, sentinel
+        for fd in (proc.to_worker, proc.from_worker, proc.output):
+            assert not os.get_blocking(fd)
+        os.write(proc.to_worker, frame.encode(frame.CONTROL | frame.CODEC_JSON, b'{"pid":1}'))
+        hello = read_frame(proc.from_worker, frame.FrameDecoder())
+        assert hello.flags == frame.CONTROL and json.loads(hello.payload) == {"pid": proc.pid}
+        assert os.getsid(proc.pid) == proc.pid     # own session: Ctrl-C reaches the master only
+        assert select.select([proc.sentinel], [], [], 0)[0] == []
+        proc.kill()
+        assert select.select([proc.sentinel], [], [], 10)[0] == [proc.sentinel]
+        assert proc.reap(10) == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.reap(10)
+        proc.close()
+    for fd in proc.fds():
+        with pytest.raises(OSError):
+            os.fstat(fd)
+
+
+def test_launcher_reports_the_exit_status_of_a_stopped_worker(tmp_path):
+    proc = CommandLauncher(launcher_config(tmp_path, LEAKY_WORKER)).start([])
+    try:
+        os.write(proc.to_worker, frame.encode(frame.CONTROL | frame.CODEC_JSON, b'{"pid":1}'))
+        read_frame(proc.from_worker, frame.FrameDecoder())
+        os.write(proc.to_worker, frame.encode(frame.CONTROL | frame.CODEC_JSON, b'{"stop":true}'))
+        assert select.select([proc.sentinel], [], [], 10)[0] == [proc.sentinel]
+        assert proc.reap(10) == 0
+    finally:
+        proc.kill()
+        proc.reap(10)
+        proc.close()
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path):
+    (tmp_path / "worker.php").write_text("<?php\n")
+    argv = resolve_command(("php", "worker.php", "-d", "missing.php", "/abs/x.php"), str(tmp_path))
+    assert argv == ["php", str(tmp_path / "worker.php"), "-d", "missing.php", "/abs/x.php"]
+
+
+def test_environment_adds_server_env_and_the_roadrunner_variables():
+    env = worker_environment({"HOME": "/root", "RR_MODE": "jobs"}, [("APP_ENV", "test")], "unix:minirr.sock")
+    assert env == {"HOME": "/root", "APP_ENV": "test", "RR_RELAY": "pipes", "RR_MODE": "http"}
+    env = worker_environment({}, [], "tcp://127.0.0.1:6001")
+    assert env["RR_RPC"] == "tcp://127.0.0.1:6001"
+
+
+def test_a_missing_program_is_a_config_error_at_startup(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        CommandLauncher(launcher_config(tmp_path, "no-such-program-minirr worker.php"))
+    assert (info.value.section, info.value.key) == ("server", "command")
+    assert "no-such-program-minirr" in str(info.value)
+
+
+def test_a_missing_program_stops_minirr_with_one_line(tmp_path):
+    (tmp_path / "rr.ini").write_text("[server]\ncommand = no-such-program-minirr worker.php\n")
+    proc = subprocess.run([sys.executable, "-m", "minirr", "serve", "-c", str(tmp_path / "rr.ini")],
+                          capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "rr.ini" in lines[0] and "[server] command" in lines[0] and "no-such-program-minirr" in lines[0]
+
+
+def test_a_program_that_vanishes_is_a_failed_start_not_a_dead_master(serve, tmp_path):
+    script = tmp_path / "bin" / "worker.sh"
+    script.parent.mkdir()
+    text = f"#!/bin/sh\nexec {sys.executable} {WORKERS / 'leaky_worker.py'}\n"
+    script.write_text(text)
+    script.chmod(0o755)
+    srv = serve(f"[server]\ncommand = {script}\n[pool]\nnum_workers = 1\n")
+    pid_of(srv)
+    script.unlink()
+    assert srv.request("GET", "/leak")[0] == 502               # the worker is gone; a new start fails
+    srv.wait_for_log(r"could not be started: .*No such file or directory")
+    status, headers, _ = srv.request("GET", "/pid")
+    assert status == 503 and "retry-after" in headers
+    script.write_text(text)
+    script.chmod(0o755)
+    srv.wait_for_log(r"ready in", count=2, timeout=60)          # after the back-off
+    assert srv.request("GET", "/pid")[0] == 200
+
+
+# ---- a PHP worker end to end ---------------------------------------------------------------
+
+@needs_php
+def test_php_worker_says_hello(serve):
+    srv = serve_php(serve)
+    status, headers, body = srv.request("GET", "/")
+    assert (status, body) == (200, b"Hello from PHP")
+    assert headers["content-type"] == "text/plain"
+
+
+@needs_php
+def test_php_worker_echoes_a_1mb_body(serve):
+    srv = serve_php(serve)
+    body = os.urandom(1024 * 1024)
+    status, _, echoed = srv.request("POST", "/echo", body=body, timeout=60)
+    assert status == 200 and echoed == body
+
+
+@needs_php
+def test_php_crash_gives_502_and_a_new_worker_serves(serve):
+    srv = serve_php(serve)
+    old = pid_of(srv)
+    status, _, _ = srv.request("GET", "/crash")
+    assert status == 502
+    srv.wait_for_log(r"exited with status 3 while busy")
+    srv.wait_for_log(rf"\(pid {old}\): crashing on purpose")    # its stderr, relayed
+    new = pid_of(srv)
+    assert new != old and not pid_alive(old)
+
+
+@needs_php
+def test_php_soft_error_gives_500_and_keeps_the_worker(serve):
+    srv = serve_php(serve)
+    before = pid_of(srv)
+    status, _, _ = srv.request("GET", "/error")
+    assert status == 500
+    srv.wait_for_log(r"failed: 'something went wrong in PHP'")
+    assert pid_of(srv) == before
+
+
+@needs_php
+def test_php_workers_are_recycled_after_max_jobs(serve):
+    srv = serve_php(serve, "max_jobs = 3\n")
+    pids = [pid_of(srv) for _ in range(10)]
+    assert len(set(pids)) >= 3                   # 10 jobs, at most 3 per worker (jitter rounds to 0)
+    srv.wait_for_log(r"stopped \(max_jobs\)")
+
+
+@needs_php
+def test_php_workers_stop_gracefully_on_sigterm(serve):
+    srv = serve_php(serve, num_workers=2)
+    workers = srv.wait_workers(2)
+    srv.wait_for_log(r"ready in", count=2)       # a worker still starting is killed, not stopped
+    assert srv.stop(signal.SIGTERM) == 0
+    assert srv.log.count("stopped (shutdown)") == 2
+    assert not [p for p in workers if pid_alive(p)]
+
+
+# ---- process hygiene -----------------------------------------------------------------------
+
+def test_command_workers_hold_only_their_three_standard_streams(serve):
+    """close_fds=True: no listener, client socket, selector or other worker's pipe leaks in."""
+    srv = serve_command(serve, "python", num_workers=2)
+    conn = srv.connection()
+    conn.request("GET", "/pid")                   # a live client socket while we look
+    conn.getresponse().read()
+    held = {}
+    for pid in srv.wait_workers(2):
+        held[pid] = {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    conn.close()
+    for pid, fds in held.items():
+        assert [fd for fd, target in fds.items() if fd > 2 and not target.startswith("/")] == [], (pid, fds)
+        assert fds[0].startswith("pipe:") and fds[1].startswith("pipe:") and fds[2].startswith("pipe:")
+    first, second = (set(fds.values()) for fds in held.values())
+    assert not first & second, held
+
+
+@BOTH_WORKERS
+def test_command_workers_exit_when_the_master_is_killed(serve, kind):
+    """SIGKILL leaves no time to stop anyone: the workers see EOF on stdin and exit."""
+    srv = serve_command(serve, kind, num_workers=2)
+    workers = srv.wait_workers(2)
+    srv.proc.kill()
+    srv.proc.wait(10)
+    wait_until(lambda: not [p for p in workers if pid_alive(p)], timeout=10, message="orphaned workers to exit")
+
+
+# ---- the environment -------------------------------------------------------------------
+
+@BOTH_WORKERS
+def test_server_env_and_roadrunner_variables_reach_the_worker(serve, kind):
+    srv = serve_command(serve, kind, sections="[server.env]\nAPP_GREETING = hello ${MINIRR_TEST_NAME}\n\n",
+                        env={"MINIRR_TEST_NAME": "tester"})
+    assert srv.request("GET", "/env?APP_GREETING")[2] == b"hello tester"
+    assert srv.request("GET", "/env?RR_RELAY")[2] == b"pipes"
+    assert srv.request("GET", "/env?RR_MODE")[2] == b"http"
+    assert srv.request("GET", "/env?MINIRR_TEST_NAME")[2] == b"tester"      # inherited
+    assert srv.request("GET", "/env?RR_RPC")[0] == 404                        # unix control socket
+
+
+# ---- stray output on the frame channel ---------------------------------------------------
+
+def test_stray_output_in_a_request_is_logged_answered_502_and_the_worker_replaced(serve):
+    srv = serve_command(serve, "python")
+    old = pid_of(srv)
+    status, _, _ = srv.request("GET", "/leak")
+    assert status == 502
+    line = srv.wait_for_log(r"broke the frame channel")[0]
+    assert f"(pid {old})" in line and "it sent: 'debug: a stray line on stdout in a request" in line
+    new = pid_of(srv)
+    assert new != old and not pid_alive(old)
+
+
+def test_stray_output_before_the_handshake_is_logged_and_the_next_worker_serves(serve):
+    srv = serve_command(serve, "python", files={"leak-at-start": ""})
+    line = srv.wait_for_log(r"broke the frame channel")[0]
+    assert "it sent: 'debug: a stray line on stdout before the handshake" in line
+    srv.wait_for_log(r"worker 2 \(pid \d+\) ready")
+    status, _, body = srv.request("GET", "/pid")
+    assert status == 200 and int(body) in srv.workers()
