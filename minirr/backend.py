@@ -21,7 +21,8 @@ import logging
 import os
 import selectors
 import time
-from typing import TYPE_CHECKING, Optional
+from collections import deque
+from typing import TYPE_CHECKING, Deque, Optional
 
 from . import frame, http11
 from .errors import FrameError
@@ -31,7 +32,8 @@ from .pool import Worker, WorkerState
 
 log = logging.getLogger("minirr")
 
-READ_SIZE = 256 * 1024
+READ_SIZE = 64 * 1024                  # os.read allocates this much per call
+MAX_READ_SIZE = 4 << 20                # ... or up to what a large frame in progress still needs
 MAX_FRAME_PAYLOAD = 1 << 31
 OUTPUT_LINE_LIMIT = 8192
 STOP_PAYLOAD = json.dumps({"stop": True}).encode()
@@ -47,7 +49,7 @@ class Channel:
     def __init__(self, proc) -> None:
         self.proc = proc
         self.decoder = FrameDecoder(MAX_FRAME_PAYLOAD)
-        self.out = bytearray()
+        self.out: Deque[memoryview] = deque()   # frames (or parts) not yet taken by the pipe
         self.writing = False
         self.output_tail = b""         # an unfinished line of the worker's stdout/stderr
         self.closed = False
@@ -119,23 +121,16 @@ class Backend:
             self._write_to_worker(worker, header + head, request.body)
 
     def _write_to_worker(self, worker: Worker, data: bytes, tail: bytes = b"") -> None:
+        """Queue `data` (and `tail`, a large body, queued as is: never copied) and write
+        what the pipe takes now; the rest goes out on EVENT_WRITE. `data` starts with the
+        frame header, and a pipe with room takes it whole: one write per header."""
         channel: Channel = worker.channel
         if channel.closed:
             return
-        if channel.out:
-            channel.out += data
-            channel.out += tail
-            return
-        fd = channel.proc.to_worker
-        try:
-            written = os.write(fd, data)
-        except BlockingIOError:
-            written = 0
-        except (BrokenPipeError, OSError):
-            return   # the process is gone; its sentinel will tell
-        if written < len(data) or tail:
-            channel.out += memoryview(data)[written:]
-            channel.out += tail
+        channel.out.append(memoryview(data))
+        if tail:
+            channel.out.append(memoryview(tail))
+        if not channel.writing:
             self._flush_worker(worker)
 
     def _flush_worker(self, worker: Worker) -> None:
@@ -143,16 +138,20 @@ class Backend:
         if channel.closed:
             return
         fd = channel.proc.to_worker
-        while channel.out:
+        out = channel.out
+        while out:
             try:
-                written = os.write(fd, channel.out)
+                written = os.write(fd, out[0])
             except BlockingIOError:
                 break
-            except (BrokenPipeError, OSError):
-                channel.out.clear()
+            except OSError:                # BrokenPipeError: the process is gone; its sentinel will tell
+                out.clear()
                 break
-            del channel.out[:written]
-        want = bool(channel.out)
+            if written < len(out[0]):
+                out[0] = out[0][written:]
+                break                      # the pipe is full: wait for EVENT_WRITE
+            out.popleft()
+        want = bool(out)
         if want != channel.writing:
             channel.writing = want
             if want:
@@ -165,7 +164,7 @@ class Backend:
         if channel.closed:
             return
         try:
-            data = os.read(channel.proc.from_worker, READ_SIZE)
+            data = os.read(channel.proc.from_worker, min(max(READ_SIZE, channel.decoder.missing), MAX_READ_SIZE))
         except BlockingIOError:
             return
         if not data:

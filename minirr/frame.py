@@ -76,48 +76,75 @@ def encode(flags: int, payload: bytes = b"", options: Sequence[int] = (), stream
 class FrameDecoder:
     """Incremental decoder: `feed(bytes)` returns the frames completed by those bytes.
 
+    Reads are kept as a list of chunks and joined only once enough bytes are in for the
+    next frame (`_need`), so a 5 MB payload arriving in 64 KB reads is copied once, not
+    once per read, and a small frame that arrives whole is not copied into a buffer at all.
+
     Raises FrameError on a bad version, header length, CRC or an oversized payload; the
     channel is broken after that and the decoder must not be fed again.
     """
 
     def __init__(self, max_payload_bytes: int = 1 << 31) -> None:
         self.max_payload_bytes = max_payload_bytes
-        self._buf = bytearray()
+        self._chunks: List[bytes] = []
+        self._have = 0                  # bytes in _chunks
+        self._need = HEADER_SIZE        # bytes needed before the next frame can progress
 
     @property
     def buffered(self) -> bytes:
         """What has been fed but not yet decoded (for diagnostics)."""
-        return bytes(self._buf)
+        return b"".join(self._chunks)
+
+    @property
+    def missing(self) -> int:
+        """Bytes still to come before the next frame can progress (a hint for read sizes)."""
+        return max(0, self._need - self._have)
 
     def feed(self, data: bytes) -> List[Frame]:
-        self._buf += data
+        if not data:
+            return []
+        self._chunks.append(data)
+        self._have += len(data)
+        if self._have < self._need:
+            return []
+        buf = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         frames = []
+        pos = 0
         while True:
-            frame = self._next_frame()
-            if frame is None:
-                return frames
-            frames.append(frame)
+            end = self._frame_end(buf, pos)
+            if end < 0:
+                break
+            frames.append(self._frame_at(buf, pos, end))
+            pos = end
+        rest = buf[pos:] if pos else buf
+        self._chunks = [rest] if rest else []
+        self._have = len(rest)
+        return frames
 
-    def _next_frame(self):
-        buf = self._buf
-        if len(buf) < HEADER_SIZE:
-            return None
-        first, flags, length = _HEAD.unpack_from(buf, 0)
-        self._check_header(buf, first, length)
-        options_bytes = ((first & 0x0F) - 3) * 4
-        end = HEADER_SIZE + options_bytes + length
-        if len(buf) < end:
-            return None
-        options = _OPTIONS[options_bytes // 4].unpack_from(buf, HEADER_SIZE)
-        payload = bytes(buf[HEADER_SIZE + options_bytes:end])
-        stream = buf[10]
-        del buf[:end]
-        return Frame(flags, payload, options, stream)
+    def _frame_end(self, buf: bytes, pos: int) -> int:
+        """Where the frame starting at `pos` ends, or -1 (and `_need` set) if incomplete."""
+        if len(buf) - pos < HEADER_SIZE:
+            self._need = HEADER_SIZE
+            return -1
+        first, flags, length = _HEAD.unpack_from(buf, pos)
+        self._check_header(buf, pos, first, length)
+        size = HEADER_SIZE + ((first & 0x0F) - 3) * 4 + length
+        if len(buf) - pos < size:
+            self._need = size
+            return -1
+        return pos + size
 
-    def _check_header(self, buf: bytearray, first: int, length: int) -> None:
-        (crc,) = _CRC.unpack_from(buf, 6)
-        if crc != zlib.crc32(bytes(buf[:6])):
-            raise FrameError(f"frame header CRC mismatch (got {bytes(buf[:HEADER_SIZE]).hex(' ')})")
+    @staticmethod
+    def _frame_at(buf: bytes, pos: int, end: int) -> Frame:
+        first, flags, _ = _HEAD.unpack_from(buf, pos)
+        words = (first & 0x0F) - 3
+        options = _OPTIONS[words].unpack_from(buf, pos + HEADER_SIZE)
+        return Frame(flags, buf[pos + HEADER_SIZE + words * 4:end], options, buf[pos + 10])
+
+    def _check_header(self, buf: bytes, pos: int, first: int, length: int) -> None:
+        (crc,) = _CRC.unpack_from(buf, pos + 6)
+        if crc != zlib.crc32(buf[pos:pos + 6]):
+            raise FrameError(f"frame header CRC mismatch (got {buf[pos:pos + HEADER_SIZE].hex(' ')})")
         if first >> 4 != VERSION:
             raise FrameError(f"frame version {first >> 4}, expected {VERSION}")
         words = first & 0x0F

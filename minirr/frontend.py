@@ -50,7 +50,8 @@ log = logging.getLogger("minirr")
 if TYPE_CHECKING:
     from .pool import Worker
 
-READ_SIZE = 256 * 1024
+READ_SIZE = 64 * 1024                  # recv allocates this much per call: modest for heads ...
+BODY_READ_SIZE = 1 << 20               # ... larger while a request body streams in
 ACCEPTS_PER_TICK = 64                  # bounded, so a flood of connects cannot starve the loop
 PIPELINE_BUFFER_LIMIT = 256 * 1024     # stop reading a busy client whose unparsed bytes pile up
 ACCEPT_BACKOFF_S = 0.5                 # after EMFILE/ENFILE
@@ -180,7 +181,7 @@ class Frontend:
 
     def _on_client_readable(self, client: Client) -> None:
         try:
-            data = client.sock.recv(READ_SIZE)
+            data = client.sock.recv(BODY_READ_SIZE if client.conn.reading_body else READ_SIZE)
         except BlockingIOError:
             return
         except OSError:                    # ConnectionResetError, TimeoutError: the peer is gone

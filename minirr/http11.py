@@ -206,6 +206,13 @@ class Connection:
             return
         if self._eof:
             raise RuntimeError("receive_data() called with bytes after EOF")
+        if self._state is State.BODY and not self._buf:
+            # Body bytes of a Content-Length body go straight into the body: a large
+            # upload is then copied once (the final join), not three times.
+            take = min(len(data), self._body_left)
+            self._body_parts.append(data if take == len(data) else data[:take])
+            self._body_left -= take
+            data = data[take:]
         self._buf += data
 
     def next_event(self):
@@ -419,7 +426,7 @@ class Connection:
         buf = self._buf
         if buf and self._body_left:
             take = min(len(buf), self._body_left)
-            self._body_parts.append(bytes(buf[:take]))
+            self._body_parts.append(bytes(memoryview(buf)[:take]))
             del buf[:take]
             self._body_left -= take
 

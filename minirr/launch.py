@@ -18,6 +18,7 @@ speaks the wire protocol (RoadRunner's `server.command`).
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
 import os
 import shutil
@@ -124,6 +125,20 @@ def _close_all(fds: Sequence[Optional[int]]) -> None:
                 pass
 
 
+PIPE_SIZE_BYTES = 1 << 20
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)   # the constant is named in fcntl from 3.10
+
+
+def _grow_pipe(fd: int) -> None:
+    """Linux pipes hold 64 KB by default, so a 5 MB body costs 80 wake-ups of the reader.
+    1 MB (the unprivileged maximum, /proc/sys/fs/pipe-max-size) cuts that to 5; if the
+    kernel refuses, the default still works."""
+    try:
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE_BYTES)
+    except OSError:
+        pass
+
+
 class _Pipes:
     """The three pipes of one worker. Both launchers create them the same way and hand
     the master's ends over the same way; only what the child does with its ends differs."""
@@ -132,6 +147,8 @@ class _Pipes:
         self.request_r, self.request_w = os.pipe()      # os.pipe() fds are not inheritable (PEP 446)
         self.response_r, self.response_w = os.pipe()
         self.output_r, self.output_w = os.pipe()
+        for fd in (self.request_w, self.response_w):
+            _grow_pipe(fd)
 
     def master_ends(self) -> List[int]:
         return [self.request_w, self.response_r, self.output_r]

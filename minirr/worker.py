@@ -36,6 +36,7 @@ log = logging.getLogger("minirr.worker")
 EXIT_OK = 0
 EXIT_BOOT_FAILED = 3          # like gunicorn's WORKER_BOOT_ERROR: the master backs off
 READ_SIZE = 64 * 1024           # os.read allocates this much per call: keep it modest
+MAX_READ_SIZE = 4 << 20
 
 Handler = Callable[[Request], Response]
 
@@ -52,7 +53,8 @@ class Channel:
     def receive(self) -> Optional[frame.Frame]:
         """The next frame, or None at EOF (the master has gone)."""
         while not self._pending:
-            data = os.read(self.read_fd, READ_SIZE)
+            # A large payload in progress: read up to what it still needs (bounded).
+            data = os.read(self.read_fd, min(max(READ_SIZE, self._decoder.missing), MAX_READ_SIZE))
             if not data:
                 return None
             self._pending.extend(self._decoder.feed(data))
