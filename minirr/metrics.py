@@ -70,7 +70,7 @@ class Metric:
         self.values: Dict[LabelValues, float] = {}
 
     def _key(self, labels: Sequence[str]) -> LabelValues:
-        key = tuple(str(value) for value in labels)
+        key = tuple(map(str, labels))
         if len(key) != len(self.labelnames):
             raise ValueError(f"{self.name} takes labels {self.labelnames}, got {key}")
         return key

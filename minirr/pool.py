@@ -33,6 +33,10 @@ class WorkerState(enum.Enum):
     STOPPING = "stopping"
     DEAD = "dead"
 
+    # Enum's own __hash__ is Python code; states are dict keys looked up a few times per
+    # request, and members are singletons, so identity will do (as in http11.State).
+    __hash__ = object.__hash__
+
 
 S = WorkerState
 TRANSITIONS = {
