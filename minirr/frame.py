@@ -51,6 +51,7 @@ _CRC = struct.Struct("<I")
 # CRC, stream byte, reserved byte, then n option words: one Struct per option count.
 _TAILS = [struct.Struct(f"<IBB{n}I") for n in range(MAX_OPTIONS + 1)]
 _OPTIONS = [struct.Struct(f"<{n}I") for n in range(MAX_OPTIONS + 1)]
+_FIXED = struct.Struct("<BBIIB")    # the fixed part a decoder reads: bytes 0..10
 
 
 class Frame(NamedTuple):
@@ -110,39 +111,29 @@ class FrameDecoder:
         buf = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         frames = []
         pos = 0
-        while True:
-            end = self._frame_end(buf, pos)
-            if end < 0:
+        size = len(buf)
+        self._need = HEADER_SIZE
+        while size - pos >= HEADER_SIZE:
+            first, flags, length, crc, stream = _FIXED.unpack_from(buf, pos)
+            if (crc != zlib.crc32(buf[pos:pos + 6]) or first >> 4 != VERSION
+                    or not 3 <= first & 0x0F <= 3 + MAX_OPTIONS or length > self.max_payload_bytes):
+                self._refuse(buf, pos, first, length, crc)
+            words = (first & 0x0F) - 3
+            start = pos + HEADER_SIZE + 4 * words
+            end = start + length
+            if end > size:
+                self._need = end - pos         # wait for the whole frame, then join once
                 break
-            frames.append(self._frame_at(buf, pos, end))
+            options = _OPTIONS[words].unpack_from(buf, pos + HEADER_SIZE) if words else ()
+            frames.append(Frame(flags, buf[start:end], options, stream))
             pos = end
         rest = buf[pos:] if pos else buf
         self._chunks = [rest] if rest else []
         self._have = len(rest)
         return frames
 
-    def _frame_end(self, buf: bytes, pos: int) -> int:
-        """Where the frame starting at `pos` ends, or -1 (and `_need` set) if incomplete."""
-        if len(buf) - pos < HEADER_SIZE:
-            self._need = HEADER_SIZE
-            return -1
-        first, flags, length = _HEAD.unpack_from(buf, pos)
-        self._check_header(buf, pos, first, length)
-        size = HEADER_SIZE + ((first & 0x0F) - 3) * 4 + length
-        if len(buf) - pos < size:
-            self._need = size
-            return -1
-        return pos + size
-
-    @staticmethod
-    def _frame_at(buf: bytes, pos: int, end: int) -> Frame:
-        first, flags, _ = _HEAD.unpack_from(buf, pos)
-        words = (first & 0x0F) - 3
-        options = _OPTIONS[words].unpack_from(buf, pos + HEADER_SIZE)
-        return Frame(flags, buf[pos + HEADER_SIZE + words * 4:end], options, buf[pos + 10])
-
-    def _check_header(self, buf: bytes, pos: int, first: int, length: int) -> None:
-        (crc,) = _CRC.unpack_from(buf, pos + 6)
+    def _refuse(self, buf: bytes, pos: int, first: int, length: int, crc: int) -> None:
+        """Raise the FrameError that says what is wrong with the header at `pos`."""
         if crc != zlib.crc32(buf[pos:pos + 6]):
             raise FrameError(f"frame header CRC mismatch (got {buf[pos:pos + HEADER_SIZE].hex(' ')})")
         if first >> 4 != VERSION:
@@ -150,5 +141,4 @@ class FrameDecoder:
         words = first & 0x0F
         if words < 3 or words - 3 > MAX_OPTIONS:
             raise FrameError(f"frame header length {words} words is out of range 3..{3 + MAX_OPTIONS}")
-        if length > self.max_payload_bytes:
-            raise FrameError(f"frame payload {length} bytes exceeds {self.max_payload_bytes}")
+        raise FrameError(f"frame payload {length} bytes exceeds {self.max_payload_bytes}")

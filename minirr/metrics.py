@@ -21,6 +21,8 @@ family appears once, HELP and TYPE first, then its samples.
 
 from __future__ import annotations
 
+import bisect
+
 import math
 from typing import Dict, List, Sequence, Tuple
 
@@ -94,6 +96,9 @@ class Counter(Metric):
     def inc(self, labels: Sequence[str] = (), amount: float = 1.0) -> None:
         if amount < 0:
             raise ValueError("a counter only goes up")
+        if type(labels) is tuple and labels in self.values:   # seen before, so valid: skip the checks
+            self.values[labels] += amount
+            return
         key = self._key(labels)
         self.values[key] = self.values.get(key, 0.0) + amount
 
@@ -125,10 +130,9 @@ class Histogram(Metric):
         self.count = 0
 
     def observe(self, value: float) -> None:
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                self.bucket_counts[i] += 1
-                break
+        i = bisect.bisect_left(self.buckets, value)    # the first bucket with value <= bound
+        if i < len(self.buckets):
+            self.bucket_counts[i] += 1
         self.sum += value
         self.count += 1
 
@@ -157,6 +161,7 @@ class ServerMetrics:
     """Every metric minirr exports, with the events that move them."""
 
     def __init__(self) -> None:
+        self._status_labels: Dict[int, Tuple[str]] = {}     # 200 -> ("200",), made once
         self.requests = Counter("minirr_requests_total", "Requests answered, by HTTP status.", ("status",))
         self.duration = Histogram("minirr_request_duration_seconds",
                                   "Time from a complete request to its answer, queue wait included.",
@@ -173,7 +178,10 @@ class ServerMetrics:
             self.restarts.inc((reason,), 0)
 
     def request_answered(self, status: int, duration_s: float) -> None:
-        self.requests.inc((str(status),))
+        labels = self._status_labels.get(status)
+        if labels is None:
+            labels = self._status_labels[status] = (str(status),)
+        self.requests.inc(labels)
         self.duration.observe(duration_s)
 
     def worker_restarted(self, reason: str) -> None:

@@ -73,3 +73,11 @@ def test_path_of(uri, path):
 def test_response_head_cache_returns_equal_results():
     head = b'{"status":201,"headers":{"X":["1"]}}'
     assert decode_response_head(head) == decode_response_head(head) == (201, [("X", "1")], False)
+
+
+def test_request_head_escapes_every_string_field():
+    tricky = 'a"b\\c\u00e9\x01'
+    request = Request("GET", "/", tricky, [("X-T", tricky), ("Cookie", "k=v")], b"", tricky, "HTTP/1.1", tricky)
+    head = json.loads(encode_request_head(request))
+    assert head["rawQuery"] == head["remoteAddr"] == head["uri"] == tricky
+    assert head["headers"]["X-T"] == [tricky] and head["cookies"] == {"k": "v"}
