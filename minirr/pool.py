@@ -197,9 +197,6 @@ class Pool:
         """Workers that are ready or working: if 0 while starts fail, requests get 503 now."""
         return sum(1 for w in self.workers.values() if w.state in (S.IDLE, S.BUSY))
 
-    def in_state(self, state: WorkerState) -> List[Worker]:
-        return [w for w in self.workers.values() if w.state is state]
-
     def overdue(self, now: float) -> List[Worker]:
         """Busy past exec_ttl, starting past allocate_timeout, stopping past destroy_timeout."""
         return [w for w in self.workers.values()
