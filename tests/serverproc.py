@@ -237,6 +237,42 @@ class ServerProcess:
         return self.proc.returncode
 
 
+class RequestLoop:
+    """`threads` threads that GET `path` from `server` again and again while the block runs;
+    every status other than 200 lands in `failures`.
+
+        with RequestLoop(srv, threads=4) as loop:
+            srv.send_signal(signal.SIGHUP)
+            srv.wait_workers(2, exclude=old)
+        assert loop.failures == []
+
+    Leaving the block stops the loops and joins the threads (the request in flight ends first).
+    """
+
+    def __init__(self, server: "ServerProcess", path: str = "/", threads: int = 2) -> None:
+        self.server = server
+        self.path = path
+        self.failures: List[int] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop) for _ in range(threads)]
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            status = self.server.request("GET", self.path)[0]
+            if status != 200:
+                self.failures.append(status)
+
+    def __enter__(self) -> "RequestLoop":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+
 def run_cli(*args: str, timeout: float = 60.0, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
     """Run `python -m minirr ARGS...` (e.g. "workers", "-c", path) to completion."""
     full_env = dict(os.environ)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -22,6 +21,7 @@ if str(ROOT) not in sys.path:  # demo_app.py lives at the top of the repo
     sys.path.insert(0, str(ROOT))
 
 import demo_app  # noqa: E402
+from doubles.demo import closed_port, demo_fixtures  # noqa: E402
 from doubles.flipt_double import FliptDouble  # noqa: E402
 from doubles.vault_double import VaultDouble  # noqa: E402
 
@@ -30,33 +30,7 @@ FLIPT_TOKEN = "flipt-Token-0815"
 ROOT_TOKEN = "root-Token-42"
 FLAG = "show_reverse_greeting"
 
-
-@pytest.fixture
-def flipt():
-    double = FliptDouble().start()
-    double.set_flag(FLAG, False)
-    yield double
-    double.stop()
-
-
-@pytest.fixture
-def vault(flipt):
-    double = VaultDouble(root_token=ROOT_TOKEN).start()
-    double.seed_demo(password=PASSWORD, flipt_host=flipt.url, flipt_token=FLIPT_TOKEN)
-    yield double
-    double.stop()
-
-
-@pytest.fixture
-def env(vault):
-    return {"VAULT_HOST": vault.url, "VAULT_USER": "demoapp", "VAULT_PASS": PASSWORD}
-
-
-def closed_port() -> int:
-    """A loopback port nobody listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+flipt, vault, env = demo_fixtures(root_token=ROOT_TOKEN, password=PASSWORD, flipt_token=FLIPT_TOKEN)
 
 
 def boot_failure(env) -> str:

@@ -7,7 +7,6 @@ The Vault and Flipt doubles run in this test process on 127.0.0.1; the workers o
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from serverproc import ROOT, wait_until
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from doubles.demo import closed_port, demo_fixtures  # noqa: E402
 from doubles.flipt_double import FliptDouble  # noqa: E402
 from doubles.vault_double import VaultDouble  # noqa: E402
 
@@ -33,32 +33,7 @@ FLAG = "show_reverse_greeting"
 HELLO = b"Hello, world!"
 OLLEH = b"!dlrow ,olleH"
 
-
-@pytest.fixture
-def flipt():
-    double = FliptDouble().start()
-    double.set_flag(FLAG, False)
-    yield double
-    double.stop()
-
-
-@pytest.fixture
-def vault(flipt):
-    double = VaultDouble(root_token="root-Served").start()
-    double.seed_demo(password=PASSWORD, flipt_host=flipt.url, flipt_token=FLIPT_TOKEN)
-    yield double
-    double.stop()
-
-
-@pytest.fixture
-def vault_env(vault):
-    return {"VAULT_HOST": vault.url, "VAULT_USER": "demoapp", "VAULT_PASS": PASSWORD}
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+flipt, vault, vault_env = demo_fixtures(root_token="root-Served", password=PASSWORD, flipt_token=FLIPT_TOKEN)
 
 
 def demo_command(*args: str) -> subprocess.CompletedProcess:

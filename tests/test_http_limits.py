@@ -146,23 +146,25 @@ def test_413_from_content_length_before_the_body_is_sent(limited):
 
 # ---------------------------------------------------------------------------- timeouts
 
-def test_partial_header_gets_408_after_header_timeout(impatient):
+def exchange_after_timeout(srv, data: bytes):
+    """exchange(), checking that the server waited at least TIMEOUT_S before it ended it."""
     started = time.monotonic()
-    data, ending = exchange(impatient, b"GET / HTTP/1.1\r\nHost: x\r\n")
+    result = exchange(srv, data)
     assert time.monotonic() - started >= TIMEOUT_S
+    return result
+
+
+def test_partial_header_gets_408_after_header_timeout(impatient):
+    data, ending = exchange_after_timeout(impatient, b"GET / HTTP/1.1\r\nHost: x\r\n")
     assert "request header not complete within 0.3s" in assert_rejected(data, ending, 408)
 
 
 def test_silent_connection_is_closed_without_a_response(impatient):
-    started = time.monotonic()
-    assert exchange(impatient, b"") == (b"", "eof")
-    assert time.monotonic() - started >= TIMEOUT_S
+    assert exchange_after_timeout(impatient, b"") == (b"", "eof")
 
 
 def test_stalled_body_gets_408_after_body_timeout(impatient):
-    started = time.monotonic()
-    data, ending = exchange(impatient, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
-    assert time.monotonic() - started >= TIMEOUT_S
+    data, ending = exchange_after_timeout(impatient, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
     assert "no request body bytes for 0.3s" in assert_rejected(data, ending, 408)
 
 

@@ -38,6 +38,7 @@ def test_lifecycle_and_assignment():
     pool.assign(a, "job", 1.0)
     assert a.state is S.BUSY and pool.idle_worker() is None
     assert pool.job_done(a, 2.0) is False and a.state is S.IDLE
+    assert b.state is S.STARTING and pool.idle_worker() is a
     assert pool.counts() == {"starting": 1, "ready": 1, "working": 0, "stopping": 0}
 
 

@@ -6,17 +6,15 @@ Every test runs twice: with forked workers (`app = ...`) and with external worke
 
 from __future__ import annotations
 
-import http.client
 import os
 import signal
 import socket
 import sys
 import threading
-import time
 
 import pytest
 
-from serverproc import pid_alive, wait_until
+from serverproc import RequestLoop, pid_alive, wait_until
 
 APP = "minirr_testapp:create_app"
 
@@ -251,15 +249,11 @@ def test_workers_hold_no_master_descriptors(serve):
 
 
 def test_stdout_and_stderr_are_relayed_with_the_pid(serve, mode):
-    srv = serve(config(mode))
+    srv = serve(config(mode, extra="num_workers = 1\n").replace("num_workers = 2\n", ""))
     pid = int(get(srv, "/pid")[2])
-    conn = srv.connection()
-    conn.request("GET", "/print")
-    resp = conn.getresponse()
-    assert resp.read() == b"printed"
-    conn.close()
-    srv.wait_for_log(r"\(pid \d+\): hello from stdout")
-    srv.wait_for_log(r"\(pid \d+\): hello from stderr")
+    assert get(srv, "/print")[2] == b"printed"
+    srv.wait_for_log(rf"\(pid {pid}\): hello from stdout")
+    srv.wait_for_log(rf"\(pid {pid}\): hello from stderr")
 
 
 def test_sigterm_drains_in_flight_request_and_exits_0(serve, mode):
@@ -283,25 +277,11 @@ def test_sigterm_drains_in_flight_request_and_exits_0(serve, mode):
 def test_sighup_replaces_all_workers_with_zero_failures(serve, mode):
     srv = serve(config(mode))
     old = srv.wait_workers(2)
-    failures = []
-    stop = threading.Event()
-
-    def loop():
-        while not stop.is_set():
-            status = get(srv, "/")[0]
-            if status != 200:
-                failures.append(status)
-
-    threads = [threading.Thread(target=loop) for _ in range(4)]
-    for t in threads:
-        t.start()
-    srv.send_signal(signal.SIGHUP)
-    new = srv.wait_workers(2, timeout=30, exclude=old)
-    srv.wait_for_log("reload complete", timeout=30)
-    stop.set()
-    for t in threads:
-        t.join()
-    assert failures == []
+    with RequestLoop(srv, threads=4) as loop:
+        srv.send_signal(signal.SIGHUP)
+        new = srv.wait_workers(2, timeout=30, exclude=old)
+        srv.wait_for_log("reload complete", timeout=30)
+    assert loop.failures == []
     assert not set(new) & set(old)
 
 
@@ -334,7 +314,7 @@ def test_failing_bootstrap_backs_off_and_answers_503(serve, mode):
 def test_bootstrap_system_exit_logs_one_line(serve, mode):
     srv = serve(config(mode, app="minirr_testapp:exiting_factory", extra="num_workers = 1\n")
                 .replace("num_workers = 2\n", ""))
-    line = srv.wait_for_log(r"bootstrap failed: Vault at http://127.0.0.1:1: connection refused")[0]
+    srv.wait_for_log(r"bootstrap failed: Vault at http://127.0.0.1:1: connection refused")
     assert "Traceback" not in srv.log
 
 

@@ -4,14 +4,13 @@ then ttl, idle_ttl and max_worker_memory against a live server."""
 from __future__ import annotations
 
 import os
-import threading
 
 import pytest
 
 from minirr import procfs, supervisor
 from minirr.pool import Pool, WorkerState
 from minirr.supervisor import Limits, exceeded, next_retirement, restart_reason
-from serverproc import pid_alive, wait_until
+from serverproc import RequestLoop, pid_alive, wait_until
 
 S = WorkerState
 MB = 1024 * 1024
@@ -136,26 +135,10 @@ def get(srv, path, **kw):
 def test_ttl_replaces_workers_without_failing_requests(serve):
     srv = serve(config(2, "ttl = 1s\n"))
     old = srv.wait_workers(2)
-    failures = []
-    stop = threading.Event()
-
-    def loop():
-        while not stop.is_set():
-            status = get(srv, "/")[0]
-            if status != 200:
-                failures.append(status)
-
-    threads = [threading.Thread(target=loop) for _ in range(2)]
-    for t in threads:
-        t.start()
-    try:
+    with RequestLoop(srv, threads=2) as loop:
         srv.wait_for_log(r"past ttl \(1s\); replacing it")
         srv.wait_workers(2, timeout=20, exclude=old)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    assert failures == []
+    assert loop.failures == []
     srv.wait_for_log(r"stopped \(ttl\)", count=2)
 
 
