@@ -37,6 +37,8 @@ MAX_READ_SIZE = 4 << 20                # ... or up to what a large frame in prog
 MAX_FRAME_PAYLOAD = 1 << 31
 OUTPUT_LINE_LIMIT = 8192
 STOP_PAYLOAD = json.dumps({"stop": True}).encode()
+_RELAY_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
+                 "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
 S = WorkerState
 
 if TYPE_CHECKING:
@@ -324,8 +326,12 @@ class Backend:
             lines.append(channel.output_tail)
             channel.output_tail = b""
         for line in lines:
-            log.info("worker %d (pid %d): %s", worker.id, worker.pid, line.decode("utf-8", "replace").rstrip("\r"),
-                     extra={"worker": worker.id, "pid": worker.pid})
+            text = line.decode("utf-8", "replace").rstrip("\r")
+            # A worker's own log lines start with their level (worker.LevelPerLineFormatter);
+            # anything else it prints (print(), a PHP warning) is relayed at INFO.
+            level = _RELAY_LEVELS.get(text.split(" ", 1)[0], logging.INFO)
+            log.log(level, "worker %d (pid %d): %s", worker.id, worker.pid, text,
+                    extra={"worker": worker.id, "pid": worker.pid})
 
     def _on_worker_exit(self, worker: Worker) -> None:
         """The process is gone: clean up, then decide what its exit means."""

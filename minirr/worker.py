@@ -147,13 +147,23 @@ def _answer(channel: Channel, handler: Handler, request_frame: frame.Frame) -> N
     channel.send(CODEC_JSON, head + response.body, (len(head),))
 
 
+class LevelPerLineFormatter(logging.Formatter):
+    """`LEVEL name: message`, and every further line of a record (a traceback) starts with
+    `LEVEL |`: the master reads the level off each line it relays, so a traceback logged
+    at ERROR still shows under `[logs] level = warning`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        first, *rest = super().format(record).split("\n")
+        return "\n".join([first] + [f"{record.levelname} | {line}" for line in rest])
+
+
 def configure_worker_logging() -> None:
-    """Plain lines on stderr; the master prefixes each with the worker's pid."""
+    """Lines on stderr, each starting with its level; the master adds the worker's pid."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(LevelPerLineFormatter("%(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     if root.level == logging.NOTSET or root.level > logging.INFO:
         root.setLevel(logging.INFO)

@@ -341,3 +341,15 @@ def test_bad_config_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "rr.ini" in lines[0] and "[pool] num_workers" in lines[0]
+
+
+def test_worker_tracebacks_survive_a_warning_log_level(serve, mode):
+    """Relayed worker lines keep their level: at `[logs] level = warning` an app's
+    traceback (logged at ERROR in the worker) is still in the log, a print() is not."""
+    srv = serve(config(mode, extra="num_workers = 1\n[logs]\nlevel = warning\n").replace("num_workers = 2\n", ""))
+    assert get(srv, "/print")[2] == b"printed"
+    assert get(srv, "/raise")[0] == 500
+    # One worker, one pipe: once the traceback is relayed, the earlier print() was too.
+    srv.wait_for_log(r"\(pid \d+\): ERROR \| RuntimeError: boom from the app")
+    srv.wait_for_log(r"\(pid \d+\): ERROR minirr.worker: request failed")
+    assert "hello from stdout" not in srv.log
