@@ -231,6 +231,9 @@ def test_php_workers_stop_gracefully_on_sigterm(serve):
 def test_command_workers_hold_only_their_three_standard_streams(serve):
     """close_fds=True: no listener, client socket, selector or other worker's pipe leaks in."""
     srv = serve_command(serve, "python", num_workers=2)
+    # Both must have exec'd and answered the handshake: between fork and exec a child
+    # still holds the master's descriptors (subprocess closes them just before exec).
+    srv.wait_for_log(r"ready in", count=2)
     conn = srv.connection()
     conn.request("GET", "/pid")                   # a live client socket while we look
     conn.getresponse().read()

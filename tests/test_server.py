@@ -235,6 +235,7 @@ def test_client_gets_eof_after_close_even_across_a_respawn(serve, mode):
 def test_workers_hold_no_master_descriptors(serve):
     """No listener, client socket, selector or other worker's pipe in a worker."""
     srv = serve(config("fork"))
+    srv.wait_for_log(r"ready in", count=2)        # past the fork-to-cleanup window of both
     conn = srv.connection()
     conn.request("GET", "/")                      # a live client socket while we look
     conn.getresponse().read()
