@@ -183,7 +183,7 @@ def test_endpoint_lines_come_before_the_ready_line(serve):
 def test_health_and_ready(serve):
     srv = serve(CONFIG)
     port = endpoints_of(srv)["status"]
-    srv.wait_for_log(r"worker 2 \(pid \d+\) ready in")
+    srv.wait_for_log(r"worker \d+ \(pid \d+\) ready in", count=2)
     status, headers, body = fetch(port, "/health")
     assert status == 200 and headers["content-type"] == "application/json"
     assert json.loads(body)["workers"] == {"ready": 2, "working": 0, "starting": 0, "stopping": 0}
