@@ -117,7 +117,7 @@ def test_workers_rows_match_the_pids_the_app_reports(serve):
 
 def test_workers_json_counts_every_request(serve):
     srv = serve(CONFIG)
-    srv.wait_for_log(r"worker 2 \(pid \d+\) ready in")
+    srv.wait_for_log(r"worker \d+ \(pid \d+\) ready in", count=2)
     for _ in range(5):
         assert get(srv, "/")[0] == 200
     proc = cli(srv, "workers", "--json")
