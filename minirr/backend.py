@@ -112,7 +112,6 @@ class Backend:
     def _dispatch(self, worker: Worker, job, now: float) -> None:
         self.pool.assign(worker, job, now)
         job.worker = worker
-        job.started_at = now
         request = job.request
         head = encode_request_head(request)
         payload_len = len(head) + len(request.body)
@@ -242,10 +241,7 @@ class Backend:
     def _answer_job_failure_and_free(self, worker: Worker, job: Job, reason: str, now: float) -> None:
         """A failed job whose worker is fine (soft error, bad response): keep the worker."""
         self._answer_job_failure(job, reason)
-        if self.pool.job_done(worker, now):
-            self._stop_worker(worker, worker.retire_reason, now)
-            self._ensure_pool(now)
-        self._drain_queue(now)
+        self._release_worker(worker, now)
 
     def _requeue_from_stopping_worker(self, worker: Worker, job: Job, now: float) -> None:
         """The worker asked to be recycled instead of answering: run the job elsewhere."""

@@ -47,7 +47,6 @@ PING = 0x04
 PONG = 0x08
 
 _HEAD = struct.Struct("<BBI")  # version|hl, flags, length: the bytes the CRC covers
-_CRC = struct.Struct("<I")
 # CRC, stream byte, reserved byte, then n option words: one Struct per option count.
 _TAILS = [struct.Struct(f"<IBB{n}I") for n in range(MAX_OPTIONS + 1)]
 _OPTIONS = [struct.Struct(f"<{n}I") for n in range(MAX_OPTIONS + 1)]

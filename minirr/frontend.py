@@ -91,7 +91,7 @@ class Client:
 class Job:
     """One request on its way through the pool."""
 
-    __slots__ = ("client", "request", "keep_alive", "head_only", "queued_at", "deadline_at", "worker", "started_at")
+    __slots__ = ("client", "request", "keep_alive", "head_only", "queued_at", "deadline_at", "worker")
 
     def __init__(self, client: Client, request: Request, keep_alive: bool, now: float, deadline_at: float) -> None:
         self.client = client
@@ -101,7 +101,6 @@ class Job:
         self.queued_at = now
         self.deadline_at = deadline_at
         self.worker: Optional[Worker] = None
-        self.started_at = 0.0
 
 
 class Frontend:

@@ -65,7 +65,6 @@ class Worker:
         self.pid = 0
         self.state = WorkerState.STARTING
         self.created_at = created_at
-        self.ready_at = 0.0
         self.last_done_at = 0.0           # when it last finished a job (idle_ttl)
         self.max_jobs = max_jobs           # 0 = unlimited; already jittered
         self.jobs_done = 0
@@ -126,7 +125,7 @@ class Pool:
         """The worker finished its bootstrap and answered the handshake."""
         _advance(worker, "hello")
         worker.pid = pid or worker.pid
-        worker.ready_at = worker.last_done_at = now
+        worker.last_done_at = now
         worker.deadline_at = 0.0
         self.boot_failures = 0
         self.next_start_at = 0.0

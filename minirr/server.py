@@ -78,7 +78,6 @@ class Server(Operations, Frontend, Backend):
         self._date_second = -1
         self._date = b""
         self._next_tick_at = 0.0
-        self.started_at = time.time()
         self._init_operations()
 
     # ================================================================== start and run
@@ -206,6 +205,11 @@ class Server(Operations, Frontend, Backend):
     def _finish_job(self, worker: Worker, job: Job, data: bytes, status: int, now: float) -> None:
         """The job has its answer: send it, log it, and let the pool decide the worker's fate."""
         self._respond(job, data, status, now)
+        self._release_worker(worker, now)
+
+    def _release_worker(self, worker: Worker, now: float) -> None:
+        """Its job is answered: retire it if due (its replacement starts now), and give the
+        next queued job to whichever worker is free."""
         if self.pool.job_done(worker, now):
             self._stop_worker(worker, worker.retire_reason, now)
             self._ensure_pool(now)

@@ -203,14 +203,7 @@ class ServerProcess:
         """Send `signum`, wait for the master to exit, return its exit status."""
         if self.proc.poll() is None:
             self.proc.send_signal(signum)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"server did not exit within {timeout}s after signal {signum}:\n{self.log}")
-        for t in self._threads:
-            t.join(5)
-        return self.proc.returncode
+        return self.wait_exit(timeout)
 
     def kill(self) -> None:
         """Kill the master and every child it still has (teardown of last resort)."""
