@@ -22,7 +22,7 @@ import os
 import selectors
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Deque, Optional
+from typing import TYPE_CHECKING, Deque, Dict, Optional, Tuple
 
 from . import frame, http11
 from .errors import FrameError
@@ -225,13 +225,14 @@ class Backend:
         try:
             if not 0 <= head_len <= len(item.payload):
                 raise ValueError("response frame has no head length option")
-            status, headers, stop = decode_response_head(item.payload[:head_len])
-            if stop:
+            status, http_head = _http_head(item.payload[:head_len])
+            if http_head is None:
                 self._requeue_from_stopping_worker(worker, job, now)
                 return
-            data = http11.serialize_response(status, headers, item.payload[head_len:], keep_alive=job.keep_alive,
-                                             head_only=job.head_only, date=self._http_date(),
-                                             protocol=job.request.protocol)
+            body = memoryview(item.payload)[head_len:]   # into the response without a copy of its own
+            data = http11.complete_response(http_head, status, body, keep_alive=job.keep_alive,
+                                            head_only=job.head_only, date=self._http_date(),
+                                            protocol=job.request.protocol)
         except ValueError as exc:
             log.warning("%s: invalid response: %s", worker, exc)
             self._answer_job_failure_and_free(worker, job, "bad_response", now)
@@ -385,6 +386,26 @@ class Backend:
                 self.selector.unregister(fd)
         channel.proc.close()
 
+
+
+_HTTP_HEADS: Dict[bytes, Tuple[int, bytes]] = {}
+_HTTP_HEADS_SIZE = 256                 # an app sends few distinct heads; bounded all the same
+
+
+def _http_head(head_json: bytes) -> Tuple[int, Optional[bytes]]:
+    """A response frame's JSON head -> (status, HTTP status line and header lines), or
+    (0, None) for a worker asking to stop. An app sends the same few heads over and over,
+    so each is decoded and checked once. Raises ValueError on an invalid head."""
+    cached = _HTTP_HEADS.get(head_json)
+    if cached is not None:
+        return cached
+    status, headers, stop = decode_response_head(head_json)
+    if stop:
+        return 0, None
+    result = (status, http11.response_head(status, headers))
+    if len(_HTTP_HEADS) < _HTTP_HEADS_SIZE:
+        _HTTP_HEADS[head_json] = result
+    return result
 
 
 def _printable(data: bytes) -> str:

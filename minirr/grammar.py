@@ -27,6 +27,9 @@ _FIELD_CHARS = r"\t\x20-\x7e\x80-\xff"
 FIELD_LINES_RE = re.compile(f"{_TOKEN}:[{_FIELD_CHARS}]*(?:\r\n{_TOKEN}:[{_FIELD_CHARS}]*)*")
 # method SP request-target SP HTTP-version; the target is visible ASCII only.
 REQUEST_LINE_RE = re.compile(f"({_TOKEN}) ([\x21-\x7e]+) HTTP/([0-9])\\.([0-9])")
+# A whole head (request line, then field lines) in one match: the common, valid case
+# costs one regex; only a head that fails it is taken apart to name the broken rule.
+HEAD_RE = re.compile(f"{REQUEST_LINE_RE.pattern}(?:\r\n({FIELD_LINES_RE.pattern}))?")
 _VERSION_RE = re.compile(r"HTTP/([0-9])\.([0-9])")
 # RFC 9112 §2.2: empty lines a server may skip before a request line
 EMPTY_LINES_RE = re.compile(rb"(?:\r\n)+")
@@ -96,6 +99,29 @@ def request_line_error(line: str) -> ProtocolError:
     if any(c > "\x7f" for c in target):
         return ProtocolError("request-target contains a non-ASCII byte")
     return ProtocolError("request-target contains a control character")
+
+
+def http_version(major: str, minor: str) -> str:
+    """The protocol a request is answered in: HTTP/1.0, or HTTP/1.1 for any other 1.x."""
+    if major != "1":
+        raise ProtocolError(f"HTTP/{major}.{minor} is not supported", 505)
+    return "HTTP/1.0" if minor == "0" else "HTTP/1.1"
+
+
+def head_error(text: str) -> ProtocolError:
+    """Name what is wrong with a head that did not match HEAD_RE, checking the rules in
+    the order a reader would: request line, version, target, then the field lines."""
+    line, _, fields = text.partition("\r\n")
+    match = REQUEST_LINE_RE.fullmatch(line)
+    if match is None:
+        return request_line_error(line)
+    method, target, major, minor = match.groups()
+    try:
+        http_version(major, minor)
+        split_target(method, target)
+    except ProtocolError as exc:
+        return exc
+    return field_line_error(fields.split("\r\n"), "header")
 
 
 def split_target(method: str, target: str) -> Tuple[str, str]:

@@ -55,10 +55,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from .errors import ProtocolError
 from .forwarded import client_address, client_scheme, is_trusted
-from .grammar import (CHUNK_LINE_RE, EMPTY_LINES_RE, FIELD_LINES_RE, MAX_CHUNK_DIGITS,
-                      REQUEST_LINE_RE, TOKEN_RE, asks_to_close, check_host,
-                      check_trailer_section, check_transfer_coding, content_length,
-                      field_line_error, request_line_error, split_target, target_uri)
+from .grammar import (CHUNK_LINE_RE, EMPTY_LINES_RE, HEAD_RE, MAX_CHUNK_DIGITS, TOKEN_RE,
+                      asks_to_close, check_host, check_trailer_section, check_transfer_coding,
+                      content_length, head_error, http_version, split_target, target_uri)
 from .messages import Request
 
 
@@ -288,37 +287,29 @@ class Connection:
 
     def _parse_head(self, end: int):
         text = self._buf[:end].decode("latin-1")
-        line, _, fields = text.partition("\r\n")
-        match = REQUEST_LINE_RE.fullmatch(line)
+        match = HEAD_RE.fullmatch(text)
         if match is None:
-            self._check_complete_section(end)
-            raise request_line_error(line)
-        method, target, major, minor = match.groups()
-        if major != "1":
-            raise ProtocolError(f"HTTP/{major}.{minor} is not supported", 505)
-        protocol = "HTTP/1.0" if minor == "0" else "HTTP/1.1"  # other 1.x: answer as 1.1
+            self._check_complete_section(end)  # a limit broken first is reported first
+            raise head_error(text)
+        method, target, major, minor, fields = match.groups()
+        protocol = http_version(major, minor)
         path, query = split_target(method, target)
-        if fields:
-            if FIELD_LINES_RE.fullmatch(fields) is None:
-                self._check_complete_section(end)
-                raise field_line_error(fields.split("\r\n"), "header")
+        headers = []
+        special: Dict[str, List[str]] = {}
+        if fields is not None:
             lines = fields.split("\r\n")
             if len(lines) > self._limits.limit_request_fields:
                 raise ProtocolError(f"more than {self._limits.limit_request_fields} header fields", 431)
-        else:
-            lines = []
-        headers = []
-        special: Dict[str, List[str]] = {}
-        for field_line in lines:
-            name, _, value = field_line.partition(":")
-            value = value.strip(" \t")  # RFC 9112 §5: OWS around the value is not part of it
-            headers.append((name, value))
-            lname = name.lower()
-            if lname in _SPECIAL_FIELDS:
-                special.setdefault(lname, []).append(value)
+            for field_line in lines:
+                name, _, value = field_line.partition(":")
+                value = value.strip(" \t")  # RFC 9112 §5: OWS around the value is not part of it
+                headers.append((name, value))
+                lname = name.lower()
+                if lname in _SPECIAL_FIELDS:
+                    special.setdefault(lname, []).append(value)
+            self._fields_seen = len(lines)
         del self._buf[:end + 4]
-        self._section_used = end + 2 - len(line)
-        self._fields_seen = len(lines)
+        self._section_used = end + 2 - match.end(4)
         return self._start_body(method, target, path, query, protocol, headers, special)
 
     def _start_body(self, method, target, path, query, protocol, headers, special):
@@ -331,6 +322,8 @@ class Connection:
         self._request = Request(method, path, query, headers, b"", remote_addr, protocol,
                                 target_uri(scheme, host, method, target))
         self._must_close = asks_to_close(special.get("connection"), protocol)
+        if len(special) == 1 and "host" in special:
+            return self._complete("request_without_body")  # no framing fields: the usual GET
         if protocol == "HTTP/1.1" and "expect" in special:
             # RFC 9110 §10.1.1; a 100-continue in an HTTP/1.0 request MUST be ignored.
             self._expect_continue = any(v.lower() == "100-continue" for v in special["expect"])
@@ -558,6 +551,14 @@ def serialize_response(status: int, headers: list, body: bytes, *, keep_alive: b
                        head_only: bool = False, date: bytes, protocol: str = "HTTP/1.1") -> bytes:
     """The bytes of one response: status line, app headers, Date, Content-Length,
     Connection, blank line, body. Raises ValueError on header injection attempts."""
+    return complete_response(response_head(status, headers), status, body, keep_alive=keep_alive,
+                             head_only=head_only, date=date, protocol=protocol)
+
+
+def response_head(status: int, headers: list) -> bytes:
+    """The status line and the application's header lines, checked: the part of a
+    response that depends only on the app's head, so a caller may keep it and reuse it.
+    Raises ValueError on a bad status or a header injection attempt."""
     if not 100 <= status <= 999:
         raise ValueError(f"status {status} is not a three-digit code")
     reason = _REASONS.get(status) or _GENERIC_REASONS.get(status // 100, "Unknown")
@@ -566,19 +567,24 @@ def serialize_response(status: int, headers: list, body: bytes, *, keep_alive: b
         if name.lower() in _RESPONSE_OWNED:
             continue
         parts.append(_header_line(name, value))
-    parts.append(b"Date: " + date + b"\r\n")
+    return b"".join(parts)
+
+
+def complete_response(head: bytes, status: int, body: bytes, *, keep_alive: bool,
+                      head_only: bool = False, date: bytes, protocol: str = "HTTP/1.1") -> bytes:
+    """`head` (from response_head) + Date, Content-Length, Connection, blank line, body."""
     # RFC 9110 §8.6 and RFC 9112 §6.3: 1xx, 204 and 304 responses have no content.
     bodiless = status < 200 or status == 204 or status == 304
-    if not bodiless:
-        parts.append(b"Content-Length: %d\r\n" % len(body))
+    length = b"" if bodiless else b"Content-Length: %d\r\n" % len(body)
     if not keep_alive:
-        parts.append(b"Connection: close\r\n")
+        connection = b"Connection: close\r\n"
     elif protocol == "HTTP/1.0":
-        parts.append(b"Connection: keep-alive\r\n")  # RFC 9112 §9.3: 1.0 closes by default
-    parts.append(b"\r\n")
-    if not (head_only or bodiless):
-        parts.append(body)
-    return b"".join(parts)
+        connection = b"Connection: keep-alive\r\n"  # RFC 9112 §9.3: 1.0 closes by default
+    else:
+        connection = b""
+    if head_only or bodiless:
+        body = b""
+    return b"%sDate: %s\r\n%s%s\r\n%s" % (head, date, length, connection, body)
 
 
 def _header_line(name: str, value: str) -> bytes:

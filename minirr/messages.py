@@ -22,8 +22,6 @@ HeaderList = List[Tuple[str, str]]
 _encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _json_str = json.encoder.encode_basestring   # a str as a JSON string literal (C-accelerated)
 _decode_json = json.JSONDecoder().decode   # on str: json.loads(bytes) sniffs the encoding every call
-_RESPONSE_HEAD_CACHE: Dict[bytes, Tuple[int, "HeaderList"]] = {}
-_RESPONSE_HEAD_CACHE_SIZE = 256            # an app sends few distinct heads; bounded all the same
 _canonical_cache: Dict[str, str] = {}
 
 
@@ -117,17 +115,39 @@ def parse_cookies(headers: Iterable[Tuple[str, str]]) -> Dict[str, str]:
 
 # The request head with its constant parts written out once (wire-protocol.md §2.2);
 # only the %s fields change per request.
-_REQUEST_HEAD = ('{"remoteAddr":%s,"protocol":%s,"method":%s,"uri":%s,"headers":%s,"cookies":%s,'
+_REQUEST_HEAD = ('{"remoteAddr":%s,"protocol":%s,"method":%s,"uri":%s,"headers":{%s},"cookies":%s,'
                  '"rawQuery":%s,"parsed":false,"uploads":null,"attributes":{}}')
+_json_keys: Dict[str, str] = {}
+
+
+def _json_key(name: str) -> str:
+    """`x-test` -> `"X-Test":`, the canonical name as a JSON object key (bounded cache)."""
+    key = _json_keys.get(name)
+    if key is None:
+        key = _json_str(canonical_header_name(name)) + ":"
+        if len(_json_keys) < 4096:
+            _json_keys[name] = key
+    return key
 
 
 def encode_request_head(request: Request) -> bytes:
-    """The JSON head RoadRunner 2023.3 sends for `request` (every key it sends)."""
-    headers = _group(request.headers, canonical=True)
-    cookies = _encode_json(parse_cookies(request.headers)) if "Cookie" in headers else "{}"
+    """The JSON head RoadRunner 2023.3 sends for `request` (every key it sends).
+
+    Runs in the master for every request, so the headers object is written by hand from
+    cached keys rather than through a dict and the json encoder (half the cost)."""
+    grouped: Dict[str, List[str]] = {}
+    for name, value in request.headers:
+        key = _json_key(name)
+        values = grouped.get(key)
+        if values is None:
+            grouped[key] = [_json_str(value)]
+        else:
+            values.append(_json_str(value))
+    headers = ",".join([key + "[" + ",".join(values) + "]" for key, values in grouped.items()])
+    cookies = _encode_json(parse_cookies(request.headers)) if '"Cookie":' in grouped else "{}"
     return (_REQUEST_HEAD % (
         _json_str(request.remote_addr), _json_str(request.protocol), _json_str(request.method),
-        _json_str(request.uri), _encode_json(headers), cookies, _json_str(request.query),
+        _json_str(request.uri), headers, cookies, _json_str(request.query),
     )).encode("utf-8")
 
 
@@ -173,13 +193,7 @@ def encode_response_head(response: Response) -> bytes:
 def decode_response_head(head: bytes) -> Tuple[int, HeaderList, bool]:
     """-> (status, header pairs, stop). `stop` is a worker asking to be recycled
     (wire-protocol.md §2.6). Raises ValueError on anything that is not a valid head.
-
-    Runs in the master once per request, and an app sends the same few heads over and
-    over, so decoded heads are remembered (the cache is bounded; callers must not mutate
-    the returned list)."""
-    cached = _RESPONSE_HEAD_CACHE.get(head)
-    if cached is not None:
-        return cached[0], cached[1], False
+    (The master keeps what it makes of each distinct head: backend._http_head.)"""
     obj = _decode_json(head.decode("utf-8"))
     if not isinstance(obj, dict):
         raise ValueError("response head is not a JSON object")
@@ -194,6 +208,4 @@ def decode_response_head(head: bytes) -> Tuple[int, HeaderList, bool]:
             values = [values]
         for value in values:
             headers.append((str(name), str(value)))
-    if len(_RESPONSE_HEAD_CACHE) < _RESPONSE_HEAD_CACHE_SIZE:
-        _RESPONSE_HEAD_CACHE[head] = (status, headers)
     return status, headers, False
