@@ -186,8 +186,27 @@ def path_of(uri: str) -> str:
     return uri or "/"
 
 
+# Encoded response heads by (status, header pairs); bounded, as heads that change per
+# response (a Content-Length, a Set-Cookie) would otherwise grow it without end.
+_ENCODED_HEAD_CACHE: Dict[Tuple[int, tuple], bytes] = {}
+_ENCODED_HEAD_CACHE_SIZE = 256
+
+
 def encode_response_head(response: Response) -> bytes:
-    return _encode_json({"status": response.status, "headers": _group(response.headers, canonical=False)}).encode("utf-8")
+    """The JSON head of `response`, run in the worker once per request.
+
+    json's encode() builds a new C encoder on every call, about a sixth of a small
+    request's worker CPU, and an app sends the same few heads over and over: so
+    encoded heads are remembered. The key is sound because Response keeps its
+    headers as (str, str) pairs."""
+    key = (response.status, tuple(response.headers))
+    head = _ENCODED_HEAD_CACHE.get(key)
+    if head is None:
+        head = _encode_json({"status": response.status,
+                             "headers": _group(response.headers, canonical=False)}).encode("utf-8")
+        if len(_ENCODED_HEAD_CACHE) < _ENCODED_HEAD_CACHE_SIZE:
+            _ENCODED_HEAD_CACHE[key] = head
+    return head
 
 
 def decode_response_head(head: bytes) -> Tuple[int, HeaderList, bool]:
