@@ -151,9 +151,26 @@ def encode_request_head(request: Request) -> bytes:
     )).encode("utf-8")
 
 
+_raw_decode_json = json.JSONDecoder().raw_decode
+
+
+def _decode_head_json(text: str):
+    """json.loads(text), faster for a head with nothing around it (what masters send).
+
+    decode() runs a whitespace regex before and after the C scanner; going straight
+    to raw_decode() saves about 5% of a worker's CPU for a small request."""
+    try:
+        obj, end = _raw_decode_json(text)
+    except ValueError:
+        end = -1
+    if end != len(text):
+        obj = _decode_json(text)   # whitespace around the head, or not JSON: decode() judges and words the error
+    return obj
+
+
 def decode_request(head: bytes, body: bytes) -> Request:
     """Inverse of encode_request_head, run in the worker. Raises ValueError on a bad head."""
-    obj = _decode_json(head.decode("utf-8"))
+    obj = _decode_head_json(head.decode("utf-8"))
     if not isinstance(obj, dict):
         raise ValueError("request head is not a JSON object")
     uri = obj.get("uri", "")

@@ -1,12 +1,12 @@
 """The worker's per-request shortcuts give the same answers as the plain code they skip:
-remembered response heads."""
+remembered response heads, the request head decoded without json's whitespace scans."""
 
 import json
 
 import pytest
 
 from minirr import messages
-from minirr.messages import Response, encode_response_head
+from minirr.messages import Request, Response, decode_request, encode_request_head, encode_response_head
 
 
 def plain_head(response: Response) -> bytes:
@@ -44,3 +44,34 @@ def test_the_head_cache_is_bounded_and_heads_past_the_bound_are_still_right():
         response = Response(200, [("Content-Length", str(n))])
         assert encode_response_head(response) == plain_head(response)
     assert len(messages._ENCODED_HEAD_CACHE) <= messages._ENCODED_HEAD_CACHE_SIZE
+
+
+def request_head() -> bytes:
+    return encode_request_head(Request("GET", "/a", "q=1", [("Host", "h"), ("X-Test", "1"), ("X-Test", "2")],
+                                       b"", "10.0.0.1", "HTTP/1.1", "http://h/a?q=1"))
+
+
+def fields(request: Request) -> tuple:
+    return (request.method, request.path, request.query, request.headers, request.body,
+            request.remote_addr, request.protocol, request.uri)
+
+
+@pytest.mark.parametrize("around", [(b" ", b""), (b"", b"\n"), (b"\r\n\t ", b" \r\n")])
+def test_whitespace_around_a_request_head_is_still_json(around):
+    before, after = around
+    assert fields(decode_request(before + request_head() + after, b"x")) == fields(decode_request(request_head(), b"x"))
+
+
+@pytest.mark.parametrize("head", [b"", b"nope", b'{"uri":', b'{"uri":"/"} {}', b'{"uri":"/"}x', b" [1] x"])
+def test_a_broken_request_head_raises_what_json_loads_raises(head):
+    with pytest.raises(ValueError) as expected:
+        json.loads(head.decode())
+    with pytest.raises(ValueError) as got:
+        decode_request(head, b"")
+    assert (type(got.value), str(got.value)) == (type(expected.value), str(expected.value))
+
+
+@pytest.mark.parametrize("head", [b"[]", b" 1 ", b'"s"'])
+def test_a_request_head_that_is_json_but_no_object_is_refused(head):
+    with pytest.raises(ValueError, match="not a JSON object"):
+        decode_request(head, b"")
