@@ -4,7 +4,7 @@ Owns: the Channel of each worker (process handle, frame decoder, write buffer), 
       request frames without blocking, reading response frames, relaying the worker's
       stdout/stderr to the log, stopping and killing, and what a worker's exit means.
 Never: decides *when* a worker is due for retirement (pool.py does), or talks HTTP:
-       a response frame becomes bytes through http11 and goes to `self._finish_job`.
+       a response frame becomes bytes through http11 and goes to `self._respond`.
 
 `Backend` is one half of `server.Server` (the other is `frontend.Frontend`).
 
@@ -16,6 +16,7 @@ Never: decides *when* a worker is due for retirement (pool.py does), or talks HT
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -83,7 +84,7 @@ class Backend:
         channel = Channel(proc)
         worker.channel = channel
         self.selector.register(proc.from_worker, selectors.EVENT_READ,
-                               lambda mask: self._on_worker_readable(worker))
+                               functools.partial(self._on_worker_readable, worker))
         if proc.output is not None:
             self.selector.register(proc.output, selectors.EVENT_READ, lambda mask: self._on_worker_output(worker))
         self.selector.register(proc.sentinel, selectors.EVENT_READ, lambda mask: self._on_worker_exit(worker))
@@ -122,13 +123,25 @@ class Backend:
             self._write_to_worker(worker, header + head, request.body)
 
     def _write_to_worker(self, worker: Worker, data: bytes, tail: bytes = b"") -> None:
-        """Queue `data` (and `tail`, a large body, queued as is: never copied) and write
-        what the pipe takes now; the rest goes out on EVENT_WRITE. `data` starts with the
-        frame header, and a pipe with room takes it whole: one write per header."""
+        """Write `data` (and `tail`, a large body, never copied) without blocking; what the
+        pipe does not take now is queued and goes out on EVENT_WRITE. `data` starts with
+        the frame header, and a pipe with room takes it whole: one write per header."""
         channel: Channel = worker.channel
         if channel.closed:
             return
-        channel.out.append(memoryview(data))
+        if not channel.out:
+            # The usual case: nothing queued, and the pipe takes the whole frame at once.
+            try:
+                written = os.write(channel.proc.to_worker, data)
+            except BlockingIOError:
+                written = 0
+            except OSError:                # BrokenPipeError: the process is gone; its sentinel will tell
+                return
+            if written == len(data) and not tail:
+                return
+            data = memoryview(data)[written:]
+        if data:
+            channel.out.append(memoryview(data))
         if tail:
             channel.out.append(memoryview(tail))
         if not channel.writing:
@@ -160,12 +173,13 @@ class Backend:
             else:
                 self.selector.unregister(fd)
 
-    def _on_worker_readable(self, worker: Worker) -> None:
+    def _on_worker_readable(self, worker: Worker, mask: int = selectors.EVENT_READ) -> None:
         channel: Channel = worker.channel
         if channel.closed:
             return
         try:
-            data = os.read(channel.proc.from_worker, min(max(READ_SIZE, channel.decoder.missing), MAX_READ_SIZE))
+            missing = channel.decoder.missing   # a large frame in progress: read what it still needs
+            data = os.read(channel.proc.from_worker, READ_SIZE if missing <= READ_SIZE else min(missing, MAX_READ_SIZE))
         except BlockingIOError:
             return
         if not data:
@@ -182,19 +196,17 @@ class Backend:
             leaked = _printable(channel.decoder.buffered[:64])
             self._fail_worker(worker, f"broke the frame channel ({exc}); it sent: {leaked}")
             return
-        for item in frames:
-            if worker.state in (S.STOPPING, S.DEAD):
-                return
-            self._on_worker_frame(worker, item)
-
-    def _on_worker_frame(self, worker: Worker, item: frame.Frame) -> None:
         now = time.monotonic()
-        if worker.state is S.STARTING:
-            self._on_handshake(worker, item, now)
-        elif worker.state is S.BUSY:
-            self._on_response_frame(worker, item, now)
-        else:
-            self._fail_worker(worker, f"sent a frame while {worker.state.name}")
+        for item in frames:
+            state = worker.state
+            if state is S.BUSY:
+                self._on_response_frame(worker, item, now)
+            elif state is S.STARTING:
+                self._on_handshake(worker, item, now)
+            elif state is S.IDLE:
+                self._fail_worker(worker, "sent a frame while IDLE")
+            else:
+                return                     # STOPPING or DEAD: nothing it sends matters now
 
     def _on_handshake(self, worker: Worker, item: frame.Frame, now: float) -> None:
         try:
@@ -237,7 +249,8 @@ class Backend:
             log.warning("%s: invalid response: %s", worker, exc)
             self._answer_job_failure_and_free(worker, job, "bad_response", now)
             return
-        self._finish_job(worker, job, data, status, now)
+        self._respond(job, data, status, now)
+        self._release_worker(worker, now)
 
     def _answer_job_failure_and_free(self, worker: Worker, job: Job, reason: str, now: float) -> None:
         """A failed job whose worker is fine (soft error, bad response): keep the worker."""

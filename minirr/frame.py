@@ -51,6 +51,7 @@ _HEAD = struct.Struct("<BBI")  # version|hl, flags, length: the bytes the CRC co
 _TAILS = [struct.Struct(f"<IBB{n}I") for n in range(MAX_OPTIONS + 1)]
 _OPTIONS = [struct.Struct(f"<{n}I") for n in range(MAX_OPTIONS + 1)]
 _FIXED = struct.Struct("<BBIIB")    # the fixed part a decoder reads: bytes 0..10
+_VALID_FIRST = frozenset((VERSION << 4) | words for words in range(3, 4 + MAX_OPTIONS))  # byte 0
 
 
 class Frame(NamedTuple):
@@ -89,46 +90,50 @@ class FrameDecoder:
         self._chunks: List[bytes] = []
         self._have = 0                  # bytes in _chunks
         self._need = HEADER_SIZE        # bytes needed before the next frame can progress
+        self.missing = HEADER_SIZE      # _need - _have: a hint for the next read's size
 
     @property
     def buffered(self) -> bytes:
         """What has been fed but not yet decoded (for diagnostics)."""
         return b"".join(self._chunks)
 
-    @property
-    def missing(self) -> int:
-        """Bytes still to come before the next frame can progress (a hint for read sizes)."""
-        return max(0, self._need - self._have)
-
     def feed(self, data: bytes) -> List[Frame]:
-        if not data:
-            return []
-        self._chunks.append(data)
-        self._have += len(data)
-        if self._have < self._need:
-            return []
-        buf = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        chunks = self._chunks
+        if chunks:                             # a frame in progress: join once it can complete
+            chunks.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                self.missing = self._need - self._have
+                return []
+            data = b"".join(chunks)
         frames = []
         pos = 0
-        size = len(buf)
-        self._need = HEADER_SIZE
+        size = len(data)
+        need = HEADER_SIZE
         while size - pos >= HEADER_SIZE:
-            first, flags, length, crc, stream = _FIXED.unpack_from(buf, pos)
-            if (crc != zlib.crc32(buf[pos:pos + 6]) or first >> 4 != VERSION
-                    or not 3 <= first & 0x0F <= 3 + MAX_OPTIONS or length > self.max_payload_bytes):
-                self._refuse(buf, pos, first, length, crc)
-            words = (first & 0x0F) - 3
-            start = pos + HEADER_SIZE + 4 * words
+            first, flags, length, crc, stream = _FIXED.unpack_from(data, pos)
+            if crc != zlib.crc32(data[pos:pos + 6]) or first not in _VALID_FIRST or length > self.max_payload_bytes:
+                self._chunks = [data[pos:]]    # kept for `buffered`: what broke the channel
+                self._refuse(data, pos, first, length, crc)
+            start = pos + 4 * (first & 0x0F)   # the header is 3 words plus one per option
             end = start + length
             if end > size:
-                self._need = end - pos         # wait for the whole frame, then join once
+                need = end - pos               # wait for the whole frame, then join once
                 break
-            options = _OPTIONS[words].unpack_from(buf, pos + HEADER_SIZE) if words else ()
-            frames.append(Frame(flags, buf[start:end], options, stream))
+            words = (first & 0x0F) - 3
+            options = _OPTIONS[words].unpack_from(data, pos + HEADER_SIZE) if words else ()
+            frames.append(Frame(flags, data[start:end], options, stream))
             pos = end
-        rest = buf[pos:] if pos else buf
-        self._chunks = [rest] if rest else []
+        if pos == size:                        # the usual case: whole frames, nothing left over
+            self._chunks = []
+            self._have = 0
+            self._need = self.missing = HEADER_SIZE
+            return frames
+        rest = data[pos:] if pos else data
+        self._chunks = [rest]
         self._have = len(rest)
+        self._need = need
+        self.missing = max(0, need - len(rest))
         return frames
 
     def _refuse(self, buf: bytes, pos: int, first: int, length: int, crc: int) -> None:

@@ -320,7 +320,8 @@ class Frontend:
             self._end_connection(client, now)
             return
         client.idle_since = now
-        self._process_client(client)
+        if client.conn.buffered_bytes or client.eof or not client.reading:
+            self._process_client(client)   # a pipelined request, EOF, or reading to resume
 
     # ================================================================== closing
     def _end_connection(self, client: Client, now: float) -> None:

@@ -27,9 +27,6 @@ _FIELD_CHARS = r"\t\x20-\x7e\x80-\xff"
 FIELD_LINES_RE = re.compile(f"{_TOKEN}:[{_FIELD_CHARS}]*(?:\r\n{_TOKEN}:[{_FIELD_CHARS}]*)*")
 # method SP request-target SP HTTP-version; the target is visible ASCII only.
 REQUEST_LINE_RE = re.compile(f"({_TOKEN}) ([\x21-\x7e]+) HTTP/([0-9])\\.([0-9])")
-# A whole head (request line, then field lines) in one match: the common, valid case
-# costs one regex; only a head that fails it is taken apart to name the broken rule.
-HEAD_RE = re.compile(f"{REQUEST_LINE_RE.pattern}(?:\r\n({FIELD_LINES_RE.pattern}))?")
 _VERSION_RE = re.compile(r"HTTP/([0-9])\.([0-9])")
 # RFC 9112 §2.2: empty lines a server may skip before a request line
 EMPTY_LINES_RE = re.compile(rb"(?:\r\n)+")
@@ -46,6 +43,12 @@ _HOST_NAME = (r"(?:\[[0-9A-Fa-f:.]+\]"                                   # IPv6 
               r"|\[v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+\]"          # IPvFuture
               f"|(?:{_REG_CHARS}|%[0-9A-Fa-f]{{2}}){_REG_CHARS}*(?:%[0-9A-Fa-f]{{2}}{_REG_CHARS}*)*)")  # reg-name
 _ORIGIN_FORM_RE = re.compile(f"({_PATH})(?:\\?({_QUERY}))?")
+# A whole head (request line, then field lines) in one match: the common, valid case
+# costs one regex; only a head that fails it is taken apart to name the broken rule.
+# Groups: method, target, and, when the target is in origin-form (the usual
+# "/path?query"), its path and query; major, minor; the field lines.
+HEAD_RE = re.compile(f"({_TOKEN}) ({_ORIGIN_FORM_RE.pattern}|[\x21-\x7e]+) HTTP/([0-9])\\.([0-9])"
+                     f"(?:\r\n({FIELD_LINES_RE.pattern}))?")
 _AUTHORITY_FORM_RE = re.compile(f"{_HOST_NAME}:[0-9]{{1,5}}")
 # absolute-form: http(s) only, no userinfo (RFC 9110 §4.2.4 calls userinfo an error)
 _ABSOLUTE_FORM_RE = re.compile(f"(?i:https?)://{_HOST_NAME}(?::[0-9]{{0,5}})?({_PATH})?(?:\\?({_QUERY}))?")

@@ -150,7 +150,8 @@ _SPECIAL_FIELDS = frozenset(("host", "content-length", "transfer-encoding", "con
 class Connection:
     """The parser state of one client connection (see the module docstring).
 
-    Public attributes: `keep_alive` (for the last Request returned). After a
+    Public attributes: `keep_alive` and `close_requested` (for the last Request
+    returned). After a
     ProtocolError every later `next_event()` raises an equal ProtocolError again and
     received bytes are dropped; the server answers with `status` and closes.
     """
@@ -177,7 +178,10 @@ class Connection:
     def _new_request(self) -> None:
         """Forget everything about the previous request."""
         self._request: Optional[Request] = None
-        self._must_close = False       # the request itself asked to close (RFC 9112 §9.3)
+        # The request itself asked to close (`Connection: close`, or HTTP/1.0 without
+        # keep-alive; RFC 9112 §9.3). Unlike `keep_alive`, a peer that merely half-closed
+        # does not count: its complete pipelined requests are still owed answers.
+        self.close_requested = False
         self._expect_continue = False  # CONTINUE still owed (RFC 9110 §10.1.1)
         self._body_parts: List[bytes] = []
         self._body_left = 0            # bytes still owed by Content-Length or the current chunk
@@ -233,15 +237,8 @@ class Connection:
 
         RFC 9112 §9.6: after a request that asked to close, no further request on the
         connection is processed, so the connection goes to CLOSED instead."""
-        _advance(self, "close" if self._state is State.PAUSED and self._must_close else "next_cycle")
+        _advance(self, "close" if self._state is State.PAUSED and self.close_requested else "next_cycle")
         self._new_request()
-
-    @property
-    def close_requested(self) -> bool:
-        """The last Request itself asked to close (`Connection: close`, or HTTP/1.0 without
-        keep-alive). Unlike `keep_alive`, a peer that merely half-closed does not count:
-        its complete pipelined requests are still owed answers."""
-        return self._must_close
 
     @property
     def has_partial_request(self) -> bool:
@@ -291,9 +288,12 @@ class Connection:
         if match is None:
             self._check_complete_section(end)  # a limit broken first is reported first
             raise head_error(text)
-        method, target, major, minor, fields = match.groups()
+        method, target, path, query, major, minor, fields = match.groups()
         protocol = http_version(major, minor)
-        path, query = split_target(method, target)
+        if path is None or method == "CONNECT":
+            path, query = split_target(method, target)  # the other target forms, and their errors
+        elif query is None:
+            query = ""
         headers = []
         special: Dict[str, List[str]] = {}
         if fields is not None:
@@ -309,7 +309,7 @@ class Connection:
                     special.setdefault(lname, []).append(value)
             self._fields_seen = len(lines)
         del self._buf[:end + 4]
-        self._section_used = end + 2 - match.end(4)
+        self._section_used = end + 2 - match.end(6)
         return self._start_body(method, target, path, query, protocol, headers, special)
 
     def _start_body(self, method, target, path, query, protocol, headers, special):
@@ -321,7 +321,7 @@ class Connection:
             scheme = client_scheme(scheme, special.get("x-forwarded-proto", ()))
         self._request = Request(method, path, query, headers, b"", remote_addr, protocol,
                                 target_uri(scheme, host, method, target))
-        self._must_close = asks_to_close(special.get("connection"), protocol)
+        self.close_requested = asks_to_close(special.get("connection"), protocol)
         if len(special) == 1 and "host" in special:
             return self._complete("request_without_body")  # no framing fields: the usual GET
         if protocol == "HTTP/1.1" and "expect" in special:
@@ -344,7 +344,7 @@ class Connection:
         request = self._request
         if self._body_parts:
             request.body = b"".join(self._body_parts)
-        self.keep_alive = not (self._must_close or self._eof)
+        self.keep_alive = not (self.close_requested or self._eof)
         _advance(self, event)
         return request
 

@@ -125,14 +125,12 @@ class Histogram(Metric):
     def __init__(self, name: str, help_text: str, buckets: Sequence[float]) -> None:
         super().__init__(name, help_text)
         self.buckets = tuple(sorted(buckets))
-        self.bucket_counts = [0] * len(self.buckets)
+        self.bucket_counts = [0] * (len(self.buckets) + 1)   # the last one: above every bound
         self.sum = 0.0
         self.count = 0
 
     def observe(self, value: float) -> None:
-        i = bisect.bisect_left(self.buckets, value)    # the first bucket with value <= bound
-        if i < len(self.buckets):
-            self.bucket_counts[i] += 1
+        self.bucket_counts[bisect.bisect_left(self.buckets, value)] += 1   # the first bound >= value
         self.sum += value
         self.count += 1
 

@@ -202,18 +202,14 @@ class Server(Operations, Frontend, Backend):
         while self.queue:
             self._answer_job_failure(self.queue.popleft(), reason)
 
-    def _finish_job(self, worker: Worker, job: Job, data: bytes, status: int, now: float) -> None:
-        """The job has its answer: send it, log it, and let the pool decide the worker's fate."""
-        self._respond(job, data, status, now)
-        self._release_worker(worker, now)
-
     def _release_worker(self, worker: Worker, now: float) -> None:
         """Its job is answered: retire it if due (its replacement starts now), and give the
         next queued job to whichever worker is free."""
         if self.pool.job_done(worker, now):
             self._stop_worker(worker, worker.retire_reason, now)
             self._ensure_pool(now)
-        self._drain_queue(now)
+        if self.queue:
+            self._drain_queue(now)
 
     def _respond(self, job: Job, data: bytes, status: int, now: float) -> None:
         client = job.client

@@ -1,0 +1,150 @@
+"""The master's CPU per proxied request, measured in one process, without load or noise.
+
+Drives the real `minirr.server.Server` code through one keep-alive request cycle at a
+time: a request arrives on a client socket, the master parses it and writes a request
+frame to a "worker" pipe; a response frame comes back on the other pipe, the master
+turns it into HTTP bytes and sends them to the client. The harness plays both the
+client and the worker (a socketpair and two pipes; TCP on loopback, as in a real run), so no other process runs, nothing
+waits, and the figure does not depend on what else the machine is doing. It leaves out
+what a real run adds: waking other processes, and caches shared with them (a loaded
+run costs the master about twice this; see docs/performance.md).
+
+    python tests/bench/master_path.py [--requests 20000] [--repeat 5] [--close] [--profile]
+
+With --close every request comes on a new connection that says `Connection: close`:
+the master also accepts it, sets it up, and closes it after the response.
+
+Prints µs per request cycle for the master's code (the harness's own share, measured
+the same way with the master's steps left out, is subtracted), and with --profile the
+cProfile table of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import selectors
+import socket
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+from minirr import config as config_module, frame  # noqa: E402
+from minirr.backend import Channel  # noqa: E402
+from minirr.server import Server  # noqa: E402
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n"
+CLOSE_REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\nConnection: close\r\n\r\n"
+RESPONSE_HEAD = b'{"status":200,"headers":{"Content-Type":["text/plain"]}}'
+RESPONSE_BODY = b"Hello, world!\n"
+
+
+class HarnessProcess:
+    """Stands in for a WorkerProcess: the master sees two pipe ends and nothing else."""
+
+    def __init__(self) -> None:
+        self.pid = 0
+        self.requests_r, self.to_worker = os.pipe()
+        self.from_worker, self.responses_w = os.pipe()
+        os.set_blocking(self.to_worker, False)
+        os.set_blocking(self.from_worker, False)
+        self.output = None
+        self.sentinel = None
+
+    def fds(self) -> list:
+        return [self.to_worker, self.from_worker]
+
+
+def build_server() -> Server:
+    config = config_module.parse("[server]\napp = x:y\n[http]\naddress = 127.0.0.1:0\n[pool]\nnum_workers = 1\n"
+                                 "[logs]\naccess_log = false\n",
+                                 path="bench.ini")
+    server = Server(config, launcher=None)
+    return server
+
+
+def cycle_parts(server: Server):
+    """One idle worker and one client connection, wired to the harness's ends."""
+    now = time.monotonic()
+    worker = server.pool.new_worker(now)
+    proc = HarnessProcess()
+    worker.channel = Channel(proc)
+    server.pool.hello(worker, 1, now)
+    listener = socket.create_server(("127.0.0.1", 0))
+    theirs = socket.create_connection(listener.getsockname())
+    ours, _ = listener.accept()
+    listener.close()
+    server._add_client(ours, "127.0.0.1", now)
+    client = server.clients[ours.fileno()]
+    response = frame.encode_header(frame.CODEC_JSON, len(RESPONSE_HEAD) + len(RESPONSE_BODY),
+                                   (len(RESPONSE_HEAD),)) + RESPONSE_HEAD + RESPONSE_BODY
+    return worker, proc, client, theirs, response
+
+
+def run(requests: int, master: bool, close: bool = False) -> float:
+    """Seconds of CPU for `requests` cycles; with master=False only the harness's part."""
+    server = build_server()
+    worker, proc, client, peer, response = cycle_parts(server)
+    on_client = server._on_client_event
+    on_worker = server._on_worker_readable
+    read = selectors.EVENT_READ
+    if close:
+        server.bind()                      # 127.0.0.1, port 0
+        address = server.address
+    started = time.process_time()
+    for _ in range(requests):
+        if close:
+            peer = socket.create_connection(address)
+            if master:
+                server._on_listener_readable(read)
+                client = next(reversed(server.clients.values()))   # the one just accepted
+            else:
+                client_sock, _ = server.listener.accept()
+            peer.send(CLOSE_REQUEST)
+        else:
+            peer.send(REQUEST)
+        if master:
+            on_client(client, read)
+        else:
+            (client_sock if close else client.sock).recv(65536)
+            os.write(proc.to_worker, b"x" * 120)
+        os.read(proc.requests_r, 65536)
+        os.write(proc.responses_w, response)
+        if master:
+            on_worker(worker)
+        else:
+            os.read(proc.from_worker, 65536)
+            (client_sock if close else client.sock).send(b"x" * 120)
+            if close:
+                client_sock.close()
+        peer.recv(65536)
+        if close:
+            peer.close()
+    elapsed = time.process_time() - started
+    if server.listener is not None:
+        server.listener.close()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--close", action="store_true", help="one connection per request")
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    if args.profile:
+        import cProfile
+        import pstats
+        cProfile.runctx("run(args.requests, True, args.close)", globals(), {"args": args}, "/tmp/master_path.prof")
+        pstats.Stats("/tmp/master_path.prof").sort_stats("tottime").print_stats(30)
+    full = min(run(args.requests, True, args.close) for _ in range(args.repeat))
+    harness = min(run(args.requests, False, args.close) for _ in range(args.repeat))
+    per = 1e6 / args.requests
+    print(f"master code: {(full - harness) * per:.1f} µs/request  "
+          f"(cycle {full * per:.1f} µs, harness alone {harness * per:.1f} µs; best of {args.repeat})")
+
+
+if __name__ == "__main__":
+    main()
