@@ -62,8 +62,8 @@ CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
 class Client:
     """One accepted TCP connection."""
 
-    __slots__ = ("sock", "fd", "peer", "conn", "out", "job", "callback", "close_after_write", "rejected",
-                 "reading", "writing", "eof", "closed", "parsing", "idle_since", "last_read_at",
+    __slots__ = ("sock", "fd", "peer", "conn", "out", "job", "callback", "registered", "close_after_write",
+                 "rejected", "reading", "writing", "eof", "closed", "parsing", "idle_since", "last_read_at",
                  "last_write_at", "linger_until", "served")
 
     def __init__(self, sock: socket.socket, peer: str, conn: http11.Connection, now: float) -> None:
@@ -74,6 +74,7 @@ class Client:
         self.out = bytearray()         # response bytes not yet accepted by the kernel
         self.job: Optional[Job] = None  # the request being served; others wait in conn's buffer
         self.callback: Optional[Callable[[int], None]] = None  # the selector's data for this socket
+        self.registered = False        # in the selector (for EVENT_READ, EVENT_WRITE or both)
         self.close_after_write = False
         self.rejected = False          # answered with an error: drain before closing
         self.reading = True            # registered for EVENT_READ
@@ -168,6 +169,7 @@ class Frontend:
         client.callback = functools.partial(self._on_client_event, client)
         self.clients[client.fd] = client
         self.selector.register(sock, selectors.EVENT_READ, client.callback)
+        client.registered = True
 
     # ================================================================== reading
     def _on_client_event(self, client: Client, mask: int) -> None:
@@ -240,13 +242,13 @@ class Frontend:
 
     def _update_client_registration(self, client: Client) -> None:
         events = (selectors.EVENT_READ if client.reading else 0) | (selectors.EVENT_WRITE if client.writing else 0)
-        registered = client.fd in self.selector.get_map()
-        if events and registered:
+        if events and client.registered:
             self.selector.modify(client.sock, events, client.callback)
         elif events:
             self.selector.register(client.sock, events, client.callback)
-        elif registered:
+        elif client.registered:
             self.selector.unregister(client.sock)
+        client.registered = bool(events)
 
     def _reject(self, client: Client, status: int, message: str) -> None:
         """A protocol error or a timeout: answer, then close (the framing is lost now)."""
@@ -356,8 +358,9 @@ class Frontend:
         if client.closed:
             return
         client.closed = True
-        if client.fd in self.selector.get_map():
+        if client.registered:
             self.selector.unregister(client.sock)
+            client.registered = False
         client.sock.close()
         client.out = bytearray()
         del self.clients[client.fd]

@@ -135,15 +135,14 @@ def encode_request_head(request: Request) -> bytes:
 
     Runs in the master for every request, so the headers object is written by hand from
     cached keys rather than through a dict and the json encoder (half the cost)."""
-    grouped: Dict[str, List[str]] = {}
+    grouped: Dict[str, str] = {}   # '"Name":' -> the JSON of its values, comma-separated
     for name, value in request.headers:
-        key = _json_key(name)
-        values = grouped.get(key)
-        if values is None:
-            grouped[key] = [_json_str(value)]
+        key = _json_keys.get(name) or _json_key(name)
+        if key in grouped:
+            grouped[key] += "," + _json_str(value)
         else:
-            values.append(_json_str(value))
-    headers = ",".join([key + "[" + ",".join(values) + "]" for key, values in grouped.items()])
+            grouped[key] = _json_str(value)
+    headers = ",".join([key + "[" + values + "]" for key, values in grouped.items()])
     cookies = _encode_json(parse_cookies(request.headers)) if '"Cookie":' in grouped else "{}"
     return (_REQUEST_HEAD % (
         _json_str(request.remote_addr), _json_str(request.protocol), _json_str(request.method),
