@@ -143,15 +143,18 @@ def children_of(pid: int) -> List[int]:
 
 
 def machine_busy_ticks() -> int:
-    """Ticks all CPUs spent running processes since boot (user nice system steal).
+    """Ticks all CPUs spent on anything but idling since boot (user nice system irq
+    softirq steal).
 
-    irq and softirq time are left out: on loopback most of it is the benchmark's own
-    packets, and the kernel charges it to no process, so it would show up as "others".
+    irq and softirq count too: with tick-based accounting (CONFIG_IRQ_TIME_ACCOUNTING
+    off, as here) a tick that lands in a softirq, such as loopback packets processed
+    inside a send(), is charged both to /proc/stat's softirq and to the process that was
+    running, whose CPU the table subtracts; leaving it out made "others" negative.
     """
     with open("/proc/stat") as f:
         values = [int(v) for v in f.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, _irq, _softirq, steal = values[:8]
-    return user + nice + system + steal
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
+    return user + nice + system + irq + softirq + steal
 
 
 def load_average() -> str:
