@@ -173,7 +173,7 @@ class Backend:
             else:
                 self.selector.unregister(fd)
 
-    def _on_worker_readable(self, worker: Worker, mask: int = selectors.EVENT_READ) -> None:
+    def _on_worker_readable(self, worker: Worker, mask: int) -> None:
         channel: Channel = worker.channel
         if channel.closed:
             return

@@ -112,7 +112,7 @@ def run(requests: int, master: bool, close: bool = False) -> float:
         os.read(proc.requests_r, 65536)
         os.write(proc.responses_w, response)
         if master:
-            on_worker(worker)
+            on_worker(worker, read)
         else:
             os.read(proc.from_worker, 65536)
             (client_sock if close else client.sock).send(b"x" * 120)
