@@ -210,8 +210,6 @@ class Frontend:
     def _parse_requests(self, client: Client) -> None:
         """One request at a time: none while one is at the pool or a response is unsent."""
         conn = client.conn
-        if not conn.buffered_bytes and not client.eof and not conn.reading_body:
-            return                         # the usual case after a response: nothing to parse yet
         while client.job is None and not client.out and not client.close_after_write and not client.closed:
             try:
                 event = conn.next_event()
