@@ -151,9 +151,9 @@ class Connection:
     """The parser state of one client connection (see the module docstring).
 
     Public attributes: `keep_alive` and `close_requested` (for the last Request
-    returned). After a
-    ProtocolError every later `next_event()` raises an equal ProtocolError again and
-    received bytes are dropped; the server answers with `status` and closes.
+    returned). After a ProtocolError every later `next_event()` raises an equal
+    ProtocolError again and received bytes are dropped; the server answers with
+    `status` and closes.
     """
 
     def __init__(self, limits: Limits, remote_addr: str = "", scheme: str = "http",
