@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Deque, Dict, Optional, Tuple
 from . import frame, http11
 from .errors import FrameError
 from .frame import CODEC_JSON, CONTROL, ERROR, FrameDecoder
-from .messages import decode_response_head, encode_request_head
+from .messages import HEAD_CACHE_MAX_BYTES, decode_response_head, encode_request_head
 from .pool import Worker, WorkerState
 
 log = logging.getLogger("minirr")
@@ -402,7 +402,8 @@ class Backend:
 
 
 _HTTP_HEADS: Dict[bytes, Tuple[int, bytes]] = {}
-_HTTP_HEADS_SIZE = 256                 # an app sends few distinct heads; bounded all the same
+_HTTP_HEADS_SIZE = 256                 # an app sends few distinct heads; bounded all the same, in number
+                                       # and in size (messages.HEAD_CACHE_MAX_BYTES a head)
 
 
 def _http_head(head_json: bytes) -> Tuple[int, Optional[bytes]]:
@@ -416,7 +417,7 @@ def _http_head(head_json: bytes) -> Tuple[int, Optional[bytes]]:
     if stop:
         return 0, None
     result = (status, http11.response_head(status, headers))
-    if len(_HTTP_HEADS) < _HTTP_HEADS_SIZE:
+    if len(_HTTP_HEADS) < _HTTP_HEADS_SIZE and len(head_json) <= HEAD_CACHE_MAX_BYTES:
         _HTTP_HEADS[head_json] = result
     return result
 

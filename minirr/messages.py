@@ -203,9 +203,12 @@ def path_of(uri: str) -> str:
 
 
 # Encoded response heads by (status, header pairs); bounded, as heads that change per
-# response (a Content-Length, a Set-Cookie) would otherwise grow it without end.
+# response (a Content-Length, a Set-Cookie) would otherwise grow it without end, and
+# in size: a large head is rare, costs little to encode next to its own size, and 256
+# of them would hold megabytes.
 _ENCODED_HEAD_CACHE: Dict[Tuple[int, tuple], bytes] = {}
 _ENCODED_HEAD_CACHE_SIZE = 256
+HEAD_CACHE_MAX_BYTES = 4096
 
 
 def encode_response_head(response: Response) -> bytes:
@@ -220,7 +223,7 @@ def encode_response_head(response: Response) -> bytes:
     if head is None:
         head = _encode_json({"status": response.status,
                              "headers": _group(response.headers, canonical=False)}).encode("utf-8")
-        if len(_ENCODED_HEAD_CACHE) < _ENCODED_HEAD_CACHE_SIZE:
+        if len(_ENCODED_HEAD_CACHE) < _ENCODED_HEAD_CACHE_SIZE and len(head) <= HEAD_CACHE_MAX_BYTES:
             _ENCODED_HEAD_CACHE[key] = head
     return head
 

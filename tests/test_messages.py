@@ -70,7 +70,7 @@ def test_path_of(uri, path):
     assert path_of(uri) == path
 
 
-def test_response_head_cache_returns_equal_results():
+def test_a_response_head_decodes_the_same_every_time():
     head = b'{"status":201,"headers":{"X":["1"]}}'
     assert decode_response_head(head) == decode_response_head(head) == (201, [("X", "1")], False)
 

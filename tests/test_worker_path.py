@@ -46,6 +46,12 @@ def test_the_head_cache_is_bounded_and_heads_past_the_bound_are_still_right():
     assert len(messages._ENCODED_HEAD_CACHE) <= messages._ENCODED_HEAD_CACHE_SIZE
 
 
+def test_a_large_head_is_right_and_not_remembered():
+    response = Response(200, [("Content-Security-Policy", "x" * messages.HEAD_CACHE_MAX_BYTES)])
+    assert encode_response_head(response) == plain_head(response)
+    assert (200, tuple(response.headers)) not in messages._ENCODED_HEAD_CACHE
+
+
 def request_head() -> bytes:
     return encode_request_head(Request("GET", "/a", "q=1", [("Host", "h"), ("X-Test", "1"), ("X-Test", "2")],
                                        b"", "10.0.0.1", "HTTP/1.1", "http://h/a?q=1"))
