@@ -23,6 +23,10 @@ _encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encod
 _json_str = json.encoder.encode_basestring   # a str as a JSON string literal (C-accelerated)
 _decode_json = json.JSONDecoder().decode   # on str: json.loads(bytes) sniffs the encoding every call
 _canonical_cache: Dict[str, str] = {}
+# Header names come from clients: the name caches keep at most this many names, each at
+# most this long (real names are short; a client must not fill the master with long ones).
+_NAME_CACHE_SIZE = 4096
+_NAME_CACHE_MAX_LENGTH = 64
 
 
 def canonical_header_name(name: str) -> str:
@@ -31,7 +35,7 @@ def canonical_header_name(name: str) -> str:
     canon = _canonical_cache.get(name)
     if canon is None:
         canon = "-".join(word[:1].upper() + word[1:].lower() for word in name.split("-"))
-        if len(_canonical_cache) < 4096:  # bounded: header names come from clients
+        if len(_canonical_cache) < _NAME_CACHE_SIZE and len(name) <= _NAME_CACHE_MAX_LENGTH:
             _canonical_cache[name] = canon
     return canon
 
@@ -121,11 +125,11 @@ _json_keys: Dict[str, str] = {}
 
 
 def _json_key(name: str) -> str:
-    """`x-test` -> `"X-Test":`, the canonical name as a JSON object key (bounded cache)."""
+    """`x-test` -> `"X-Test":`, the canonical name as a JSON object key (cached, bounded)."""
     key = _json_keys.get(name)
     if key is None:
         key = _json_str(canonical_header_name(name)) + ":"
-        if len(_json_keys) < 4096:
+        if len(_json_keys) < _NAME_CACHE_SIZE and len(name) <= _NAME_CACHE_MAX_LENGTH:
             _json_keys[name] = key
     return key
 

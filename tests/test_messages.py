@@ -81,3 +81,12 @@ def test_request_head_escapes_every_string_field():
     head = json.loads(encode_request_head(request))
     assert head["rawQuery"] == head["remoteAddr"] == head["uri"] == tricky
     assert head["headers"]["X-T"] == [tricky] and head["cookies"] == {"k": "v"}
+
+
+def test_long_header_names_are_encoded_right_and_not_cached():
+    from minirr import messages
+    name = "x-" + "a" * 500
+    request = Request("GET", "/", "", [("Host", "h"), (name, "1")], b"", "127.0.0.1", "HTTP/1.1", "http://h/")
+    head = json.loads(encode_request_head(request))
+    assert head["headers"]["X-" + "A" + "a" * 499] == ["1"]
+    assert name not in messages._json_keys and name not in messages._canonical_cache
