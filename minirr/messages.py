@@ -22,8 +22,7 @@ HeaderList = List[Tuple[str, str]]
 _encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _json_str = json.encoder.encode_basestring   # a str as a JSON string literal (C-accelerated)
 _decode_json = json.JSONDecoder().decode   # on str: json.loads(bytes) sniffs the encoding every call
-_canonical_cache: Dict[str, str] = {}
-# Header names come from clients: the name caches keep at most this many names, each at
+# Header names come from clients: the name cache keeps at most this many names, each at
 # most this long (real names are short; a client must not fill the master with long ones).
 _NAME_CACHE_SIZE = 4096
 _NAME_CACHE_MAX_LENGTH = 64
@@ -32,12 +31,7 @@ _NAME_CACHE_MAX_LENGTH = 64
 def canonical_header_name(name: str) -> str:
     """`x-test` -> `X-Test`: the spelling Go's net/http gives header names, which
     RoadRunner worker libraries index by (wire-protocol.md §2)."""
-    canon = _canonical_cache.get(name)
-    if canon is None:
-        canon = "-".join(word[:1].upper() + word[1:].lower() for word in name.split("-"))
-        if len(_canonical_cache) < _NAME_CACHE_SIZE and len(name) <= _NAME_CACHE_MAX_LENGTH:
-            _canonical_cache[name] = canon
-    return canon
+    return "-".join(word[:1].upper() + word[1:].lower() for word in name.split("-"))
 
 
 class Request:
@@ -92,13 +86,12 @@ class Response:
         return f"<Response {self.status} {len(self.body)} bytes>"
 
 
-def _group(headers: Iterable[Tuple[str, str]], canonical: bool) -> Dict[str, List[str]]:
+def _group(headers: Iterable[Tuple[str, str]]) -> Dict[str, List[str]]:
     grouped: Dict[str, List[str]] = {}
     for name, value in headers:
-        key = canonical_header_name(name) if canonical else name
-        values = grouped.get(key)
+        values = grouped.get(name)
         if values is None:
-            grouped[key] = [value]
+            grouped[name] = [value]
         else:
             values.append(value)
     return grouped
@@ -141,7 +134,7 @@ def encode_request_head(request: Request) -> bytes:
     cached keys rather than through a dict and the json encoder (half the cost)."""
     grouped: Dict[str, str] = {}   # '"Name":' -> the JSON of its values, comma-separated
     for name, value in request.headers:
-        key = _json_keys.get(name) or _json_key(name)
+        key = _json_keys.get(name) or _json_key(name)   # a hit costs no call: once per header
         if key in grouped:
             grouped[key] += "," + _json_str(value)
         else:
@@ -226,7 +219,7 @@ def encode_response_head(response: Response) -> bytes:
     head = _ENCODED_HEAD_CACHE.get(key)
     if head is None:
         head = _encode_json({"status": response.status,
-                             "headers": _group(response.headers, canonical=False)}).encode("utf-8")
+                             "headers": _group(response.headers)}).encode("utf-8")
         if len(_ENCODED_HEAD_CACHE) < _ENCODED_HEAD_CACHE_SIZE and len(head) <= HEAD_CACHE_MAX_BYTES:
             _ENCODED_HEAD_CACHE[key] = head
     return head
