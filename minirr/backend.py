@@ -34,7 +34,6 @@ from .pool import Worker, WorkerState
 log = logging.getLogger("minirr")
 
 READ_SIZE = 64 * 1024                  # os.read allocates this much per call
-MAX_READ_SIZE = 4 << 20                # ... or up to what a large frame in progress still needs
 MAX_FRAME_PAYLOAD = 1 << 31
 OUTPUT_LINE_LIMIT = 8192
 STOP_PAYLOAD = json.dumps({"stop": True}).encode()
@@ -177,9 +176,13 @@ class Backend:
         channel: Channel = worker.channel
         if channel.closed:
             return
+        decoder = channel.decoder
+        view = decoder.payload_buffer()    # not None while a large payload is arriving
         try:
-            missing = channel.decoder.missing   # a large frame in progress: read what it still needs
-            data = os.read(channel.proc.from_worker, READ_SIZE if missing <= READ_SIZE else min(missing, MAX_READ_SIZE))
+            if view is None:
+                data = os.read(channel.proc.from_worker, READ_SIZE)
+            else:
+                data = os.readv(channel.proc.from_worker, [view])   # straight into the payload
         except BlockingIOError:
             return
         if not data:
@@ -191,9 +194,9 @@ class Backend:
                 channel.proc.kill()
             return
         try:
-            frames = channel.decoder.feed(data)
+            frames = decoder.feed(data) if view is None else decoder.payload_received(data)
         except FrameError as exc:
-            leaked = _printable(channel.decoder.buffered[:64])
+            leaked = _printable(decoder.buffered[:64])
             self._fail_worker(worker, f"broke the frame channel ({exc}); it sent: {leaked}")
             return
         now = time.monotonic()
@@ -237,7 +240,8 @@ class Backend:
         try:
             if not 0 <= head_len <= len(item.payload):
                 raise ValueError("response frame has no head length option")
-            status, http_head = _http_head(item.payload[:head_len])
+            # bytes() is no copy for a bytes payload; a large one is a bytearray (frame.py)
+            status, http_head = _http_head(bytes(item.payload[:head_len]))
             if http_head is None:
                 self._requeue_from_stopping_worker(worker, job, now)
                 return

@@ -36,7 +36,7 @@ log = logging.getLogger("minirr.worker")
 EXIT_OK = 0
 EXIT_BOOT_FAILED = 3          # like gunicorn's WORKER_BOOT_ERROR: the master backs off
 READ_SIZE = 64 * 1024           # os.read allocates this much per call: keep it modest
-MAX_READ_SIZE = 4 << 20
+LARGE_BODY_BYTES = 64 * 1024    # a response body this large is written on its own, not copied
 
 Handler = Callable[[Request], Response]
 
@@ -52,20 +52,38 @@ class Channel:
 
     def receive(self) -> Optional[frame.Frame]:
         """The next frame, or None at EOF (the master has gone)."""
+        decoder = self._decoder
         while not self._pending:
-            # A large payload in progress: read up to what it still needs (bounded).
-            data = os.read(self.read_fd, min(max(READ_SIZE, self._decoder.missing), MAX_READ_SIZE))
+            view = decoder.payload_buffer()
+            if view is not None:           # a large payload in progress: read straight into it
+                received = os.readv(self.read_fd, [view])
+                if not received:
+                    return None
+                self._pending.extend(decoder.payload_received(received))
+                continue
+            data = os.read(self.read_fd, READ_SIZE)
             if not data:
                 return None
-            self._pending.extend(self._decoder.feed(data))
+            self._pending.extend(decoder.feed(data))
         return self._pending.pop(0)
 
-    def send(self, flags: int, payload: bytes, options=()) -> None:
-        """One frame, written with as few writes as possible (header never split)."""
-        view = memoryview(frame.encode(flags, payload, options))
-        while view:
-            written = os.write(self.write_fd, view)
-            view = view[written:]
+    def send(self, flags: int, payload: bytes, options=(), body: bytes = b"") -> None:
+        """One frame whose payload is `payload` followed by `body`. The header always goes
+        out in one write with what follows it; a large body is written from where it
+        lies instead of being copied into the frame."""
+        data = frame.encode_header(flags, len(payload) + len(body), options) + payload
+        if len(body) < LARGE_BODY_BYTES:
+            _write_all(self.write_fd, data + body)
+        else:
+            _write_all(self.write_fd, data)
+            _write_all(self.write_fd, body)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
 
 
 # ---- loading the application ------------------------------------------------------------
@@ -134,7 +152,8 @@ def _answer(channel: Channel, handler: Handler, request_frame: frame.Frame) -> N
     head_len = request_frame.options[0] if request_frame.options else len(request_frame.payload)
     payload = request_frame.payload
     try:
-        request = decode_request(payload[:head_len], payload[head_len:])
+        # One copy of the body, into the bytes the app sees (the payload may be a bytearray).
+        request = decode_request(payload[:head_len], bytes(memoryview(payload)[head_len:]))
         response = handler(request)
         if not isinstance(response, Response):
             raise TypeError(f"handler returned {type(response).__name__}, expected minirr.Response")
@@ -144,7 +163,7 @@ def _answer(channel: Channel, handler: Handler, request_frame: frame.Frame) -> N
         channel.send(ERROR, f"{type(exc).__name__}: {exc}".encode("utf-8", "replace"))
         return
     head = encode_response_head(response)
-    channel.send(CODEC_JSON, head + response.body, (len(head),))
+    channel.send(CODEC_JSON, head, (len(head),), response.body)
 
 
 class LevelPerLineFormatter(logging.Formatter):

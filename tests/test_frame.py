@@ -89,3 +89,82 @@ def test_round_trip_with_options_and_large_payload():
     payload = bytes(range(256)) * 4000
     data = frame.encode(frame.CODEC_JSON, payload, (7, 8, 9), frame.STREAM)
     assert feed_whole(data) == [frame.Frame(frame.CODEC_JSON, payload, (7, 8, 9), frame.STREAM)]
+
+
+# ---- large payloads: gathered in one buffer, which a caller may read straight into ------
+
+LARGE = bytes(range(256)) * ((frame.LARGE_PAYLOAD_BYTES + 1000) // 256)
+LARGE_FRAME = frame.encode(frame.CODEC_JSON, LARGE, (27,))
+LARGE_EXPECTED = frame.Frame(frame.CODEC_JSON, LARGE, (27,), 0)
+
+
+def feed_in_chunks(data, size=65536):
+    decoder = frame.FrameDecoder()
+    out = []
+    for i in range(0, len(data), size):
+        out += decoder.feed(data[i:i + size])
+    return out
+
+
+def read_into_buffer(data, size=65536):
+    """What the worker and the master do: feed() until a large payload has begun, then
+    read straight into payload_buffer() (here from `data`, as os.readv would)."""
+    decoder = frame.FrameDecoder()
+    out = []
+    pos = 0
+    while pos < len(data):
+        view = decoder.payload_buffer()
+        if view is None:
+            out += decoder.feed(data[pos:pos + size])
+            pos += size
+        else:
+            chunk = data[pos:pos + min(size, len(view))]
+            view[:len(chunk)] = chunk
+            out += decoder.payload_received(len(chunk))
+            pos += len(chunk)
+    return out
+
+
+def _as_bytes(frames):
+    return [f._replace(payload=bytes(f.payload)) for f in frames]
+
+
+@pytest.mark.parametrize("feed", [feed_whole, feed_in_chunks, read_into_buffer,
+                                  lambda data: feed_in_chunks(data, 4099),
+                                  lambda data: read_into_buffer(data, 4099)])
+def test_a_large_payload_arrives_whole_however_it_is_read(feed):
+    frames = _as_bytes(feed(LARGE_FRAME + SOFT_ERROR + LARGE_FRAME + HANDSHAKE))
+    assert frames == [LARGE_EXPECTED, EXAMPLES[3][1], LARGE_EXPECTED, EXAMPLES[0][1]]
+
+
+def test_a_large_payload_is_gathered_in_one_buffer_of_its_size():
+    decoder = frame.FrameDecoder()
+    assert decoder.payload_buffer() is None
+    assert decoder.feed(LARGE_FRAME[:10]) == []          # not even the header yet
+    assert decoder.payload_buffer() is None
+    assert decoder.feed(LARGE_FRAME[10:1000]) == []
+    view = decoder.payload_buffer()
+    assert len(view) == len(LARGE_FRAME) - 1000          # what is still to come, no more
+    view[:] = LARGE_FRAME[1000:]
+    [got] = decoder.payload_received(len(view))
+    assert bytes(got.payload) == LARGE and got.options == (27,)
+    assert decoder.payload_buffer() is None              # done: small frames go on as before
+    assert decoder.feed(HANDSHAKE) == [EXAMPLES[0][1]]
+
+
+def test_a_small_payload_split_over_reads_is_not_gathered_in_place():
+    data = frame.encode(0, b"x" * (frame.LARGE_PAYLOAD_BYTES - 1))
+    decoder = frame.FrameDecoder()
+    assert decoder.feed(data[:100]) == []
+    assert decoder.payload_buffer() is None
+    [got] = decoder.feed(data[100:])
+    assert type(got.payload) is bytes and len(got.payload) == frame.LARGE_PAYLOAD_BYTES - 1
+
+
+def test_a_large_frame_with_a_bad_header_is_refused_before_any_buffer():
+    bad = bytearray(LARGE_FRAME[:100])
+    bad[6] ^= 0xFF
+    decoder = frame.FrameDecoder()
+    with pytest.raises(FrameError, match="CRC"):
+        decoder.feed(bytes(bad))
+    assert decoder.payload_buffer() is None
