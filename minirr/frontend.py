@@ -155,21 +155,21 @@ class Frontend:
         self._pause_accepting()
         self._accept_paused_until = now + ACCEPT_BACKOFF_S
 
-    def _add_client(self, sock: socket.socket, peer: str, now: float) -> None:
+    def _add_client(self, sock: socket.socket, peer: str, now: float) -> Optional[Client]:
         try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)        # (TCP_NODELAY comes from the listener: see bind())
         except OSError:                    # reset before we got to it
             sock.close()
-            return
+            return None
         conn = http11.Connection(self.limits, remote_addr=peer, scheme="http",
                                  trusted_proxies=self.config.http.trusted_proxies,
-                                 default_host=f"{self.address[0]}:{self.address[1]}")
+                                 default_host=self._default_host)
         client = Client(sock, peer, conn, now)
         client.callback = functools.partial(self._on_client_event, client)
         self.clients[client.fd] = client
-        self.selector.register(sock, selectors.EVENT_READ, client.callback)
+        self.selector.register(client.fd, selectors.EVENT_READ, client.callback)
         client.registered = True
+        return client
 
     # ================================================================== reading
     def _on_client_event(self, client: Client, mask: int) -> None:
@@ -241,11 +241,11 @@ class Frontend:
     def _update_client_registration(self, client: Client) -> None:
         events = (selectors.EVENT_READ if client.reading else 0) | (selectors.EVENT_WRITE if client.writing else 0)
         if events and client.registered:
-            self.selector.modify(client.sock, events, client.callback)
+            self.selector.modify(client.fd, events, client.callback)
         elif events:
-            self.selector.register(client.sock, events, client.callback)
+            self.selector.register(client.fd, events, client.callback)
         elif client.registered:
-            self.selector.unregister(client.sock)
+            self.selector.unregister(client.fd)
         client.registered = bool(events)
 
     def _reject(self, client: Client, status: int, message: str) -> None:
@@ -357,7 +357,7 @@ class Frontend:
             return
         client.closed = True
         if client.registered:
-            self.selector.unregister(client.sock)
+            self.selector.unregister(client.fd)
             client.registered = False
         client.sock.close()
         client.out = bytearray()

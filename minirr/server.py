@@ -65,6 +65,7 @@ class Server(Operations, Frontend, Backend):
         self.clients: Dict[int, Client] = {}
         self.queue: Deque[Job] = deque()
         self.address = ("", 0)
+        self._default_host = "localhost"   # Host of an HTTP/1.0 request without one: set by bind()
         self._wakeup_r: Optional[socket.socket] = None
         self._wakeup_w: Optional[socket.socket] = None
         self._listening = False
@@ -86,11 +87,16 @@ class Server(Operations, Frontend, Backend):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Responses leave in one send(); Nagle's algorithm would hold back the tail of a
+        # large one until the client's (delayed) ACK. Accepted sockets inherit the option
+        # from the listener (Linux, the BSDs), which saves a syscall per connection.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
         sock.listen(min(socket.SOMAXCONN, 1024))
         sock.setblocking(False)
         self.listener = sock
         self.address = sock.getsockname()[:2]
+        self._default_host = f"{self.address[0]}:{self.address[1]}"
         self._resume_accepting()
 
     def run(self) -> int:

@@ -7,10 +7,12 @@ Every test runs twice: with forked workers (`app = ...`) and with external worke
 from __future__ import annotations
 
 import os
+import selectors
 import signal
 import socket
 import sys
 import threading
+import time
 
 import pytest
 
@@ -354,3 +356,25 @@ def test_worker_tracebacks_survive_a_warning_log_level(serve, mode):
     srv.wait_for_log(r"\(pid \d+\): ERROR \| RuntimeError: boom from the app")
     srv.wait_for_log(r"\(pid \d+\): ERROR minirr.worker: request failed")
     assert "hello from stdout" not in srv.log
+
+
+def test_accepted_connections_have_nagle_off():
+    """TCP_NODELAY is set once, on the listener; accepted sockets inherit it (bind() says
+    why). Checked in-process, on the master's own accepted socket."""
+    from minirr import config as config_module
+    from minirr.server import Server
+    cfg = config_module.parse("[server]\napp = x:y\n[http]\naddress = 127.0.0.1:0\n", path="t.ini")
+    server = Server(cfg, launcher=None)
+    server.bind()
+    try:
+        with socket.create_connection(server.address, timeout=5) as peer:
+            peer.sendall(b"x")
+            deadline = time.monotonic() + 10
+            while not server.clients and time.monotonic() < deadline:
+                server._on_listener_readable(selectors.EVENT_READ)
+            [client] = server.clients.values()
+            assert client.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            server._close_client(client)
+    finally:
+        server.listener.close()
+        server.selector.close()
