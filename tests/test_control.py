@@ -141,7 +141,13 @@ def test_workers_interactive_redraws_until_ctrl_c(serve):
         wait_until(lambda: sum(line.replace(remote.CLEAR_SCREEN, "").startswith("PID") for line in seen) >= 2, timeout=15, message="two redraws")
     finally:
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(10) == 0
+        try:
+            status = proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            pytest.fail(f"`minirr workers -i` ignored Ctrl-C for 10s; its stderr: {proc.stderr.read()[-500:]!r}")
+    assert status == 0
     assert remote.CLEAR_SCREEN in "".join(seen)
 
 
