@@ -180,12 +180,12 @@ class Backend:
         view = decoder.payload_buffer()    # not None while a large payload is arriving
         try:
             if view is None:
-                data = os.read(channel.proc.from_worker, READ_SIZE)
+                got = os.read(channel.proc.from_worker, READ_SIZE)          # bytes
             else:
-                data = os.readv(channel.proc.from_worker, [view])   # straight into the payload
+                got = os.readv(channel.proc.from_worker, [view])   # a count: the bytes are in the payload
         except BlockingIOError:
             return
-        if not data:
+        if not got:
             # EOF: the process is exiting (its descriptors close a moment before its sentinel
             # fires) or it closed its end and is no use any more. Either way the sentinel
             # reports the exit with its real status and state; kill() makes sure it comes.
@@ -194,7 +194,7 @@ class Backend:
                 channel.proc.kill()
             return
         try:
-            frames = decoder.feed(data) if view is None else decoder.payload_received(data)
+            frames = decoder.feed(got) if view is None else decoder.payload_received(got)
         except FrameError as exc:
             leaked = _printable(decoder.buffered[:64])
             self._fail_worker(worker, f"broke the frame channel ({exc}); it sent: {leaked}")

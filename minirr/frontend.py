@@ -155,12 +155,12 @@ class Frontend:
         self._pause_accepting()
         self._accept_paused_until = now + ACCEPT_BACKOFF_S
 
-    def _add_client(self, sock: socket.socket, peer: str, now: float) -> Optional[Client]:
+    def _add_client(self, sock: socket.socket, peer: str, now: float) -> None:
         try:
             sock.setblocking(False)        # (TCP_NODELAY comes from the listener: see bind())
         except OSError:                    # reset before we got to it
             sock.close()
-            return None
+            return
         conn = http11.Connection(self.limits, remote_addr=peer, scheme="http",
                                  trusted_proxies=self.config.http.trusted_proxies,
                                  default_host=self._default_host)
@@ -169,7 +169,6 @@ class Frontend:
         self.clients[client.fd] = client
         self.selector.register(client.fd, selectors.EVENT_READ, client.callback)
         client.registered = True
-        return client
 
     # ================================================================== reading
     def _on_client_event(self, client: Client, mask: int) -> None:
