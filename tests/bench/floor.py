@@ -75,7 +75,10 @@ def serve(listener: socket.socket) -> None:
                     waiting.append((obj, data))
             else:
                 response = os.read(key.fd, 65536)
-                client_of.pop(obj).send(response)
+                try:
+                    client_of.pop(obj).send(response)
+                except OSError:                  # the client left (wrk stopping): nothing to answer
+                    pass
                 if waiting:
                     conn, data = waiting.pop(0)
                     client_of[obj] = conn
@@ -87,6 +90,13 @@ def serve(listener: socket.socket) -> None:
 def cpu_ticks(pid: int):
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return int(fields[11]), int(fields[12])      # utime, stime
+
+
+def run_wrk(port: int, connections: int, duration: int):
+    """-> (requests, req/s) of `wrk -t2` against 127.0.0.1:port."""
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", f"http://127.0.0.1:{port}/"],
+                         capture_output=True, text=True, check=True).stdout
+    return int(re.search(r"(\d+) requests in", out).group(1)), float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
 
 def main() -> None:
@@ -102,14 +112,11 @@ def main() -> None:
     listener.close()
     try:
         before = cpu_ticks(master)
-        out = subprocess.run(["wrk", "-t2", f"-c{args.connections}", f"-d{args.duration}s",
-                              f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
+        requests, rate = run_wrk(port, args.connections, args.duration)
         after = cpu_ticks(master)
     finally:
         os.kill(master, signal.SIGTERM)
         os.waitpid(master, 0)                    # the workers see EOF and exit
-    requests = int(re.search(r"(\d+) requests in", out).group(1))
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
     user, system = ((b - a) * tick_us / requests for a, b in zip(before, after))
     print(f"floor: {rate:,.0f} req/s; master CPU {user + system:.1f} µs/request "
