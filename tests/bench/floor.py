@@ -92,9 +92,10 @@ def cpu_ticks(pid: int):
     return int(fields[11]), int(fields[12])      # utime, stime
 
 
-def run_wrk(port: int, connections: int, duration: int):
-    """-> (requests, req/s) of `wrk -t2` against 127.0.0.1:port."""
-    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", f"http://127.0.0.1:{port}/"],
+def run_wrk(port: int, connections: int, duration: int, close: bool = False):
+    """-> (requests, req/s) of `wrk -t2` against 127.0.0.1:port (close: `Connection: close`)."""
+    header = ["-H", "Connection: close"] if close else []
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", *header, f"http://127.0.0.1:{port}/"],
                          capture_output=True, text=True, check=True).stdout
     return int(re.search(r"(\d+) requests in", out).group(1)), float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 

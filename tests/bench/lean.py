@@ -20,7 +20,9 @@ this figure to issue 7's target is what no arrangement of the same codecs can re
     python tests/bench/lean.py [--duration 8] [--connections 32]     (needs wrk)
 
 It serves keep-alive GETs from wrk and nothing else; it is a measuring stick, not a
-server (a bad request, a closed connection or a large body is not handled).
+server (a bad request, a pipelined request or a large body is not handled).
+
+    python tests/bench/lean.py --close                               (`Connection: close`)
 """
 
 from __future__ import annotations
@@ -55,7 +57,13 @@ def start_worker(native: bool) -> tuple:
         from minirr import worker
         channel = worker.Channel(requests_r, responses_w)
         app, interface = ("apps:hello_minirr", "minirr") if native else ("apps:hello_wsgi", "wsgi")
-        os._exit(worker.serve(channel, lambda: worker.load_handler(app, interface=interface)))
+        status = 1
+        try:
+            status = worker.serve(channel, lambda: worker.load_handler(app, interface=interface))
+        except BrokenPipeError:          # the master was stopped while this answer was on its way
+            status = 0
+        finally:
+            os._exit(status)             # never return into the master's code
     os.close(requests_r)
     os.close(responses_w)
     os.write(requests_w, frame.encode(frame.CONTROL | frame.CODEC_JSON, json.dumps({"pid": os.getpid()}).encode()))
@@ -63,28 +71,33 @@ def start_worker(native: bool) -> tuple:
     return requests_w, responses_r
 
 
-def request_frame(head_bytes: bytes, peer: str) -> bytes:
-    """What minirr's parser and dispatch make of a request head, without their checks."""
+def request_frame(head_bytes: bytes, peer: str) -> tuple:
+    """What minirr's parser and dispatch make of a request head, without their checks;
+    -> (the request frame, whether the request asked to close)."""
     method, target, path, query, major, minor, fields = HEAD_RE.fullmatch(head_bytes.decode("latin-1")).groups()
     headers = []
     host = "localhost"
+    close = False
     for line in fields.split("\r\n") if fields else ():
         name, _, value = line.partition(":")
         value = value.strip(" \t")
         headers.append((name, value))
-        if name.lower() == "host":
+        lname = name.lower()
+        if lname == "host":
             host = value
+        elif lname == "connection":
+            close = value.lower() == "close"
     request = Request(method, path, query or "", headers, b"", peer, f"HTTP/{major}.{minor}",
                       f"http://{host}{target}")
     head = encode_request_head(request)
-    return frame.encode_header(frame.CODEC_JSON, len(head), (len(head),)) + head
+    return frame.encode_header(frame.CODEC_JSON, len(head), (len(head),)) + head, close
 
 
 def serve(listener: socket.socket, ready_w: int, native: bool) -> None:
     """The master loop; runs in a child of the measuring process until SIGTERM."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sel = selectors.DefaultSelector()
-    idle, waiting, client_of, decoders, buffers = [], [], {}, {}, {}
+    idle, waiting, client_of, decoders, buffers, closing = [], [], {}, {}, {}, set()
     for _ in range(2):
         to_worker, from_worker = start_worker(native)
         idle.append(to_worker)
@@ -104,6 +117,8 @@ def serve(listener: socket.socket, ready_w: int, native: bool) -> None:
                 buffers[conn] = b""
                 sel.register(conn, selectors.EVENT_READ, ("client", conn))
             elif kind == "client":
+                if obj.fileno() < 0:
+                    continue                   # answered and closed earlier in this round
                 try:
                     data = obj.recv(65536)
                 except ConnectionResetError:   # wrk resets its connections when it stops
@@ -111,6 +126,7 @@ def serve(listener: socket.socket, ready_w: int, native: bool) -> None:
                 if not data:
                     sel.unregister(obj)
                     del buffers[obj]
+                    closing.discard(obj)
                     obj.close()
                     continue
                 data = buffers[obj] + data
@@ -119,7 +135,9 @@ def serve(listener: socket.socket, ready_w: int, native: bool) -> None:
                     buffers[obj] = data
                     continue
                 buffers[obj] = data[end + 4:]
-                out = request_frame(data[:end], "127.0.0.1")
+                out, close = request_frame(data[:end], "127.0.0.1")
+                if close:
+                    closing.add(obj)
                 if idle:
                     to_worker = idle.pop()
                     client_of[to_worker] = obj
@@ -133,12 +151,18 @@ def serve(listener: socket.socket, ready_w: int, native: bool) -> None:
                     now = time.time()
                     if int(now) != date_second:
                         date_second, date = int(now), http11.http_date(now)
+                    client = client_of.pop(obj)
                     response = http11.complete_response(http_head, status, memoryview(item.payload)[head_len:],
-                                                        keep_alive=True, date=date)
+                                                        keep_alive=client not in closing, date=date)
                     try:
-                        client_of.pop(obj).send(response)
+                        client.send(response)
                     except OSError:              # the client left (wrk stopping): nothing to answer
                         pass
+                    if client in closing:
+                        closing.discard(client)
+                        sel.unregister(client)
+                        del buffers[client]
+                        client.close()
                     if waiting:
                         conn, out = waiting.pop(0)
                         client_of[obj] = conn
@@ -152,6 +176,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--native", action="store_true", help="apps:hello_minirr instead of the WSGI app")
+    parser.add_argument("--close", action="store_true", help="wrk sends `Connection: close`")
     args = parser.parse_args()
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
@@ -166,7 +191,7 @@ def main() -> None:
         os.read(ready_r, 16)                     # the master and its workers are up
         workers = children_of(master)
         before, workers_before = cpu_ticks(master), [sum(cpu_ticks(pid)) for pid in workers]
-        requests, rate = run_wrk(port, args.connections, args.duration)
+        requests, rate = run_wrk(port, args.connections, args.duration, args.close)
         after, workers_after = cpu_ticks(master), [sum(cpu_ticks(pid)) for pid in workers]
     finally:
         os.kill(master, signal.SIGTERM)
@@ -174,7 +199,7 @@ def main() -> None:
     tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
     user, system = ((b - a) * tick_us / requests for a, b in zip(before, after))
     workers_us = (sum(workers_after) - sum(workers_before)) * tick_us / requests
-    print(f"lean ({'native' if args.native else 'WSGI'} app): {rate:,.0f} req/s; master CPU {user + system:.1f} "
+    print(f"lean ({'native' if args.native else 'WSGI'} app{', close' if args.close else ''}): {rate:,.0f} req/s; master CPU {user + system:.1f} "
           f"µs/request (user {user:.1f}, system {system:.1f}), workers {workers_us:.1f} µs/request; "
           f"wrk -t2 -c{args.connections} -d{args.duration}s")
 
