@@ -33,6 +33,21 @@ def worker(requests_r: int, responses_w: int) -> None:
     os._exit(0)
 
 
+def accept_client(listener: socket.socket, sel: selectors.BaseSelector) -> socket.socket:
+    conn, _ = listener.accept()
+    conn.setblocking(False)
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sel.register(conn, selectors.EVENT_READ, ("client", conn))
+    return conn
+
+
+def read_client(conn: socket.socket) -> bytes:
+    try:
+        return conn.recv(65536)
+    except ConnectionResetError:                 # wrk resets its connections when it stops
+        return b""
+
+
 def serve(listener: socket.socket) -> None:
     """The master loop; runs in a child of the measuring process until SIGTERM."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -55,15 +70,9 @@ def serve(listener: socket.socket) -> None:
         for key, _ in sel.select():
             kind, obj = key.data
             if kind == "listener":
-                conn, _ = listener.accept()
-                conn.setblocking(False)
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sel.register(conn, selectors.EVENT_READ, ("client", conn))
+                accept_client(listener, sel)
             elif kind == "client":
-                try:
-                    data = obj.recv(65536)
-                except ConnectionResetError:   # wrk resets its connections when it stops
-                    data = b""
+                data = read_client(obj)
                 if not data:
                     sel.unregister(obj)
                     obj.close()

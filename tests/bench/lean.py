@@ -39,7 +39,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from floor import cpu_ticks, run_wrk  # noqa: E402
+from floor import accept_client, cpu_ticks, read_client, run_wrk  # noqa: E402
 from run import children_of  # noqa: E402
 from minirr import frame, http11  # noqa: E402
 from minirr.backend import _http_head  # noqa: E402
@@ -111,18 +111,11 @@ def serve(listener: socket.socket, ready_w: int, native: bool) -> None:
         for key, _ in sel.select():
             kind, obj = key.data
             if kind == "listener":
-                conn, _ = listener.accept()
-                conn.setblocking(False)
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                buffers[conn] = b""
-                sel.register(conn, selectors.EVENT_READ, ("client", conn))
+                buffers[accept_client(listener, sel)] = b""
             elif kind == "client":
                 if obj.fileno() < 0:
                     continue                   # answered and closed earlier in this round
-                try:
-                    data = obj.recv(65536)
-                except ConnectionResetError:   # wrk resets its connections when it stops
-                    data = b""
+                data = read_client(obj)
                 if not data:
                     sel.unregister(obj)
                     del buffers[obj]
