@@ -1,431 +1,557 @@
-"""The master's worker side: starting workers, their pipes, frames, output and exits.
+"""The master's worker side: starting workers, giving them jobs, reading their answers,
+and what each event means for a worker (pool.fate).
 
-Owns: the Channel of each worker (process handle, frame decoder, write buffer), writing
-      request frames without blocking, reading response frames, relaying the worker's
-      stdout/stderr to the log, stopping and killing, and what a worker's exit means.
-Never: decides *when* a worker is due for retirement (pool.py does), or talks HTTP:
-       a response frame becomes bytes through http11 and goes to `self._respond`.
+Owns: starting workers and the handshake, the request frame of a job, turning response
+      frames into an answer for the frontend (whole, or in parts as they arrive, with
+      backpressure: a worker's pipe is not read while its client is backlogged), a
+      worker's end (stop, kill, exit), timeouts (exec_ttl, start, stop) and the reload.
+Never: talks HTTP (frontend.py writes the answers), reads or writes a pipe itself
+       (channel.py does), or decides a fate by itself (pool.fate does).
 
-`Backend` is one half of `server.Server` (the other is `frontend.Frontend`).
-
-    start: launcher.start() -> WorkerProcess -> register from_worker, output, sentinel
-           -> handshake frame {"pid": master}; worker answers {"pid": its own} -> IDLE
-    job:   request frame (one write when it fits; the rest on EVENT_WRITE) -> response frame
-    exit:  sentinel readable -> reap (bounded) -> log what it means -> replace
+    start:  launcher.start() -> WorkerChannel -> handshake {"pid": master}
+            <- {"pid": its own} -> READY
+    job:    dispatch: request frame -> ... response frame(s) -> front.answer (or begin,
+            part ..., end) -> the worker is free: pool.job_done -> KEEP or STOP
+    end:    its pidfd is readable -> reap -> log what it means -> replace it
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
-import selectors
-import time
-from collections import deque
-from typing import TYPE_CHECKING, Deque, Dict, Optional, Tuple
+from typing import List, Optional
 
-from . import frame, http11
-from .errors import FrameError
-from .frame import CODEC_JSON, CONTROL, ERROR, FrameDecoder
-from .messages import HEAD_CACHE_MAX_BYTES, decode_response_head, encode_request_head
-from .pool import Worker, WorkerState
+from . import frame
+from .channel import WorkerChannel, printable
+from .frame import CODEC_JSON, CONTROL, ERROR, PING, PONG, STOP, STREAM, Frame, FrameStart
+from .jobs import Job, Jobs, Outcome
+from .messages import RequestHeadEncoder
+from .pool import DEAD, READY, STARTING, STOPPING, WORKING, Fate, Pool, Reason, Worker, WorkerState, fate
+from .responses import ResponseHeads
 
 log = logging.getLogger("minirr")
 
-READ_SIZE = 64 * 1024                  # os.read allocates this much per call
-MAX_FRAME_PAYLOAD = 1 << 31
-OUTPUT_LINE_LIMIT = 8192
+LARGE_BODY_BYTES = 64 * 1024           # a request body this large is written on its own, not copied
+MAX_HEAD_BYTES = frame.LARGE_PAYLOAD_BYTES   # a response frame's JSON head may be at most this long
 STOP_PAYLOAD = json.dumps({"stop": True}).encode()
-_RELAY_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
-                 "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
-S = WorkerState
-
-if TYPE_CHECKING:
-    from .frontend import Job
+PONG_FRAME = frame.encode(0, b"", (), PONG)
+STOP_STREAM_FRAME = frame.encode(0, b"", (), STOP)
 
 
-class Channel:
-    """The master's side of one worker: process handle, frame decoder, write buffer."""
+class Reload:
+    """A reset in progress: `old` workers are replaced one at a time, each retired only
+    once its replacement is ready."""
 
-    def __init__(self, proc) -> None:
-        self.proc = proc
-        self.decoder = FrameDecoder(MAX_FRAME_PAYLOAD)
-        self.out: Deque[memoryview] = deque()   # frames (or parts) not yet taken by the pipe
-        self.writing = False
-        self.output_tail = b""         # an unfinished line of the worker's stdout/stderr
-        self.closed = False
-        self.failure = ""              # why the master gave up on it (for the exit log line)
+    def __init__(self, old: List[Worker], now: float) -> None:
+        self.old = old
+        self.started_at = now
+        self.replacement: Optional[Worker] = None
+        self.replaced = 0
 
 
 class Backend:
-    """Worker processes and their channels; mixed into server.Server."""
+    """Worker processes and their jobs. `ops` (worker_ready, worker_gone, reload_done) and
+    `child_descriptors` (what else a forked worker must close) are wired by the server."""
 
-    def _ensure_pool(self, now: float) -> None:
-        if self._stopping:
+    def __init__(self, loop, config, launcher, pool: Pool, jobs: Jobs, front) -> None:
+        self.loop = loop
+        self.config = config
+        self.launcher = launcher
+        self.pool = pool
+        self.jobs = jobs
+        self.front = front
+        self.ops = None
+        self.child_descriptors = list
+        self.request_heads = RequestHeadEncoder()
+        self.response_heads = ResponseHeads()
+        self.stopping = False
+        self.reload: Optional[Reload] = None
+
+    # ================================================================== starting
+    def ensure_pool(self, now: float) -> None:
+        if self.stopping:
             return
         while self.pool.deficit() and self.pool.can_start(now):
             self._start_worker(now)
 
-    def _start_worker(self, now: float) -> Worker:
+    def _start_worker(self, now: float) -> None:
         worker = self.pool.new_worker(now)
         try:
-            proc = self.launcher.start(self._descriptors_for_child())
+            proc = self.launcher.start(self.descriptors() + self.child_descriptors())
         except OSError as exc:
             # The program vanished, or fds or processes ran out: a failed start, with back-off.
             self.pool.exited(worker, now)
             log.error("%s could not be started: %s; next start in %.1fs", worker, exc,
                       max(0.0, self.pool.next_start_at - now))
-            if not self.pool.serving():
-                self._fail_queue("no_workers")
-            return worker
+            self._after_failed_start(worker, f"it could not be started: {exc}")
+            return
         worker.pid = proc.pid
-        channel = Channel(proc)
-        worker.channel = channel
-        self.selector.register(proc.from_worker, selectors.EVENT_READ,
-                               functools.partial(self._on_worker_readable, worker))
-        if proc.output is not None:
-            self.selector.register(proc.output, selectors.EVENT_READ, lambda mask: self._on_worker_output(worker))
-        self.selector.register(proc.sentinel, selectors.EVENT_READ, lambda mask: self._on_worker_exit(worker))
+        worker.channel = WorkerChannel(self.loop, worker, proc, self, self.config.pool.max_frame_size)
+        worker.channel.open()
         log.info("%s started", worker)
-        self._write_to_worker(worker, frame.encode(CONTROL | CODEC_JSON, json.dumps({"pid": os.getpid()}).encode()))
-        return worker
+        worker.channel.write(frame.encode(CONTROL | CODEC_JSON, json.dumps({"pid": os.getpid()}).encode()))
 
-    def _descriptors_for_child(self) -> list:
-        """Everything of the master's a new child must close, by name (STYLE §5)."""
-        items: list = [self.selector]
-        if self.listener is not None:
-            items.append(self.listener)
-        items += [self._wakeup_r, self._wakeup_w]
-        items += [client.sock for client in self.clients.values()]
+    def descriptors(self) -> list:
+        """Every descriptor of every worker: a new child closes them all (STYLE.md §5)."""
+        items: list = []
         for worker in self.pool.workers.values():
             channel = worker.channel
             if channel is not None and not channel.closed:
                 items += channel.proc.fds()
-        items += self._extra_child_descriptors()
-        return [item for item in items if item is not None]
+        return items
 
-    def _extra_child_descriptors(self) -> list:
-        """Descriptors of optional services (control socket, status, metrics)."""
-        return []
-
-    def _dispatch(self, worker: Worker, job, now: float) -> None:
-        self.pool.assign(worker, job, now)
-        job.worker = worker
-        request = job.request
-        head = encode_request_head(request)
-        payload_len = len(head) + len(request.body)
-        header = frame.encode_header(CODEC_JSON, payload_len, (len(head),))
-        if len(request.body) < 65536:
-            self._write_to_worker(worker, header + head + request.body)
-        else:
-            self._write_to_worker(worker, header + head, request.body)
-
-    def _write_to_worker(self, worker: Worker, data: bytes, tail: bytes = b"") -> None:
-        """Write `data` (and `tail`, a large body, never copied) without blocking; what the
-        pipe does not take now is queued and goes out on EVENT_WRITE. `data` starts with
-        the frame header, and a pipe with room takes it whole: one write per header."""
-        channel: Channel = worker.channel
-        if channel.closed:
-            return
-        if not channel.out:
-            # The usual case: nothing queued, and the pipe takes the whole frame at once.
+    def _on_handshake(self, worker: Worker, item, now: float) -> None:
+        pid = None
+        if type(item) is Frame and item.flags & CONTROL:
             try:
-                written = os.write(channel.proc.to_worker, data)
-            except BlockingIOError:
-                written = 0
-            except OSError:                # BrokenPipeError: the process is gone; its sentinel will tell
-                return
-            if written == len(data) and not tail:
-                return
-            data = memoryview(data)[written:]
-        if data:
-            channel.out.append(memoryview(data))
-        if tail:
-            channel.out.append(memoryview(tail))
-        if not channel.writing:
-            self._flush_worker(worker)
-
-    def _flush_worker(self, worker: Worker) -> None:
-        channel: Channel = worker.channel
-        if channel.closed:
-            return
-        fd = channel.proc.to_worker
-        out = channel.out
-        while out:
-            try:
-                written = os.write(fd, out[0])
-            except BlockingIOError:
-                break
-            except OSError:                # BrokenPipeError: the process is gone; its sentinel will tell
-                out.clear()
-                break
-            if written < len(out[0]):
-                out[0] = out[0][written:]
-                break                      # the pipe is full: wait for EVENT_WRITE
-            out.popleft()
-        want = bool(out)
-        if want != channel.writing:
-            channel.writing = want
-            if want:
-                self.selector.register(fd, selectors.EVENT_WRITE, lambda mask: self._flush_worker(worker))
-            else:
-                self.selector.unregister(fd)
-
-    def _on_worker_readable(self, worker: Worker, mask: int) -> None:
-        channel: Channel = worker.channel
-        if channel.closed:
-            return
-        decoder = channel.decoder
-        view = decoder.payload_buffer()    # not None while a large payload is arriving
-        try:
-            if view is None:
-                got = os.read(channel.proc.from_worker, READ_SIZE)          # bytes
-            else:
-                got = os.readv(channel.proc.from_worker, [view])   # a count: the bytes are in the payload
-        except BlockingIOError:
-            return
-        if not got:
-            # EOF: the process is exiting (its descriptors close a moment before its sentinel
-            # fires) or it closed its end and is no use any more. Either way the sentinel
-            # reports the exit with its real status and state; kill() makes sure it comes.
-            self.selector.unregister(channel.proc.from_worker)
-            if worker.state is not S.STOPPING:
-                channel.proc.kill()
-            return
-        try:
-            frames = decoder.feed(got) if view is None else decoder.payload_received(got)
-        except FrameError as exc:
-            leaked = _printable(decoder.buffered[:64])
-            self._fail_worker(worker, f"broke the frame channel ({exc}); it sent: {leaked}")
-            return
-        now = time.monotonic()
-        for item in frames:
-            state = worker.state
-            if state is S.BUSY:
-                self._on_response_frame(worker, item, now)
-            elif state is S.STARTING:
-                self._on_handshake(worker, item, now)
-            elif state is S.IDLE:
-                self._fail_worker(worker, "sent a frame while IDLE")
-            else:
-                return                     # STOPPING or DEAD: nothing it sends matters now
-
-    def _on_handshake(self, worker: Worker, item: frame.Frame, now: float) -> None:
-        try:
-            pid = json.loads(item.payload)["pid"] if item.flags & CONTROL else None
-        except (ValueError, KeyError, TypeError):
-            pid = None
-        if not isinstance(pid, int):
-            self._fail_worker(worker, f"answered the handshake with {_printable(item.payload[:64])}")
+                pid = json.loads(item.payload)["pid"]
+            except (ValueError, KeyError, TypeError, RecursionError):
+                pid = None
+        if not isinstance(pid, int) or isinstance(pid, bool):
+            shown = printable(item.payload[:64]) if type(item) is Frame else "a large frame"
+            self.on_broken_channel(worker, f"answered the handshake with {shown}")
             return
         self.pool.hello(worker, pid, now)
         log.info("%s ready in %.0fms", worker, (now - worker.created_at) * 1000)
-        self._on_worker_ready(worker, now)
-        self._drain_queue(now)
+        self.ops.worker_ready(worker, now)
         self._continue_reload(now)
+        self.jobs.drain(now)
 
-    def _on_response_frame(self, worker: Worker, item: frame.Frame, now: float) -> None:
-        job: Job = worker.job
-        if item.stream & frame.STREAM:
-            # wire-protocol.md §2.7: streamed responses are optional and not supported yet.
-            self._fail_worker(worker, "sent a streamed response (STREAM bit), which minirr does not support")
-            return
+    # ================================================================== jobs
+    def dispatch(self, worker: Worker, job: Job, now: float) -> None:
+        self.pool.assign(worker, job, now)
+        job.worker = worker
+        request = job.request
+        head = self.request_heads.encode(request)
+        body = request.body
+        header = frame.encode_header(CODEC_JSON, len(head) + len(body), (len(head),))
+        if len(body) < LARGE_BODY_BYTES:
+            worker.channel.write(header + head + body)
+        else:
+            worker.channel.write(header + head, body)
+
+    def on_frames(self, worker: Worker, items: list) -> None:
+        """What a read from the worker's pipe decoded (channel.py), by the worker's state."""
+        now = self.loop.now()
+        last = len(items) - 1
+        for index, item in enumerate(items):
+            state = worker.state
+            if state is WORKING:
+                self._on_reply(worker, worker.job, item, now, index < last)
+            elif state is STARTING:
+                self._on_handshake(worker, item, now)
+            elif state is READY:
+                self.on_broken_channel(worker, "sent a frame with no request in flight")
+                return
+            else:
+                return                     # STOPPING or DEAD: nothing it sends matters now
+
+    def _on_reply(self, worker: Worker, job: Job, item, now: float, more: bool) -> None:
+        if type(item) is Frame:
+            self._on_reply_frame(worker, job, item, now, more)
+        elif type(item) is FrameStart:
+            self._on_large_start(worker, job, item)
+        else:
+            self._on_large_part(worker, job, item, now, more)
+
+    def _on_reply_frame(self, worker: Worker, job: Job, item: Frame, now: float, more: bool) -> None:
+        """A whole response frame: the answer (the usual case), or one piece of a stream."""
+        streams = item.stream & STREAM
+        if streams:
+            job.stream_frames = True
+        if item.stream & PING:
+            worker.channel.write(PONG_FRAME)   # wire-protocol.md §2.7: answer every PING, at once
         if item.flags & ERROR:
-            log.warning("%s: request %s %s failed: %s", worker, job.request.method, job.request.path,
-                        _printable(item.payload[:200]))
-            self._answer_job_failure_and_free(worker, job, "soft_error", now)
+            self._on_soft_error(worker, job, bytes(item.payload[:200]), now, more)
             return
         head_len = item.options[0] if item.options else -1
-        try:
-            if not 0 <= head_len <= len(item.payload):
-                raise ValueError("response frame has no head length option")
-            # bytes() is no copy for a bytes payload; a large one is a bytearray (frame.py)
-            status, http_head = _http_head(bytes(item.payload[:head_len]))
-            if http_head is None:
-                self._requeue_from_stopping_worker(worker, job, now)
-                return
-            body = memoryview(item.payload)[head_len:]   # into the response without a copy of its own
-            data = http11.complete_response(http_head, status, body, keep_alive=job.keep_alive,
-                                            head_only=job.head_only, date=self._http_date(),
-                                            protocol=job.request.protocol)
-        except ValueError as exc:
-            log.warning("%s: invalid response: %s", worker, exc)
-            self._answer_job_failure_and_free(worker, job, "bad_response", now)
+        if not 0 <= head_len <= len(item.payload):
+            self._on_bad_response(worker, job, "a response frame without its head length option")
             return
-        self._respond(job, data, status, now)
-        self._release_worker(worker, now)
+        body = memoryview(item.payload)[head_len:]
+        if job.cancelled:
+            pass                               # the client left: drop it
+        elif job.streaming:                    # a later piece: its head repeats the first one's
+            if not self._forward(worker, job, bytes(body), now):
+                return
+        else:
+            try:
+                head = self.response_heads.get(bytes(item.payload[:head_len]))
+            except ValueError as exc:
+                self._on_bad_response(worker, job, str(exc))
+                return
+            if not head.status:
+                self._on_recycle_request(worker, job, now)
+                return
+            if not streams:
+                self.front.answer(job, head, body, now)
+            else:
+                self.front.begin(job, head, head.content_length, bytes(body))
+                self._hold_back(worker, job)
+        if streams:
+            self.pool.extend_deadline(worker, now)
+        else:
+            self._end_reply(worker, job, now, more)
 
-    def _answer_job_failure_and_free(self, worker: Worker, job: Job, reason: str, now: float) -> None:
-        """A failed job whose worker is fine (soft error, bad response): keep the worker."""
-        self._answer_job_failure(job, reason)
-        self._release_worker(worker, now)
+    def _on_large_start(self, worker: Worker, job: Job, start: FrameStart) -> None:
+        """A response frame too large to hold: its head is collected, its body passed on."""
+        head_len = start.options[0] if start.options else -1
+        if start.flags & ERROR:
+            head_len = 0                       # an error message: its first bytes are kept for the log
+        elif not (0 if job.streaming else 1) <= head_len <= min(start.length, MAX_HEAD_BYTES):
+            self._on_bad_response(worker, job, f"a response frame of {start.length} bytes with head length "
+                                               f"{head_len}")
+            return
+        job.head_len = head_len
+        job.head_buf = bytearray()
+        job.frame_left = start.length
+        job.frame_streams = bool(start.stream & STREAM)
+        job.stream_frames = job.stream_frames or job.frame_streams
+        job.error_frame = bool(start.flags & ERROR)
 
-    def _requeue_from_stopping_worker(self, worker: Worker, job: Job, now: float) -> None:
+    def _on_large_part(self, worker: Worker, job: Job, part, now: float, more: bool) -> None:
+        data = part.data
+        job.frame_left -= len(data)
+        if job.error_frame:
+            if len(job.head_buf) < 200:
+                job.head_buf += data[:200 - len(job.head_buf)]
+            if part.last:
+                self._on_soft_error(worker, job, bytes(job.head_buf), now, more)
+            return
+        if len(job.head_buf) < job.head_len:   # still inside the JSON head
+            take = job.head_len - len(job.head_buf)
+            job.head_buf += data[:take]
+            data = data[take:]
+            if len(job.head_buf) < job.head_len:
+                return
+            if not job.streaming and not job.cancelled:   # the first frame: the client's head now
+                if not self._begin_large(worker, job, data):
+                    return
+                data = b""
+        if data and not job.cancelled:
+            if not self._forward(worker, job, data, now):
+                return
+        if not part.last:
+            return
+        if job.frame_streams:
+            self.pool.extend_deadline(worker, now)
+        elif job.cancelled:
+            self._end_reply(worker, job, now, more)
+        else:
+            self.front.end(job, b"", now)
+            self._end_reply(worker, job, now, more)
+
+    def _begin_large(self, worker: Worker, job: Job, first: bytes) -> bool:
+        """The head of a large frame is complete: the client gets the HTTP head now, with
+        the frame's body length as Content-Length unless more frames follow."""
+        try:
+            head = self.response_heads.get(bytes(job.head_buf))
+        except ValueError as exc:
+            self._on_bad_response(worker, job, str(exc))
+            return False
+        if not head.status:
+            self._on_bad_response(worker, job, "a stop request with a body")
+            return False
+        length = head.content_length if job.frame_streams else job.frame_left + len(first)
+        self.front.begin(job, head, length, first)
+        self._hold_back(worker, job)
+        return True
+
+    def _forward(self, worker: Worker, job: Job, data: bytes, now: float) -> bool:
+        """Body bytes for a client whose answer is under way; False if that broke it off."""
+        if not self.front.part(job, data):
+            self.front.abort(job, "the body was longer than its Content-Length", now)
+            self.retire(worker, Reason.BROKEN_CHANNEL, now, "sent more body than its Content-Length")
+            return False
+        self.pool.extend_deadline(worker, now)
+        self._hold_back(worker, job)
+        return True
+
+    def _hold_back(self, worker: Worker, job: Job) -> None:
+        """Backpressure: while the client has HIGH_WATER_BYTES unsent, the worker's pipe is
+        not read (its writes block), and exec_ttl does not count: the wait is the client's."""
+        conn = job.conn
+        if conn.backlogged:
+            worker.channel.pause_reading()
+            worker.deadline_at = 0.0
+            conn.wait_for_drain()
+
+    def resume(self, job: Job) -> None:
+        """The client took what it had: read the worker's pipe again."""
+        worker = job.worker
+        if worker is not None and worker.job is job and worker.channel is not None:
+            worker.channel.resume_reading()
+            self.pool.extend_deadline(worker, self.loop.now())
+
+    def _end_reply(self, worker: Worker, job: Job, now: float, more: bool) -> None:
+        """The final frame of the job is in. Anything after it in the same read is a frame
+        nobody asked for: the channel is broken, and no frame of it may reach the next
+        client (STYLE.md §10)."""
+        if more or not worker.channel.decoder.idle:
+            worker.job = None
+            self.on_broken_channel(worker, "sent a frame after its final response frame")
+            return
+        fate_now = self.pool.job_done(worker, now)
+        if fate_now is Fate.STOP:
+            self._stop(worker, worker.reason, now)
+            self.ensure_pool(now)
+        else:
+            worker.channel.resume_reading()
+        if self.jobs.queue:
+            self.jobs.drain(now)
+
+    def _on_soft_error(self, worker: Worker, job: Job, message: bytes, now: float, more: bool) -> None:
+        log.warning("%s: request %s %s failed: %s", worker, job.request.method, job.request.path,
+                    printable(message))
+        if job.streaming and not job.cancelled:
+            self.front.abort(job, "the application raised an error", now)
+        elif not job.cancelled:
+            self.jobs.fail(job, Outcome.SOFT_ERROR)
+        self._end_reply(worker, job, now, more)
+
+    def _on_bad_response(self, worker: Worker, job: Job, why: str) -> None:
+        self.on_broken_channel(worker, f"sent an invalid response: {why}")
+
+    def _on_recycle_request(self, worker: Worker, job: Job, now: float) -> None:
         """The worker asked to be recycled instead of answering: run the job elsewhere."""
         worker.job = None
-        self.pool.mark_retiring(worker, "worker_request")
-        self._stop_worker(worker, "worker_request", now)
         job.worker = None
-        self.queue.appendleft(job)
-        self._ensure_pool(now)
-        self._drain_queue(now)
+        self.pool.mark(worker, Reason.WORKER_REQUEST)
+        self._stop(worker, Reason.WORKER_REQUEST, now)
+        self.ensure_pool(now)
+        if not job.cancelled:
+            self.jobs.retry(job, now)
 
-    def _stop_worker(self, worker: Worker, reason: str, now: float) -> None:
+    def abandon(self, job: Job, now: float) -> None:
+        """The client left while its job was at a worker. A stream is told to STOP; what the
+        worker still sends is dropped until its final frame, and then it is free again. A
+        worker that goes on past destroy_timeout is killed (wire-protocol.md §2.7)."""
+        worker = job.worker
+        if worker is None or worker.job is not job or worker.channel is None:
+            return
+        if job.stream_frames:
+            worker.channel.write(STOP_STREAM_FRAME)
+            destroy = self.config.pool.destroy_timeout
+            worker.deadline_at = now + destroy if destroy else 0.0
+        else:
+            self.pool.extend_deadline(worker, now)
+        worker.channel.resume_reading()
+
+    # ================================================================== a worker's end
+    def retire(self, worker: Worker, reason: Reason, now: float, why: str = "") -> None:
+        """Apply pool.fate(state, reason): stop now, stop when free, or kill."""
+        action = fate(worker.state, reason)
+        if action is Fate.STOP:
+            self._stop(worker, reason, now)
+        elif action is Fate.STOP_WHEN_FREE:
+            self.pool.mark(worker, reason)
+        elif action is Fate.KILL:
+            self._kill(worker, reason, now, why)
+        self.ensure_pool(now)
+
+    def _stop(self, worker: Worker, reason: Reason, now: float) -> None:
         """Soft stop: the stop frame; destroy_timeout later it is killed."""
         self.pool.retire(worker, reason, now)
-        self._write_to_worker(worker, frame.encode(CONTROL | CODEC_JSON, STOP_PAYLOAD))
+        worker.channel.write(frame.encode(CONTROL | CODEC_JSON, STOP_PAYLOAD))
 
-    def retire_worker(self, worker: Worker, reason: str, now: float) -> None:
-        """Soft retirement (max_jobs, ttl, memory, reset): now if idle, after its job if busy."""
-        if worker.state is S.IDLE:
-            self._stop_worker(worker, reason, now)
-        elif worker.state is S.BUSY:
-            self.pool.mark_retiring(worker, reason)
-        elif worker.state is S.STARTING:
-            self._kill_worker(worker, reason, now)
-        self._ensure_pool(now)
-
-    def _kill_worker(self, worker: Worker, reason: str, now: float) -> None:
-        channel: Channel = worker.channel
-        channel.failure = channel.failure or reason
+    def _kill(self, worker: Worker, reason: Reason, now: float, why: str = "") -> None:
+        channel: WorkerChannel = worker.channel
+        channel.failure = channel.failure or why or reason.value
         if worker.live:
             self.pool.retire(worker, reason, now)
         channel.proc.kill()
 
-    def _fail_worker(self, worker: Worker, why: str) -> None:
-        """A real fault: kill it now; its job (if any) is answered when it has exited."""
-        log.error("%s %s", worker, why)
-        self._kill_worker(worker, why, time.monotonic())
+    def on_broken_channel(self, worker: Worker, why: str) -> None:
+        """A real fault: kill it now; its client (if any) gets 502 now."""
+        log.error("%s %s; killing it", worker, why)
+        self._fail_job(worker, Outcome.BAD_RESPONSE, "the worker broke the frame channel")
+        self.retire(worker, Reason.BROKEN_CHANNEL, self.loop.now(), why)
 
-    def _handle_overdue_workers(self, now: float) -> None:
-        for worker in self.pool.overdue(now):
-            if worker.state is S.BUSY:
-                log.error("%s exceeded exec_ttl (%gs); killing it", worker, self.config.supervisor.exec_ttl)
-                job = worker.job
-                worker.job = None
-                self._kill_worker(worker, "exec_ttl", now)
-                self._answer_job_failure(job, "exec_ttl")
-            elif worker.state is S.STARTING:
-                log.error("%s did not finish its start within allocate_timeout (%gs); killing it",
-                          worker, self.config.pool.allocate_timeout)
-                self._kill_worker(worker, "start timeout", now)
-            elif worker.state is S.STOPPING and not worker.channel.failure:
-                log.warning("%s did not stop within destroy_timeout (%gs); killing it",
-                            worker, self.config.pool.destroy_timeout)
-                self._kill_worker(worker, "destroy_timeout", now)
-        self._ensure_pool(now)
+    def on_channel_failed(self, worker: Worker, exc: BaseException) -> None:
+        """Our own code raised on this worker's behalf (loop containment): replace it."""
+        log.error("%s: handling its channel failed; killing it", worker, exc_info=exc)
+        if worker.live and worker.channel is not None and not worker.channel.closed:
+            self._fail_job(worker, Outcome.BAD_RESPONSE, "internal error")
+            self.retire(worker, Reason.BROKEN_CHANNEL, self.loop.now(), "its channel failed in the master")
 
-    def _on_worker_output(self, worker: Worker) -> None:
-        channel: Channel = worker.channel
-        if channel.closed or channel.proc.output is None:
-            return   # closed by an earlier callback of the same select() round
-        try:
-            data = os.read(channel.proc.output, READ_SIZE)
-        except BlockingIOError:
+    def on_channel_eof(self, worker: Worker) -> None:
+        """It closed its end of the frame channel: of no use any more."""
+        if worker.state is not STOPPING:
+            self.retire(worker, Reason.BROKEN_CHANNEL, self.loop.now(), "closed its frame channel")
+
+    def _fail_job(self, worker: Worker, outcome: Outcome, why: str) -> None:
+        """The worker's job (if any) fails now: an error answer, or an answer broken off."""
+        job = worker.job
+        worker.job = None
+        if job is None or job.done or job.cancelled:
             return
-        if not data:
-            self.selector.unregister(channel.proc.output)
-            os.close(channel.proc.output)
-            channel.proc.output = None
-            self._log_output(worker, b"", final=True)
-            return
-        self._log_output(worker, data)
+        if job.streaming:
+            self.front.abort(job, why, self.loop.now())
+        else:
+            self.jobs.fail(job, outcome)
 
-    def _log_output(self, worker: Worker, data: bytes, final: bool = False) -> None:
-        channel: Channel = worker.channel
-        lines = (channel.output_tail + data).split(b"\n")
-        channel.output_tail = lines.pop()
-        if len(channel.output_tail) > OUTPUT_LINE_LIMIT or (final and channel.output_tail):
-            lines.append(channel.output_tail)
-            channel.output_tail = b""
-        for line in lines:
-            text = line.decode("utf-8", "replace").rstrip("\r")
-            # A worker's own log lines start with their level (worker.LevelPerLineFormatter);
-            # anything else it prints (print(), a PHP warning) is relayed at INFO.
-            level = _RELAY_LEVELS.get(text.split(" ", 1)[0], logging.INFO)
-            log.log(level, "worker %d (pid %d): %s", worker.id, worker.pid, text,
-                    extra={"worker": worker.id, "pid": worker.pid})
-
-    def _on_worker_exit(self, worker: Worker) -> None:
+    def on_exit(self, worker: Worker) -> None:
         """The process is gone: clean up, then decide what its exit means."""
-        channel: Channel = worker.channel
-        if channel.closed:
-            return
-        now = time.monotonic()
+        channel: WorkerChannel = worker.channel
+        now = self.loop.now()
         status = channel.proc.reap(timeout=1.0)
-        if channel.proc.output is not None:   # the last words of a dying worker
-            self._drain_output(worker)
-        self._close_channel(worker)
+        channel.drain_output()
+        channel.close()
         job = worker.job
         was = self.pool.exited(worker, now)
         self._log_exit(worker, was, status)
-        self._on_worker_gone(worker, was)
-        if job is not None:
-            self._answer_job_failure(job, "worker_died")
-        if was is S.STARTING and not self.pool.serving():
-            self._fail_queue("no_workers")
-        self._ensure_pool(now)
+        self.ops.worker_gone(worker, was)
+        if job is not None and not job.done and not job.cancelled:
+            if job.streaming:
+                self.front.abort(job, "the worker died", now)
+            else:
+                self.jobs.fail(job, Outcome.WORKER_DIED)
+        if was is STARTING:
+            self._after_failed_start(worker, self._start_failure(worker, status))
+        self.ensure_pool(now)
+
+    def _after_failed_start(self, worker: Worker, why: str) -> None:
+        reload = self.reload
+        if reload is not None and reload.replacement is worker:
+            self._end_reload(self.loop.now(), f"{worker} failed to start: {why}")
+        if not self.pool.serving():
+            self.jobs.fail_all(Outcome.NO_WORKERS)
+
+    @staticmethod
+    def _start_failure(worker: Worker, status: Optional[int]) -> str:
+        how = f"killed by signal {-status}" if status is not None and status < 0 else f"exit status {status}"
+        last = worker.channel.last_error if worker.channel is not None else ""
+        return f"{last} ({how})" if last else how
 
     def _log_exit(self, worker: Worker, was: WorkerState, status: Optional[int]) -> None:
         how = f"was killed by signal {-status}" if status is not None and status < 0 else f"exited with status {status}"
         failure = worker.channel.failure
-        if was is S.STOPPING and not failure:
-            log.info("%s stopped (%s)", worker, worker.retire_reason or "stop")
-        elif was is S.STOPPING:
+        reason = worker.reason.value if worker.reason is not None else "stop"
+        if was is STOPPING and not failure:
+            log.info("%s stopped (%s)", worker, reason)
+        elif was is STOPPING:
             log.warning("%s %s after %s", worker, how, failure)
-        elif was is S.STARTING:
+        elif was is STARTING:
             log.error("%s %s before it was ready; next start in %.1fs", worker, how,
-                      max(0.0, self.pool.next_start_at - time.monotonic()))
-        elif was is S.BUSY:
+                      max(0.0, self.pool.next_start_at - self.loop.now()))
+        elif was is WORKING:
             log.error("%s %s while busy; request answered 502", worker, how)
         else:
             log.error("%s %s while idle", worker, how)
 
-    def _drain_output(self, worker: Worker) -> None:
-        fd = worker.channel.proc.output
+    # ================================================================== time
+    def expire(self, now: float) -> None:
+        """exec_ttl, start and stop deadlines; exits of workers that have no pidfd."""
+        for worker in self.pool.overdue(now):
+            self._overdue(worker, now)
+        for worker in list(self.pool.workers.values()):
+            channel = worker.channel
+            if channel is not None and channel.proc.sentinel is None and not channel.closed and channel.proc.exited():
+                self.on_exit(worker)
+        self.ensure_pool(now)
+        self._continue_reload(now)
+
+    def _overdue(self, worker: Worker, now: float) -> None:
+        if worker.state is WORKING:
+            job = worker.job
+            if job is not None and job.cancelled:
+                log.warning("%s went on after its client left, past destroy_timeout (%gs); killing it",
+                            worker, self.config.pool.destroy_timeout)
+                self._kill(worker, Reason.DESTROY_TIMEOUT, now)
+                return
+            log.error("%s exceeded exec_ttl (%gs); killing it", worker, self.config.supervisor.exec_ttl)
+            self._fail_job(worker, Outcome.EXEC_TTL, "exec_ttl")
+            self._kill(worker, Reason.EXEC_TTL, now)
+        elif worker.state is STARTING:
+            log.error("%s did not finish its start within allocate_timeout (%gs); killing it",
+                      worker, self.config.pool.allocate_timeout)
+            self._kill(worker, Reason.START_TIMEOUT, now)
+        elif worker.state is STOPPING and not worker.channel.failure:
+            log.warning("%s did not stop within destroy_timeout (%gs); killing it",
+                        worker, self.config.pool.destroy_timeout)
+            self._kill(worker, Reason.DESTROY_TIMEOUT, now)
+
+    # ================================================================== reload
+    def begin_reload(self, now: float) -> int:
+        """Replace every live worker, one at a time: each old one is retired only once its
+        replacement is ready. -> how many are to be replaced."""
+        self.pool.generation += 1
+        self.pool.forget_backoff()
+        old = [w for w in self.pool.workers.values() if w.live and w.reason is None]
+        log.info("reloading: replacing %d workers one at a time", len(old))
+        self.reload = Reload(old, now)
+        self._continue_reload(now)
+        return len(old)
+
+    def _continue_reload(self, now: float) -> None:
+        reload = self.reload
+        if reload is None or self.stopping:
+            return
         while True:
-            try:
-                data = os.read(fd, READ_SIZE)
-            except (BlockingIOError, OSError):
-                break
-            if not data:
-                break
-            self._log_output(worker, data)
-        self._log_output(worker, b"", final=True)
+            replacement = reload.replacement
+            if replacement is not None and replacement.state is STARTING:
+                return                         # wait for it
+            if replacement is not None and replacement.state in (READY, WORKING):
+                old = self._next_old(reload)
+                if old is not None:
+                    self.retire(old, Reason.RESET, now)
+                    reload.replaced += 1
+                reload.replacement = None
+                self.pool.surge = 0
+            if self._next_old(reload) is None:
+                self._end_reload(now, "")
+                return
+            if replacement is not None and replacement.state is DEAD:
+                return                         # _after_failed_start ends the reload
+            self.pool.surge = 1                # one worker more than the pool's size, for now
+            before = set(self.pool.workers)
+            self.ensure_pool(now)
+            started = [self.pool.workers[i] for i in self.pool.workers if i not in before]
+            if not started:
+                return                         # not yet (a start failed at once, or back-off)
+            reload.replacement = started[0]
 
-    def _close_channel(self, worker: Worker) -> None:
-        channel: Channel = worker.channel
-        channel.closed = True
-        registered = self.selector.get_map()
-        for fd in channel.proc.fds():
-            if fd in registered:
-                self.selector.unregister(fd)
-        channel.proc.close()
+    @staticmethod
+    def _next_old(reload: Reload) -> Optional[Worker]:
+        for worker in reload.old:
+            if worker.live and worker.reason is None:
+                return worker
+        return None
 
+    def _end_reload(self, now: float, error: str) -> None:
+        reload = self.reload
+        self.reload = None
+        self.pool.surge = 0
+        if error:
+            log.error("reload stopped: %s; the other workers keep serving", error)
+        else:
+            log.info("reload complete")
+        self.ops.reload_done(reload.replaced, now - reload.started_at, error, now)
 
+    @property
+    def reloading(self) -> bool:
+        return self.reload is not None
 
-_HTTP_HEADS: Dict[bytes, Tuple[int, bytes]] = {}
-_HTTP_HEADS_SIZE = 256                 # an app sends few distinct heads; bounded all the same, in number
-                                       # and in size (messages.HEAD_CACHE_MAX_BYTES a head)
+    # ================================================================== shutdown
+    def stop_idle(self, now: float) -> None:
+        """Shutting down with nothing left to do: stop ready workers, kill starting ones."""
+        for worker in list(self.pool.workers.values()):
+            if worker.state is READY or worker.state is STARTING:
+                self.retire(worker, Reason.SHUTDOWN, now)
 
+    def kill_all(self) -> None:
+        for worker in list(self.pool.workers.values()):
+            if worker.channel is not None:
+                worker.channel.proc.kill()
 
-def _http_head(head_json: bytes) -> Tuple[int, Optional[bytes]]:
-    """A response frame's JSON head -> (status, HTTP status line and header lines), or
-    (0, None) for a worker asking to stop. An app sends the same few heads over and over,
-    so each is decoded and checked once. Raises ValueError on an invalid head."""
-    cached = _HTTP_HEADS.get(head_json)
-    if cached is not None:
-        return cached
-    status, headers, stop = decode_response_head(head_json)
-    if stop:
-        return 0, None
-    result = (status, http11.response_head(status, headers))
-    if len(_HTTP_HEADS) < _HTTP_HEADS_SIZE and len(head_json) <= HEAD_CACHE_MAX_BYTES:
-        _HTTP_HEADS[head_json] = result
-    return result
+    def close(self) -> None:
+        """The end: kill and reap what is left (bounded), close every pipe."""
+        for worker in list(self.pool.workers.values()):
+            channel = worker.channel
+            if channel is None or channel.closed:
+                continue
+            channel.proc.kill()
+            channel.proc.reap(1.0)
+            channel.close()
 
-
-def _printable(data: bytes) -> str:
-    text = data.decode("latin-1")
-    return repr("".join(ch if 32 <= ord(ch) < 127 else "." for ch in text))

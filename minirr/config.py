@@ -153,6 +153,8 @@ class HTTPConfig:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     keepalive_timeout: float = 5.0
+    min_body_rate: int = 4 * 1024        # bytes/s a request body must average once older than body_timeout
+    min_send_rate: int = 4 * 1024        # bytes/s a client must take an answer at, once older than body_timeout
     max_connections: int = 1000
     trusted_proxies: Tuple[object, ...] = ()
 
@@ -165,6 +167,7 @@ class PoolConfig:
     allocate_timeout: float = 60.0
     destroy_timeout: float = 60.0
     reset_timeout: float = 60.0
+    max_frame_size: int = 256 * 1024 ** 2   # a larger response frame from a worker breaks its channel
 
 
 @dataclass(frozen=True)
@@ -218,13 +221,14 @@ SCHEMA: Dict[str, Tuple[type, Dict[str, Callable[[str], object]]]] = {
         "limit_request_line": parse_int, "limit_request_fields": parse_int,
         "limit_request_field_size": parse_int, "limit_request_headers": parse_size,
         "header_timeout": parse_duration, "body_timeout": parse_duration,
-        "keepalive_timeout": parse_duration, "max_connections": parse_int,
+        "keepalive_timeout": parse_duration, "min_body_rate": parse_size, "min_send_rate": parse_size,
+        "max_connections": parse_int,
         "trusted_proxies": parse_networks,
     }),
     "pool": (PoolConfig, {
         "num_workers": parse_int, "max_jobs": parse_int, "max_queue_size": parse_int,
         "allocate_timeout": parse_duration, "destroy_timeout": parse_duration,
-        "reset_timeout": parse_duration,
+        "reset_timeout": parse_duration, "max_frame_size": parse_size,
     }),
     "supervisor": (SupervisorConfig, {
         "exec_ttl": parse_duration, "watch_tick": parse_duration, "ttl": parse_duration,

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import NamedTuple, Tuple, Union
+from typing import List, NamedTuple, Optional, Tuple, Union
 
 from . import frame
-from .errors import MinirrError
+from .errors import FrameError, MinirrError
 from .frame import CODEC_JSON, ERROR
+from .http11 import CLOSED, NEED_DATA   # CallParser's events are http11's: one connection class reads both
 
 METHODS = ("workers", "reset", "stop")
 MAX_PAYLOAD_BYTES = 1 << 20          # a workers table of thousands of rows still fits
@@ -39,7 +40,12 @@ UNIX_PATH_MAX_BYTES = 107            # sun_path is 108 bytes with the terminatin
 
 
 class ControlError(MinirrError):
-    """A control frame that does not follow the protocol, or an answer that is an error."""
+    """A control frame that does not follow the protocol, or an answer that is an error.
+    `seq` is the call's sequence number when it is known (the error can be answered)."""
+
+    def __init__(self, msg: str, seq: Optional[int] = None) -> None:
+        super().__init__(msg)
+        self.seq = seq
 
 
 class Call(NamedTuple):
@@ -94,15 +100,61 @@ def _split(item: frame.Frame) -> Tuple[int, str, dict]:
         raise ControlError("a control frame carries JSON and two options (seq, method length)")
     seq, name_len = item.options
     if name_len > len(item.payload):
-        raise ControlError(f"method length {name_len} exceeds the payload ({len(item.payload)} bytes)")
+        raise ControlError(f"method length {name_len} exceeds the payload ({len(item.payload)} bytes)", seq)
     try:
         method = item.payload[:name_len].decode("utf-8")
         body = json.loads(item.payload[name_len:] or b"{}")
     except (UnicodeDecodeError, ValueError) as exc:
-        raise ControlError(f"control payload is not a method name and JSON: {exc}") from None
+        raise ControlError(f"control payload is not a method name and JSON: {exc}", seq) from None
+    except RecursionError:
+        raise ControlError("control payload JSON is nested too deeply", seq) from None
     if not isinstance(body, dict):
-        raise ControlError("control payload JSON must be an object")
+        raise ControlError("control payload JSON must be an object", seq)
     return seq, method, body
+
+
+class CallParser:
+    """Control-socket bytes in, Call events out: the same shape as http11's parser, so one
+    connection class in the master serves both (receive_data, next_event,
+    start_next_cycle). Events: a Call, NEED_DATA, or CLOSED once the peer has closed.
+
+    A frame that is not a frame raises ControlError (the connection is broken); a frame
+    that is not a valid call raises ControlError with the call's `seq` when it is known,
+    so the server can answer it with an error."""
+
+    def __init__(self) -> None:
+        self._decoder = frame.FrameDecoder(MAX_PAYLOAD_BYTES, large=frame.JOIN)
+        self._calls: List[frame.Frame] = []
+        self._eof = False
+
+    def receive_data(self, data: bytes) -> None:
+        if not data:
+            self._eof = True
+            return
+        try:
+            self._calls.extend(self._decoder.feed(data))
+        except FrameError as exc:
+            raise ControlError(f"broken frame: {exc}") from None
+
+    def next_event(self):
+        if self._calls:
+            return decode_call(self._calls.pop(0))
+        return CLOSED if self._eof else NEED_DATA
+
+    def start_next_cycle(self) -> None:
+        """Calls are answered one at a time, like HTTP requests: nothing to reset."""
+
+    @property
+    def buffered_bytes(self) -> int:
+        return len(self._decoder.buffered) + len(self._calls)
+
+    @property
+    def reading_body(self) -> bool:
+        return False
+
+    @property
+    def has_partial_request(self) -> bool:
+        return not self._decoder.idle
 
 
 # ---- where the control socket is ----------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Owns: deciding whether a peer is a trusted proxy, and reading the client address and
 scheme out of X-Forwarded-For and X-Forwarded-Proto when it is.
-Never: parses HTTP bytes (http11 does and calls this); performs I/O.
+Never: parses HTTP bytes (http11 does; the frontend calls this for a peer it trusts);
+       performs I/O.
 
 Each proxy appends the address it received the request from, so the list reads
 client, proxy1, proxy2 ... and only the right end is written by proxies we trust:
@@ -82,3 +83,17 @@ def client_scheme(default: str, forwarded_proto: Iterable[str]) -> str:
         if scheme in ("http", "https"):
             return scheme
     return default
+
+
+def client_of(headers: Sequence, peer: str, networks: Sequence) -> tuple:
+    """(client address, scheme) of a request from a trusted proxy at `peer`, read from its
+    X-Forwarded-For and X-Forwarded-Proto fields (every line of each, in order)."""
+    forwarded_for = []
+    forwarded_proto = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == "x-forwarded-for":
+            forwarded_for.append(value)
+        elif lowered == "x-forwarded-proto":
+            forwarded_proto.append(value)
+    return client_address(peer, forwarded_for, networks), client_scheme("http", forwarded_proto)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import List, NamedTuple, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence, Union
 
 from .errors import FrameError
 
@@ -46,18 +46,25 @@ STOP = 0x02
 PING = 0x04
 PONG = 0x08
 
+FLAG_NAMES = ((CONTROL, "CONTROL"), (CODEC_RAW, "RAW"), (CODEC_JSON, "JSON"), (CODEC_MSGPACK, "MSGPACK"),
+              (CODEC_GOB, "GOB"), (ERROR, "ERROR"), (CODEC_PROTO, "PROTO"))
+STREAM_NAMES = ((STREAM, "STREAM"), (STOP, "STOP"), (PING, "PING"), (PONG, "PONG"))
+
 _HEAD = struct.Struct("<BBI")  # version|hl, flags, length: the bytes the CRC covers
 # CRC, stream byte, reserved byte, then n option words: one Struct per option count.
 _TAILS = [struct.Struct(f"<IBB{n}I") for n in range(MAX_OPTIONS + 1)]
 _OPTIONS = [struct.Struct(f"<{n}I") for n in range(MAX_OPTIONS + 1)]
 _FIXED = struct.Struct("<BBIIB")    # the fixed part a decoder reads: bytes 0..10
 _VALID_FIRST = frozenset((VERSION << 4) | words for words in range(3, 4 + MAX_OPTIONS))  # byte 0
-# A payload at least this large is gathered in one bytearray of its own size (see
-# FrameDecoder.payload_buffer); smaller ones arrive in a read or two and are joined.
-# (An anonymous mmap would commit memory only as it is written, but costs a page fault
-# per 4 KB and an munmap per frame, where malloc reuses warm memory: with mmap, 5 MB
-# bodies ran a third slower.)
+# A payload at least this large is not joined from the reads that carry it: it is
+# gathered in a buffer of its own size (a worker's request bodies), or handed on in
+# parts as it arrives (a worker's responses, in the master). Smaller payloads arrive in
+# a read or two and are joined once.
 LARGE_PAYLOAD_BYTES = 256 * 1024
+
+GATHER = "gather"   # large payloads: one bytearray of the frame's size, read into in place
+PARTS = "parts"     # large payloads: FrameStart, then FramePart items as bytes arrive
+JOIN = "join"       # every payload joined once complete (small, bounded frames only)
 
 
 class Frame(NamedTuple):
@@ -65,6 +72,23 @@ class Frame(NamedTuple):
     payload: bytes                     # or a bytearray: a large payload gathered over several reads
     options: tuple = ()
     stream: int = 0
+
+
+class FrameStart(NamedTuple):
+    """PARTS mode: a large frame has begun; its `length` payload bytes follow as FramePart items."""
+    flags: int
+    options: tuple
+    stream: int
+    length: int
+
+
+class FramePart(NamedTuple):
+    """PARTS mode: the next bytes of a large frame's payload; `last` on the final part."""
+    data: bytes
+    last: bool
+
+
+Item = Union[Frame, FrameStart, FramePart]
 
 
 def encode_header(flags: int, payload_len: int, options: Sequence[int] = (), stream: int = 0) -> bytes:
@@ -80,111 +104,173 @@ def encode(flags: int, payload: bytes = b"", options: Sequence[int] = (), stream
     return encode_header(flags, len(payload), options, stream) + payload
 
 
+def names(value: int, table) -> str:
+    """Flag bits as names, e.g. 'CONTROL|JSON' (for logs); '-' for none."""
+    found = [name for bit, name in table if value & bit]
+    return "|".join(found) or "-"
+
+
 class FrameDecoder:
     """Incremental decoder: `feed(bytes)` returns the frames completed by those bytes.
 
-    Reads are kept as a list of chunks and joined only once enough bytes are in for the
-    next frame (`_need`), so a frame that arrives in a few reads is copied once, and a
-    small frame that arrives whole is not copied into a buffer at all.
+    The loop in `feed` is the textbook one: while a whole header is buffered, check it;
+    if its whole payload is there too, cut out a Frame; otherwise wait for more bytes.
+    Reads are kept as a list and joined only once the next frame can complete, so a
+    frame that arrives in a few reads is copied once.
 
-    A large payload (LARGE_PAYLOAD_BYTES or more, e.g. a 5 MB upload) is gathered in a
-    bytearray of exactly its size, which becomes the Frame's payload.
-    The caller may read straight into it, the way asyncio's BufferedProtocol does:
+    What happens to a payload of LARGE_PAYLOAD_BYTES or more depends on `large`:
 
-        view = decoder.payload_buffer()          # None unless a large payload is arriving
-        if view is not None:
-            frames = decoder.payload_received(os.readv(fd, [view]))
-        else:
-            frames = decoder.feed(os.read(fd, 65536))
+    GATHER (the worker): one bytearray of exactly the payload's size becomes the Frame's
+        payload. The caller may read straight into it, the way asyncio's BufferedProtocol
+        does, so its bytes are copied by the kernel and by nothing else:
 
-    so its bytes are copied by the kernel and by nothing else. (feed() works too, at the
-    cost of one copy.)
+            view = decoder.payload_buffer()      # None unless a large payload is arriving
+            if view is not None:
+                frames = decoder.payload_received(os.readv(fd, [view]))
+            else:
+                frames = decoder.feed(os.read(fd, 65536))
+
+        The announced size is allocated at once: only for a peer that is trusted (a
+        worker trusts its master, which checked the request's size).
+    PARTS (the master): a FrameStart, then FramePart items holding the bytes as they
+        arrive; nothing is allocated for the frame as a whole, whatever it announces.
+    JOIN: large payloads are joined like small ones (for a small `max_payload_bytes`).
 
     Raises FrameError on a bad version, header length, CRC or an oversized payload; the
     channel is broken after that and the decoder must not be fed again.
     """
 
-    def __init__(self, max_payload_bytes: int = 1 << 31) -> None:
+    def __init__(self, max_payload_bytes: int = 1 << 31, large: str = GATHER) -> None:
         self.max_payload_bytes = max_payload_bytes
-        self._chunks: List[bytes] = []
+        self.large = large
+        self._large_bytes = LARGE_PAYLOAD_BYTES if large != JOIN else max_payload_bytes + 1
+        self._chunks: List[bytes] = []  # bytes fed but not yet decoded
         self._have = 0                  # bytes in _chunks
         self._need = HEADER_SIZE        # bytes needed before the next frame can progress
-        self._large: Optional[Frame] = None   # a large frame in progress; payload is its buffer
-        self._filled = 0                # bytes of the large payload received so far
+        self._gathering: Optional[Frame] = None   # GATHER: the frame whose payload is filling
+        self._filled = 0                # GATHER: bytes of that payload received so far
+        self._part_left = 0             # PARTS: payload bytes of the current large frame still to come
 
     @property
     def buffered(self) -> bytes:
         """What has been fed but not yet decoded (for diagnostics)."""
         return b"".join(self._chunks)
 
-    def payload_buffer(self) -> Optional[memoryview]:
-        """The part of a large payload still to come, to read into; None if none is arriving."""
-        if self._large is None:
-            return None
-        return memoryview(self._large.payload)[self._filled:]
+    @property
+    def in_large_frame(self) -> bool:
+        """A large payload is arriving (gathered or in parts)."""
+        return bool(self._part_left) or self._gathering is not None
 
-    def payload_received(self, nbytes: int) -> List[Frame]:
-        """`nbytes` were written into payload_buffer(): -> [the frame] once it is complete."""
-        large = self._large
-        self._filled += nbytes
-        if self._filled < len(large.payload):
-            return []
-        self._large = None
-        return [large]
+    @property
+    def idle(self) -> bool:
+        """Nothing is buffered and no frame is in progress: the stream is at a frame boundary."""
+        return not self._have and self._gathering is None and not self._part_left
 
-    def feed(self, data: bytes) -> List[Frame]:
-        if self._large is not None:            # a large payload in progress: copy into it
-            view = self.payload_buffer()
-            take = min(len(view), len(data))
-            view[:take] = memoryview(data)[:take]
-            done = self.payload_received(take)
-            return done + self.feed(data[take:]) if done and take < len(data) else done
-        chunks = self._chunks
-        if chunks:                             # a frame in progress: join once it can complete
-            chunks.append(data)
+    def feed(self, data: bytes) -> List[Item]:
+        items: List[Item] = []
+        if self._part_left:
+            data = self._continue_parts(data, items)
+        elif self._gathering is not None:
+            data = self._continue_gather(data, items)
+        if not data:
+            return items
+        if self._chunks:                      # a frame in progress: join once it can complete
+            self._chunks.append(data)
             self._have += len(data)
             if self._have < self._need:
-                return []
-            data = b"".join(chunks)
-        frames = []
+                return items
+            data = b"".join(self._chunks)
         pos = 0
         size = len(data)
         need = HEADER_SIZE
         while size - pos >= HEADER_SIZE:
             first, flags, length, crc, stream = _FIXED.unpack_from(data, pos)
             if crc != zlib.crc32(data[pos:pos + 6]) or first not in _VALID_FIRST or length > self.max_payload_bytes:
-                self._chunks = [data[pos:]]    # kept for `buffered`: what broke the channel
+                self._chunks = [data[pos:]]   # kept for `buffered`: what broke the channel
                 self._refuse(data, pos, first, length, crc)
-            start = pos + 4 * (first & 0x0F)   # the header is 3 words plus one per option
+            start = pos + 4 * (first & 0x0F)  # the header is 3 words plus one per option
             end = start + length
+            if start > size:                  # wait for the option words
+                need = start - pos
+                break
+            if end > size and length < self._large_bytes:
+                need = end - pos              # wait for the whole frame, then join once
+                break
             words = (first & 0x0F) - 3
-            if end > size and (length < LARGE_PAYLOAD_BYTES or start > size):
-                # Wait for the whole frame, then join once (or, for a large one, for its
-                # option words, then gather its payload in place).
-                need = (end if length < LARGE_PAYLOAD_BYTES else start) - pos
-                break
             options = _OPTIONS[words].unpack_from(data, pos + HEADER_SIZE) if words else ()
-            if end > size:                     # a large payload has begun: gather it in place
-                self._start_large(Frame(flags, bytearray(length), options, stream), data[start:])
-                pos = size
-                break
-            frames.append(Frame(flags, data[start:end], options, stream))
+            if length >= self._large_bytes:   # a large payload: gathered or handed on in parts
+                pos = self._start_large(flags, options, stream, length, data, start, items)
+                if pos < 0:
+                    return items              # still arriving: later feeds carry it
+                continue
+            items.append(Frame(flags, data[start:end], options, stream))
             pos = end
-        if pos == size:                        # the usual case: whole frames, nothing left over
+        self._keep(data, pos, need)
+        return items
+
+    def _keep(self, data: bytes, pos: int, need: int) -> None:
+        """Remember what is left after the last whole frame (usually nothing)."""
+        if pos == len(data):
             self._chunks = []
             self._have = 0
             self._need = HEADER_SIZE
-            return frames
+            return
         rest = data[pos:] if pos else data
         self._chunks = [rest]
         self._have = len(rest)
         self._need = need
-        return frames
 
-    def _start_large(self, large: Frame, first_bytes: bytes) -> None:
-        large.payload[:len(first_bytes)] = first_bytes
-        self._large = large
-        self._filled = len(first_bytes)
+    def _start_large(self, flags: int, options: tuple, stream: int, length: int, data: bytes, start: int,
+                     items: List[Item]) -> int:
+        """A large payload begins at data[start:]: hand on or gather what is there. Returns
+        where decoding goes on in `data`, or -1 when the payload needs more bytes."""
+        self._chunks = []
+        self._have = 0
+        self._need = HEADER_SIZE
+        if self.large == PARTS:
+            items.append(FrameStart(flags, options, stream, length))
+            self._part_left = length
+            rest = self._continue_parts(data[start:], items)
+        else:
+            self._gathering = Frame(flags, bytearray(length), options, stream)
+            self._filled = 0
+            rest = self._continue_gather(data[start:], items)
+        if self._part_left or self._gathering is not None:
+            return -1
+        return len(data) - len(rest)
+
+    # ---- PARTS: a large payload handed on as it arrives ------------------------------
+    def _continue_parts(self, data: bytes, items: List[Item]) -> bytes:
+        """Hand on up to the rest of the current large payload; return what follows it."""
+        take = min(len(data), self._part_left)
+        if take:
+            self._part_left -= take
+            items.append(FramePart(data if take == len(data) else data[:take], not self._part_left))
+        return data[take:] if take < len(data) else b""
+
+    # ---- GATHER: a large payload collected in one buffer of its size -------------------
+    def payload_buffer(self) -> Optional[memoryview]:
+        """The part of a gathered payload still to come, to read into; None if none is arriving."""
+        if self._gathering is None:
+            return None
+        return memoryview(self._gathering.payload)[self._filled:]
+
+    def payload_received(self, nbytes: int) -> List[Frame]:
+        """`nbytes` were written into payload_buffer(): -> [the frame] once it is complete."""
+        gathering = self._gathering
+        self._filled += nbytes
+        if self._filled < len(gathering.payload):
+            return []
+        self._gathering = None
+        return [gathering]
+
+    def _continue_gather(self, data: bytes, items: List[Item]) -> bytes:
+        """Copy up to the rest of the gathered payload from `data`; return what follows it."""
+        view = self.payload_buffer()
+        take = min(len(view), len(data))
+        view[:take] = memoryview(data)[:take]
+        items.extend(self.payload_received(take))
+        return data[take:] if take < len(data) else b""
 
     def _refuse(self, buf: bytes, pos: int, first: int, length: int, crc: int) -> None:
         """Raise the FrameError that says what is wrong with the header at `pos`."""

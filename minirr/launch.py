@@ -9,7 +9,14 @@ Never: decides when to start or stop a worker (pool and server do), reads frames
     to_worker   (write) ───pipe───> requests   (forked: a pipe fd;  command: stdin)
     from_worker (read)  <──pipe──── responses  (forked: a pipe fd;  command: stdout)
     output      (read)  <──pipe──── log lines  (forked: fd 1 and 2; command: stderr)
-    sentinel    (read)  ─── becomes readable when the process exits
+    sentinel    (read)  ─── a pidfd: readable when the process itself exits
+
+Why a pidfd (Linux 5.3+), and not multiprocessing's sentinel or EOF on a pipe: those are
+descriptors, and a helper process the app starts (fork, multiprocessing, subprocess)
+inherits them and holds them open after the worker is gone, hiding its exit. A pidfd
+belongs to the process, not to its descriptors. Where the kernel has no pidfd_open,
+`sentinel` is None and the master asks `exited()` (waitpid on this pid, WNOHANG) every
+tick instead.
 
 A launcher is any object with `start(close_in_child) -> WorkerProcess`. ForkLauncher
 forks this interpreter; CommandLauncher runs `[server] command`, any program that
@@ -18,6 +25,7 @@ speaks the wire protocol (RoadRunner's `server.command`).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import multiprocessing
 import os
@@ -41,12 +49,12 @@ class WorkerProcess:
     """
 
     def __init__(self, pid: int, to_worker: int, from_worker: int, output: Optional[int],
-                 sentinel: int, child) -> None:
+                 sentinel: Optional[int], child) -> None:
         self.pid = pid
         self.to_worker = to_worker        # master writes request frames here
         self.from_worker = from_worker    # master reads response frames here
         self.output = output              # master reads the worker's log lines here
-        self.sentinel = sentinel          # readable once the process has exited
+        self.sentinel = sentinel          # a pidfd, readable once the process has exited (or None)
         self._child = child
 
     def fds(self) -> List[int]:
@@ -55,19 +63,27 @@ class WorkerProcess:
         return [fd for fd in dict.fromkeys(fds) if fd is not None]
 
     def kill(self) -> None:
+        """SIGKILL, through the pidfd where there is one: it names this process even if the
+        pid has been reaped and reused meanwhile."""
         try:
-            os.kill(self.pid, signal.SIGKILL)
+            if self.sentinel is not None:
+                signal.pidfd_send_signal(self.sentinel, signal.SIGKILL)
+            else:
+                os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 
     def reap(self, timeout: float = 1.0) -> Optional[int]:
-        """Wait (bounded) for the exit status. The sentinel fires a moment before the
-        child can be reaped, hence the short wait. A negative status is a signal number."""
+        """Wait (bounded) for the exit status. A negative status is a signal number."""
         return self._child.wait(timeout)
 
+    def exited(self) -> bool:
+        """Has the process exited? (waitpid on its pid, WNOHANG: for when there is no pidfd)"""
+        return self._child.wait(0) is not None
+
     def close(self) -> None:
-        _close_all([self.to_worker, self.from_worker, self.output])
-        self._child.release()   # closes the sentinel
+        _close_all([self.to_worker, self.from_worker, self.output, self.sentinel])
+        self._child.release()
 
 
 class _ForkedChild:
@@ -81,18 +97,20 @@ class _ForkedChild:
         return self.process.exitcode
 
     def extra_fds(self) -> List[int]:
-        return _multiprocessing_fds(self.process)
+        return [self.process.sentinel] + _multiprocessing_fds(self.process)
 
     def release(self) -> None:
-        self.process.close()   # closes the sentinel
+        try:
+            self.process.close()   # closes multiprocessing's sentinel
+        except ValueError:         # not reaped yet (a bounded reap gave up): leave it to the OS
+            pass
 
 
 class _CommandChild:
-    """A subprocess.Popen and the pidfd that serves as its exit sentinel."""
+    """A subprocess.Popen, seen through the same three calls."""
 
-    def __init__(self, popen: subprocess.Popen, pidfd: int) -> None:
+    def __init__(self, popen: subprocess.Popen) -> None:
         self.popen = popen
-        self.pidfd = pidfd
 
     def wait(self, timeout: float) -> Optional[int]:
         try:
@@ -104,7 +122,20 @@ class _CommandChild:
         return []
 
     def release(self) -> None:
-        _close_all([self.pidfd])
+        pass
+
+
+def open_pidfd(pid: int) -> Optional[int]:
+    """A pidfd for `pid`, or None where the kernel (before Linux 5.3) or Python has none.
+    Raises OSError when descriptors have run out (the start is then undone)."""
+    try:
+        return os.pidfd_open(pid)
+    except AttributeError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ENOSYS, errno.EPERM):
+            return None
+        raise
 
 
 def _multiprocessing_fds(process) -> List[int]:
@@ -193,7 +224,14 @@ class ForkLauncher:
         except OSError:
             pipes.close()
             raise
-        return pipes.hand_over(process.pid, process.sentinel, _ForkedChild(process))
+        try:
+            pidfd = open_pidfd(process.pid)
+        except OSError:                  # out of descriptors: undo the start
+            pipes.close()
+            process.kill()
+            process.join()
+            raise
+        return pipes.hand_over(process.pid, pidfd, _ForkedChild(process))
 
 
 class CommandLauncher:
@@ -209,7 +247,6 @@ class CommandLauncher:
         self.argv = resolve_command(config.server.command, config.base_dir)
         self.env = worker_environment(os.environ, config.server.env, config.rpc.listen)
         _check_program(self.argv[0], self.base_dir, self.env.get("PATH", os.defpath))
-        _check_pidfd()
 
     def start(self, close_in_child: Sequence[object] = ()) -> WorkerProcess:
         pipes = _Pipes()
@@ -224,16 +261,14 @@ class CommandLauncher:
         except OSError:
             pipes.close()
             raise
-        # A pidfd becomes readable when the process exits (Linux 5.3+), like
-        # multiprocessing's sentinel; reaping stays a bounded waitpid on this pid only.
         try:
-            pidfd = os.pidfd_open(popen.pid)
+            pidfd = open_pidfd(popen.pid)
         except OSError:                  # out of descriptors: undo the start
             pipes.close()
             popen.kill()
             popen.wait()
             raise
-        return pipes.hand_over(popen.pid, pidfd, _CommandChild(popen, pidfd))
+        return pipes.hand_over(popen.pid, pidfd, _CommandChild(popen))
 
 
 def resolve_command(argv: Sequence[str], base_dir: str) -> List[str]:
@@ -271,13 +306,6 @@ def _check_program(program: str, base_dir: str, path: str) -> None:
         found = shutil.which(program, path=path) is not None
     if not found:
         raise ConfigError("server", "command", f"{program!r} is not an executable file or a program on PATH")
-
-
-def _check_pidfd() -> None:
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-    except (AttributeError, OSError):
-        raise ConfigError("server", "command", "external workers need os.pidfd_open (Linux 5.3 or later)") from None
 
 
 def close_inherited(items: Sequence[object]) -> None:

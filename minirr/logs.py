@@ -1,30 +1,129 @@
-"""Logging setup for the master: stdlib logging to stderr, text or JSON lines.
+"""The master's logs: lines to stderr as text or JSON, written without ever blocking the loop.
 
-Owns: the root handler's format and level.
-Never: decides what is logged (each module logs its own events).
+Owns: the root handler's format and level, the writer that holds lines a slow or unread
+      stderr cannot take yet (bounded, with a count of what it had to drop), and the
+      access log, formatted directly rather than through a LogRecord per request.
+Never: decides what is logged (each module logs its own events), or waits for stderr.
+
+    logging.getLogger(...).info(...) ──LoopHandler──┐
+    AccessLog.log(...) ─────────────────────────────┴──> LogWriter ──(writable? ≤ 4 KB)──> stderr
+                                                         pending lines, at most 1 MB
+
+Why: stderr may be a pipe nobody reads (a wrapper script, a stuck journald). A plain
+write() would then block the master, and with it every client. The writer asks the
+kernel first (poll with no wait) and writes only what fits; the loop calls `flush()`
+once per round, so a busy server makes one write per round, not one per line.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
+import os
+import select
 import sys
 import time
+from typing import Deque, Optional
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+MAX_PENDING_BYTES = 1024 * 1024
+WRITE_BYTES = 4096       # a pipe that polls writable takes this much without blocking (PIPE_BUF)
+
+
+class LogWriter:
+    """Text to a stream; to a file descriptor without blocking, keeping what it cannot
+    take yet (up to MAX_PENDING_BYTES) and counting what it drops beyond that."""
+
+    def __init__(self, stream, max_pending_bytes: int = MAX_PENDING_BYTES) -> None:
+        self.stream = stream
+        self.max_pending_bytes = max_pending_bytes
+        self.batching = False           # the loop runs: write at flush(), once per round
+        self.dropped = 0                # lines dropped since the last notice
+        self._pending: Deque[bytes] = collections.deque()
+        self._pending_bytes = 0
+        self._fd = _fileno(stream)
+        self._poll = None
+        if self._fd is not None:
+            self._poll = select.poll()
+            self._poll.register(self._fd, select.POLLOUT)
+
+    def write(self, text: str) -> None:
+        """Queue `text` (whole lines, each ending in a newline)."""
+        if self._fd is None:            # a StringIO in a test, or an odd stream: plain writes
+            self.stream.write(text)
+            self.stream.flush()
+            return
+        data = text.encode("utf-8", "replace")
+        if self._pending_bytes + len(data) > self.max_pending_bytes:
+            self.dropped += text.count("\n")
+            return
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if not self.batching:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what the descriptor takes now; never wait."""
+        if self.dropped and self._pending_bytes < self.max_pending_bytes // 2:
+            notice = (f"minirr: {self.dropped} log lines were dropped: stderr was not being read\n").encode()
+            self._pending.append(notice)
+            self._pending_bytes += len(notice)
+            self.dropped = 0
+        while self._pending and self._writable():
+            data = self._pending.popleft()
+            if len(data) > WRITE_BYTES:
+                data, rest = data[:WRITE_BYTES], data[WRITE_BYTES:]
+                self._pending.appendleft(rest)
+            try:
+                written = os.write(self._fd, data)
+            except BlockingIOError:
+                written = 0
+            except OSError:             # stderr is gone (EPIPE, EBADF): nobody will read these lines
+                self._pending.clear()
+                self._pending_bytes = 0
+                return
+            self._pending_bytes -= written
+            if written < len(data):
+                self._pending.appendleft(data[written:])
+                return
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
+
+    def _writable(self) -> bool:
+        return bool(self._poll.poll(0))
+
+
+def _fileno(stream) -> Optional[int]:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+class LoopHandler(logging.Handler):
+    """A logging handler that hands formatted lines to a LogWriter."""
+
+    def __init__(self, writer: LogWriter) -> None:
+        super().__init__()
+        self.writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.writer.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
 
 
 class JSONFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, msg, and any `extra=` fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
+        entry = {"time": iso_time(record.created), "level": record.levelname.lower(), "logger": record.name,
+                 "msg": record.getMessage()}
         for key, value in vars(record).items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
                 entry[key] = value
@@ -33,14 +132,67 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure(level: str = "info", fmt: str = "text", stream=None) -> None:
+def iso_time(epoch_s: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_s)) + f".{int(epoch_s % 1 * 1000):03d}Z"
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_writer: Optional[LogWriter] = None
+
+
+def configure(level: str = "info", fmt: str = "text", stream=None) -> LogWriter:
+    """Route the root logger to a LogWriter on `stream` (default stderr); returns the writer,
+    which the master loop flushes once per round."""
+    global _writer
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JSONFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    _writer = LogWriter(stream or sys.stderr)
+    handler = LoopHandler(_writer)
+    handler.setFormatter(JSONFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root.addHandler(handler)
     root.setLevel(_LEVELS.get(level, logging.INFO))
+    return _writer
+
+
+def writer() -> LogWriter:
+    """The writer configure() installed (one per process, like the root logger it serves)."""
+    global _writer
+    if _writer is None:
+        _writer = LogWriter(sys.stderr)
+    return _writer
+
+
+class AccessLog:
+    """One line per answered request, written straight to the LogWriter.
+
+    The logging machinery costs a LogRecord, a lock and a formatter per line, about as
+    much as the rest of the master's work on a small request; this formats one string
+    with a cached timestamp instead. `bytes` is the body bytes sent, as nginx's
+    $body_bytes_sent counts (the head is not counted)."""
+
+    def __init__(self, out: LogWriter, fmt: str = "text", clock=time.time) -> None:
+        self.out = out
+        self.json = fmt == "json"
+        self.clock = clock
+        self._second = -1
+        self._stamp = ""
+
+    def log(self, remote_addr: str, method: str, target: str, protocol: str, status: int, body_bytes: int,
+            duration_s: float, pid: object) -> None:
+        now = self.clock()
+        duration_ms = duration_s * 1000
+        if self.json:
+            self.out.write(json.dumps({
+                "time": iso_time(now), "level": "info", "logger": "minirr.access",
+                "msg": f'{remote_addr} "{method} {target} {protocol}" {status} {body_bytes} {duration_ms:.1f}ms pid={pid}',
+                "remote_addr": remote_addr, "method": method, "target": target, "status": status,
+                "bytes": body_bytes, "duration_ms": round(duration_ms, 1), "pid": pid}) + "\n")
+            return
+        second = int(now)
+        if second != self._second:      # strftime costs more than the rest of the line
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        self.out.write('%s,%03d INFO minirr.access: %s "%s %s %s" %d %d %.1fms pid=%s\n' % (
+            self._stamp, int((now - second) * 1000), remote_addr, method, target, protocol, status, body_bytes,
+            duration_ms, pid))

@@ -22,10 +22,6 @@ HeaderList = List[Tuple[str, str]]
 _encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _json_str = json.encoder.encode_basestring   # a str as a JSON string literal (C-accelerated)
 _decode_json = json.JSONDecoder().decode   # on str: json.loads(bytes) sniffs the encoding every call
-# Header names come from clients: the name cache keeps at most this many names, each at
-# most this long (real names are short; a client must not fill the master with long ones).
-_NAME_CACHE_SIZE = 4096
-_NAME_CACHE_MAX_LENGTH = 64
 
 
 def canonical_header_name(name: str) -> str:
@@ -110,41 +106,69 @@ def parse_cookies(headers: Iterable[Tuple[str, str]]) -> Dict[str, str]:
     return cookies
 
 
+class HeadCache(dict):
+    """A dict that stops growing: a value is kept only while fewer than `max_entries` are
+    kept and its key's `size` is at most `max_size`. Whoever owns one bounds it, so no
+    peer can grow the process by sending new names or heads (STYLE.md §10)."""
+
+    def __init__(self, max_entries: int, max_size: int) -> None:
+        super().__init__()
+        self.max_entries = max_entries
+        self.max_size = max_size
+
+    def keep(self, key, value, size: int):
+        """Remember `value` under `key` if there is room; return `value` either way."""
+        if len(self) < self.max_entries and size <= self.max_size:
+            self[key] = value
+        return value
+
+
 # The request head with its constant parts written out once (wire-protocol.md §2.2);
 # only the %s fields change per request.
 _REQUEST_HEAD = ('{"remoteAddr":%s,"protocol":%s,"method":%s,"uri":%s,"headers":{%s},"cookies":%s,'
                  '"rawQuery":%s,"parsed":false,"uploads":null,"attributes":{}}')
-_json_keys: Dict[str, str] = {}
 
 
-def _json_key(name: str) -> str:
-    """`x-test` -> `"X-Test":`, the canonical name as a JSON object key (cached, bounded)."""
-    key = _json_keys.get(name)
-    if key is None:
+class RequestHeadEncoder:
+    """Request -> the JSON head RoadRunner 2023.3 sends (every key it sends).
+
+    Runs in the master for every request, so the headers object is written by hand from
+    remembered keys rather than through a dict and the json encoder (half the cost).
+    Header names come from clients: at most NAME_CACHE_SIZE names of at most
+    NAME_CACHE_MAX_LENGTH characters are remembered."""
+
+    NAME_CACHE_SIZE = 4096
+    NAME_CACHE_MAX_LENGTH = 64
+
+    def __init__(self) -> None:
+        self.json_keys = HeadCache(self.NAME_CACHE_SIZE, self.NAME_CACHE_MAX_LENGTH)
+
+    def json_key(self, name: str) -> str:
+        """`x-test` -> `"X-Test":`, the canonical name as a JSON object key."""
         key = _json_str(canonical_header_name(name)) + ":"
-        if len(_json_keys) < _NAME_CACHE_SIZE and len(name) <= _NAME_CACHE_MAX_LENGTH:
-            _json_keys[name] = key
-    return key
+        return self.json_keys.keep(name, key, len(name))
+
+    def encode(self, request: Request) -> bytes:
+        json_keys = self.json_keys
+        grouped: Dict[str, str] = {}   # '"Name":' -> the JSON of its values, comma-separated
+        for name, value in request.headers:
+            key = json_keys.get(name) or self.json_key(name)   # a hit costs no call
+            if key in grouped:
+                grouped[key] += "," + _json_str(value)
+            else:
+                grouped[key] = _json_str(value)
+        headers = ",".join([key + "[" + values + "]" for key, values in grouped.items()])
+        cookies = _encode_json(parse_cookies(request.headers)) if '"Cookie":' in grouped else "{}"
+        return (_REQUEST_HEAD % (
+            _json_str(request.remote_addr), _json_str(request.protocol), _json_str(request.method),
+            _json_str(request.uri), headers, cookies, _json_str(request.query),
+        )).encode("utf-8")
 
 
 def encode_request_head(request: Request) -> bytes:
-    """The JSON head RoadRunner 2023.3 sends for `request` (every key it sends).
-
-    Runs in the master for every request, so the headers object is written by hand from
-    cached keys rather than through a dict and the json encoder (half the cost)."""
-    grouped: Dict[str, str] = {}   # '"Name":' -> the JSON of its values, comma-separated
-    for name, value in request.headers:
-        key = _json_keys.get(name) or _json_key(name)   # a hit costs no call: once per header
-        if key in grouped:
-            grouped[key] += "," + _json_str(value)
-        else:
-            grouped[key] = _json_str(value)
-    headers = ",".join([key + "[" + values + "]" for key, values in grouped.items()])
-    cookies = _encode_json(parse_cookies(request.headers)) if '"Cookie":' in grouped else "{}"
-    return (_REQUEST_HEAD % (
-        _json_str(request.remote_addr), _json_str(request.protocol), _json_str(request.method),
-        _json_str(request.uri), headers, cookies, _json_str(request.query),
-    )).encode("utf-8")
+    """The JSON head of `request`, with nothing remembered (the master keeps a
+    RequestHeadEncoder instead)."""
+    return RequestHeadEncoder().encode(request)
 
 
 _raw_decode_json = json.JSONDecoder().raw_decode
@@ -199,48 +223,73 @@ def path_of(uri: str) -> str:
     return uri or "/"
 
 
-# Encoded response heads by (status, header pairs); bounded, as heads that change per
-# response (a Content-Length, a Set-Cookie) would otherwise grow it without end, and
-# in size: a large head is rare, costs little to encode next to its own size, and 256
-# of them would hold megabytes.
-_ENCODED_HEAD_CACHE: Dict[Tuple[int, tuple], bytes] = {}
-_ENCODED_HEAD_CACHE_SIZE = 256
-HEAD_CACHE_MAX_BYTES = 4096
+class ResponseHeadEncoder:
+    """Response -> its JSON head, run in the worker once per request.
+
+    json's encode() builds a new C encoder on every call, about a sixth of a small
+    request's worker CPU, and an app sends the same few heads over and over: so encoded
+    heads are remembered, keyed by (status, header pairs) — sound because Response keeps
+    its headers as (str, str) pairs. Bounded in number (a head that changes per response,
+    a Content-Length or a Set-Cookie, would grow it without end) and in size (a large
+    head is rare, and costs little to encode next to its own size)."""
+
+    CACHE_SIZE = 256
+    CACHE_MAX_BYTES = 4096
+
+    def __init__(self) -> None:
+        self.heads = HeadCache(self.CACHE_SIZE, self.CACHE_MAX_BYTES)
+
+    def encode(self, response: Response) -> bytes:
+        key = (response.status, tuple(response.headers))
+        head = self.heads.get(key)
+        if head is None:
+            head = encode_response_head(response)
+            self.heads.keep(key, head, len(head))
+        return head
 
 
 def encode_response_head(response: Response) -> bytes:
-    """The JSON head of `response`, run in the worker once per request.
-
-    json's encode() builds a new C encoder on every call, about a sixth of a small
-    request's worker CPU, and an app sends the same few heads over and over: so
-    encoded heads are remembered. The key is sound because Response keeps its
-    headers as (str, str) pairs."""
-    key = (response.status, tuple(response.headers))
-    head = _ENCODED_HEAD_CACHE.get(key)
-    if head is None:
-        head = _encode_json({"status": response.status,
-                             "headers": _group(response.headers)}).encode("utf-8")
-        if len(_ENCODED_HEAD_CACHE) < _ENCODED_HEAD_CACHE_SIZE and len(head) <= HEAD_CACHE_MAX_BYTES:
-            _ENCODED_HEAD_CACHE[key] = head
-    return head
+    """`{"status":...,"headers":{name:[values]}}` for `response`, nothing remembered."""
+    return _encode_json({"status": response.status, "headers": _group(response.headers)}).encode("utf-8")
 
 
 def decode_response_head(head: bytes) -> Tuple[int, HeaderList, bool]:
     """-> (status, header pairs, stop). `stop` is a worker asking to be recycled
-    (wire-protocol.md §2.6). Raises ValueError on anything that is not a valid head.
-    (The master keeps what it makes of each distinct head: backend._http_head.)"""
-    obj = _decode_json(head.decode("utf-8"))
+    (wire-protocol.md §2.6). Raises ValueError on anything that is not a valid head:
+    the head comes from a worker, which the master does not trust (STYLE.md §10), so
+    every type is checked, and a head nested too deeply for the decoder is refused too.
+
+    A final status must be 200..599: a 1xx answer is interim (RFC 9110 §15.2), and sent
+    as the answer it would leave the client waiting for the real one."""
+    try:
+        obj = _decode_json(head.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("response head is nested too deeply") from None
     if not isinstance(obj, dict):
         raise ValueError("response head is not a JSON object")
     if obj.get("stop") is True:
         return 0, [], True
     status = obj.get("status")
-    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
-        raise ValueError(f"response status {status!r} is outside 100..599")
-    headers = []
-    for name, values in (obj.get("headers") or {}).items():
+    if not isinstance(status, int) or isinstance(status, bool) or not 200 <= status <= 599:
+        raise ValueError(f"response status {status!r} is outside 200..599")
+    return status, _header_pairs(obj.get("headers")), False
+
+
+def _header_pairs(headers: object) -> HeaderList:
+    """`{"Name": ["v1", "v2"], "Other": "v"}` -> [(name, value), ...]; ValueError on any
+    other shape (a list, a number, a null value)."""
+    if headers is None:
+        return []
+    if not isinstance(headers, dict):
+        raise ValueError(f"response headers are a JSON {type(headers).__name__}, not an object")
+    pairs = []
+    for name, values in headers.items():
         if isinstance(values, str):
             values = [values]
+        elif not isinstance(values, list):
+            raise ValueError(f"response header {name!r} has a {type(values).__name__} value, not strings")
         for value in values:
-            headers.append((str(name), str(value)))
-    return status, headers, False
+            if not isinstance(value, str):
+                raise ValueError(f"response header {name!r} has a {type(value).__name__} value, not a string")
+            pairs.append((name, value))
+    return pairs

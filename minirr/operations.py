@@ -1,24 +1,20 @@
-"""The master's operations side: control calls, the supervisor, status, metrics, systemd.
+"""The master's operator side: the control socket, /health, /ready and /metrics, the
+supervisor's soft limits, and systemd's notifications.
 
-Owns: what the control socket answers (workers, reset, stop), the watch tick that applies
-      the supervisor's soft limits, the /health, /ready and /metrics answers, the metric
-      events, and the systemd notifications (READY, RELOADING, STOPPING).
-Never: moves bytes itself (endpoints.py does), decides which worker is due (supervisor.py
-       does), or kills a worker: retirement goes through `retire_worker` (backend.py).
+Owns: the three operator listeners and what they answer (control calls: workers, reset,
+      stop; probes; metrics text), the watch tick that applies the supervisor's limits,
+      the metric events of workers (ready, gone) and reloads, and sd_notify's READY,
+      RELOADING and STOPPING.
+Never: moves bytes itself (connection.py does, for these connections as for clients),
+       decides which worker is due (supervisor.py does), or ends a worker: that goes
+       through the backend (`retire`, `begin_reload`), and a stop through the server.
 
-`Operations` is mixed into server.Server, before Frontend and Backend. The server calls
-these hooks; each is one line at the place the event happens:
+    control socket ──Connection(CallParser)──> on_request(conn, Call) ──> workers | reset | stop
+    status, metrics ──Connection(RequestParser)──> on_request(conn, Request) ──> (status, headers, body)
 
-    __init__            _init_operations()           run()       open_operations()
-    _on_tick            _on_operations_tick(now)     _tick_once  _operations_due_at(now)
-    _respond            _on_request_answered(status, duration_s)
-    _answer_job_failure _on_job_failed(reason)       _on_handshake  _on_worker_ready(worker, now)
-    _on_worker_exit     _on_worker_gone(worker, was)
-    begin_reload        _on_reload_started()         _continue_reload  _on_reload_finished(now)
-    begin_shutdown      _on_shutdown_started()       _close_everything _close_operations()
-
-    reset:  call ──> begin_reload() ──> PendingReset ─┬─ reload complete ──> answer
-                                                      └─ reset_timeout ────> error answer
+    reset: call ──> backend.begin_reload() ──> PendingReset ─┬─ reload_done(error="") ──> answer
+                                                             ├─ reload_done(error) ────> error answer
+                                                             └─ reset_timeout ─────────> error answer
 """
 
 from __future__ import annotations
@@ -27,28 +23,34 @@ import json
 import logging
 import os
 import time
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from . import control, endpoints, procfs, supervisor
-from .control import Call, UnixAddress
-from .endpoints import Endpoints, Peer
+from . import control, http11, procfs, supervisor
+from .config import Config
+from .connection import Connection
+from .control import Call, ControlError, UnixAddress
+from .lifecycle import CLOSED, ConnectionLimits
+from .listener import Listener, bind, file_identity, remove_own_socket
+from .loop import Loop
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .notify import Notifier
-from .pool import Worker, WorkerState
+from .pool import WORKING, Pool, Worker, WorkerState, restart_label
+from .responses import DateCache, error_response, serialize_response
 
 log = logging.getLogger("minirr")
 
-S = WorkerState
-NO_FREE_WORKER_REASONS = ("allocate_timeout", "queue_full", "no_workers")
+MAX_PEERS = 32                         # per listener; the one idle longest makes room for a new one
+PEER_LIMITS = ConnectionLimits(header_timeout=10.0, body_timeout=10.0, keepalive_timeout=10.0,
+                               pipeline_limit=64 * 1024)
+HTTP_LIMITS = http11.RequestLimits(max_request_size=64 * 1024, limit_request_headers=32 * 1024)
 FAR_FUTURE = float("inf")
 
 
 class PendingReset(NamedTuple):
-    peer: Peer
+    conn: Connection
     seq: int
     started_at: float
     deadline_at: float                  # 0 = no reset_timeout
-    workers: int
 
 
 def probe(kind: str, counts: Dict[str, int], stopping: bool, queue_length: int) -> Tuple[int, dict]:
@@ -65,82 +67,99 @@ def probe(kind: str, counts: Dict[str, int], stopping: bool, queue_length: int) 
     return (200 if ok else 503), body
 
 
-class Operations(Endpoints):
-    """Operator-facing behaviour of the master; mixed into server.Server."""
+class Operations:
+    """Operator-facing behaviour of the master. `back` and `server` are wired in by the
+    server (the server offers `stopping`, `queue_length()` and `begin_shutdown(force)`)."""
 
-    # ================================================================== lifecycle
-    def _init_operations(self) -> None:
-        sup = self.config.supervisor
-        self.metrics = ServerMetrics()
-        self.supervisor_limits = supervisor.Limits(sup.ttl, sup.idle_ttl, sup.max_worker_memory)
-        self.endpoints = {}
-        self.peers = {}
+    def __init__(self, loop: Loop, config: Config, pool: Pool, metrics: ServerMetrics, dates: DateCache,
+                 announce: Callable[[str], None]) -> None:
+        self.loop = loop
+        self.config = config
+        self.pool = pool
+        self.metrics = metrics
+        self.dates = dates
+        self.announce = announce
+        self.back = None
+        self.server = None
+        sup = config.supervisor
+        self.soft_limits = supervisor.SoftLimits(sup.ttl, sup.idle_ttl, sup.max_worker_memory)
+        self.listeners: Dict[str, Listener] = {}
         self.control_address: Optional[control.Address] = None
         self.notifier: Optional[Notifier] = None
-        self._operations_open = False
         self._control_identity: Optional[tuple] = None   # (dev, inode) of our socket file
         self._pending_resets: List[PendingReset] = []
         self._cpu_samples: Dict[int, procfs.CpuSample] = {}
         self._next_watch_at = 0.0
         self._notified_ready = False
         self._notified_stopping = False
-        self._started_monotonic = time.monotonic()
+        self._started_at = loop.now()
+        self._owners = {"control": _ControlPeers(self), "status": _HTTPPeers(self, "status"),
+                        "metrics": _HTTPPeers(self, "metrics")}
 
-    def open_operations(self) -> None:
+    # ================================================================== opening and closing
+    def open(self) -> None:
         """Bind the control socket, then the status and metrics listeners (each prints its
         stdout line, before the main ready line), then find NOTIFY_SOCKET.
         Raises MinirrError with an operator's message (the cli exits 1)."""
-        if self._operations_open:
-            return
-        self._operations_open = True
         try:
             self._open_control()
             for name, section in (("status", self.config.status), ("metrics", self.config.metrics)):
                 if section is not None:
-                    endpoint = self._add_endpoint(name, "http", endpoints.bind_http(name, section.address))
-                    host, port = endpoint.sock.getsockname()[:2]
-                    self._announce(f"minirr {name} on http://{host}:{port}")
+                    host, port = section.address
+                    sock = bind((host, port), f"{host}:{port} for [{name}]", backlog=16)
+                    self._listen(name, sock)
+                    bound_host, bound_port = sock.getsockname()[:2]
+                    self.announce(f"minirr {name} on http://{bound_host}:{bound_port}")
         except Exception:
-            self._close_operations()
+            self.close()
             raise
         self.notifier = Notifier.from_environ(os.environ)
 
     def _open_control(self) -> None:
         address = control.parse_listen(self.config.rpc.listen, self.config.base_dir)
-        endpoint = self._add_endpoint("control", "control", endpoints.bind_control(address))
         if isinstance(address, UnixAddress):
-            self._control_identity = endpoints.file_identity(address.path)
+            sock = bind(address.path, str(address), backlog=16)
+            self._control_identity = file_identity(address.path)
         else:
-            address = control.TCPAddress(address.host, endpoint.sock.getsockname()[1])
+            sock = bind((address.host, address.port), str(address), backlog=16)
+            address = control.TCPAddress(address.host, sock.getsockname()[1])
+        self._listen("control", sock)
         self.control_address = address
         log.info("control socket on %s", address)
 
-    def _extra_child_descriptors(self) -> list:
-        """Overrides Backend's: what a forked worker must close of ours."""
-        items = self._endpoint_descriptors()
+    def _listen(self, name: str, sock) -> None:
+        owner = self._owners[name]
+        self.listeners[name] = Listener(self.loop, sock, name, owner.accept, MAX_PEERS, when_full="evict")
+        owner.listener = self.listeners[name]
+
+    def descriptors(self) -> list:
+        """What a forked worker must close of ours (STYLE.md §5)."""
+        items = [item for listener in self.listeners.values() for item in listener.descriptors()]
         if self.notifier is not None:
             items.append(self.notifier.sock)
         return items
 
-    def _close_operations(self) -> None:
-        self._close_endpoints()
+    def close(self) -> None:
+        for listener in self.listeners.values():
+            listener.close()
+            listener.close_connections()
+        self.listeners.clear()
         if isinstance(self.control_address, UnixAddress):
-            endpoints.remove_own_socket(self.control_address.path, self._control_identity)
+            remove_own_socket(self.control_address.path, self._control_identity)
         if self.notifier is not None:
             self.notifier.close()
             self.notifier = None
 
     # ================================================================== time
-    def _on_operations_tick(self, now: float) -> None:
+    def tick(self, now: float) -> None:
         self._watch(now)
-        self._finish_resets(now)
-        self._expire_peers(now)
+        self._finish_resets(now, "", None)
+        for listener in self.listeners.values():
+            listener.expire(now)
 
-    def _operations_due_at(self, now: float) -> float:
+    def due_at(self, now: float) -> float:
         """When the loop must tick for us next (it may sleep up to a second otherwise)."""
-        due = FAR_FUTURE
-        if self.supervisor_limits.active:
-            due = self._next_watch_at
+        due = self._next_watch_at if self.soft_limits.active else FAR_FUTURE
         for pending in self._pending_resets:
             if pending.deadline_at:
                 due = min(due, pending.deadline_at)
@@ -148,19 +167,19 @@ class Operations(Endpoints):
 
     def _watch(self, now: float) -> None:
         """Every watch_tick: read each worker's RSS, retire at most one worker past a limit."""
-        if not self.supervisor_limits.active or now < self._next_watch_at:
+        if not self.soft_limits.active or now < self._next_watch_at:
             return
         self._next_watch_at = now + (self.config.supervisor.watch_tick or 1.0)
-        if self._stopping:
+        if self.server.stopping:
             return
-        rss = self._read_rss() if self.supervisor_limits.max_memory_mb else {}
-        choice = supervisor.next_retirement(self.pool.workers.values(), now, self.supervisor_limits, rss)
+        rss = self._read_rss() if self.soft_limits.max_memory_mb else {}
+        choice = supervisor.next_retirement(self.pool.workers.values(), now, self.soft_limits, rss)
         if choice is None:
             return
         worker, reason, detail = choice
-        log.info("%s %s; replacing it%s", worker, detail, " after its request" if worker.state is S.BUSY else "",
-                 extra={"worker": worker.id, "pid": worker.pid, "reason": reason})
-        self.retire_worker(worker, reason, now)
+        log.info("%s %s; replacing it%s", worker, detail, " after its request" if worker.state is WORKING else "",
+                 extra={"worker": worker.id, "pid": worker.pid, "reason": reason.value})
+        self.back.retire(worker, reason, now)
 
     def _read_rss(self) -> Dict[int, int]:
         readings = {}
@@ -171,63 +190,57 @@ class Operations(Endpoints):
                     readings[worker.pid] = rss
         return readings
 
-    # ================================================================== events from the server
-    def _on_request_answered(self, status: int, duration_s: float) -> None:
-        self.metrics.request_answered(status, duration_s)
-
-    def _on_job_failed(self, reason: str) -> None:
-        if reason in NO_FREE_WORKER_REASONS:
-            self.metrics.no_free_worker()
-
-    def _on_worker_ready(self, worker: Worker, now: float) -> None:
+    # ================================================================== events from the backend
+    def worker_ready(self, worker: Worker, now: float) -> None:
         if self.notifier is not None and not self._notified_ready:
             self._notified_ready = True
             self.notifier.ready(f"serving with {self.pool.size} workers")
 
-    def _on_worker_gone(self, worker: Worker, was: WorkerState) -> None:
-        reason = supervisor.restart_reason(was, worker.retire_reason)
-        if reason is not None:
-            self.metrics.worker_restarted(reason)
+    def worker_gone(self, worker: Worker, was: WorkerState) -> None:
+        label = restart_label(was, worker.reason)
+        if label is not None:
+            self.metrics.worker_restarted(label)
         self._cpu_samples.pop(worker.pid, None)
 
-    def _on_reload_started(self) -> None:
+    def reload_started(self) -> None:
         if self.notifier is not None:
             self.notifier.reloading(time.monotonic())
 
-    def _on_reload_finished(self, now: float) -> None:
+    def reload_done(self, replaced: int, seconds: float, error: str, now: float) -> None:
         if self.notifier is not None:
-            self.notifier.ready("reload complete")
-        self._finish_resets(now)
+            self.notifier.ready("reload stopped" if error else "reload complete")
+        self._finish_resets(now, error, (replaced, seconds))
 
-    def _on_shutdown_started(self) -> None:
+    def shutdown_started(self) -> None:
         if self.notifier is not None and not self._notified_stopping:
             self._notified_stopping = True
             self.notifier.stopping()
         for pending in self._pending_resets:
-            self._send_error(pending.peer, pending.seq, "reset", "the server is stopping")
+            pending.conn.respond(control.encode_error(pending.seq, "reset", "the server is stopping"), True)
         self._pending_resets = []
 
     # ================================================================== control calls
-    def _on_control_call(self, peer: Peer, call: Call, now: float) -> None:
+    def on_call(self, conn: Connection, call: Call) -> None:
         handlers = {"workers": self._call_workers, "reset": self._call_reset, "stop": self._call_stop}
         handler = handlers.get(call.method)
         if handler is None:
-            self._send_error(peer, call.seq, call.method,
-                             f"unknown method {call.method!r} (known: {', '.join(control.METHODS)})")
+            self._answer_error(conn, call, f"unknown method {call.method!r} (known: {', '.join(control.METHODS)})")
             return
-        handler(peer, call, now)
+        handler(conn, call, self.loop.now())
 
-    def _send_answer(self, peer: Peer, seq: int, method: str, result: dict) -> None:
-        self._send_to_peer(peer, control.encode_answer(seq, method, result))
+    @staticmethod
+    def _answer(conn: Connection, call: Call, result: dict) -> None:
+        conn.respond(control.encode_answer(call.seq, call.method, result), True)
 
-    def _send_error(self, peer: Peer, seq: int, method: str, message: str) -> None:
-        self._send_to_peer(peer, control.encode_error(seq, method, message))
+    @staticmethod
+    def _answer_error(conn: Connection, call: Call, message: str) -> None:
+        conn.respond(control.encode_error(call.seq, call.method, message), True)
 
-    def _call_workers(self, peer: Peer, call: Call, now: float) -> None:
+    def _call_workers(self, conn: Connection, call: Call, now: float) -> None:
         wall = time.time()
         rows = [self._worker_row(worker, now, wall)
                 for worker in sorted(self.pool.workers.values(), key=lambda w: w.id)]
-        self._send_answer(peer, call.seq, call.method, {"pid": os.getpid(), "workers": rows})
+        self._answer(conn, call, {"pid": os.getpid(), "workers": rows})
 
     def _worker_row(self, worker: Worker, now: float, wall: float) -> dict:
         """One row of `minirr workers`. CPU% is since the previous `workers` call (or since
@@ -244,45 +257,47 @@ class Operations(Endpoints):
                 "memory_bytes": rss or 0, "cpu_percent": round(cpu, 1), "created_at": round(wall - age, 3),
                 "age_s": round(age, 3)}
 
-    def _call_reset(self, peer: Peer, call: Call, now: float) -> None:
-        if self._stopping:
-            self._send_error(peer, call.seq, call.method, "the server is stopping")
+    def _call_reset(self, conn: Connection, call: Call, now: float) -> None:
+        if self.server.stopping:
+            self._answer_error(conn, call, "the server is stopping")
             return
-        workers = sum(1 for w in self.pool.workers.values() if w.live)
         log.info("reset requested over the control socket")
         timeout = self.config.pool.reset_timeout
-        self._pending_resets.append(PendingReset(peer, call.seq, now, now + timeout if timeout else 0.0, workers))
-        self.begin_reload()
-        self._finish_resets(now)
+        self._pending_resets.append(PendingReset(conn, call.seq, now, now + timeout if timeout else 0.0))
+        self.server.begin_reload()
 
-    def _finish_resets(self, now: float) -> None:
-        """Answer each reset whose reload is complete, or whose reset_timeout has passed."""
+    def _finish_resets(self, now: float, error: str, done: Optional[Tuple[int, float]]) -> None:
+        """Answer each reset whose reload has ended (`done`, with `error` if it failed), or
+        whose reset_timeout has passed."""
         waiting = []
         for pending in self._pending_resets:
-            if pending.peer.closed:
+            if pending.conn.phase is CLOSED:
                 continue
-            if not self.reloading:
-                self._send_answer(pending.peer, pending.seq, "reset",
-                                  {"replaced": pending.workers, "seconds": round(now - pending.started_at, 3)})
+            if done is not None and not error:
+                pending.conn.respond(control.encode_answer(pending.seq, "reset", {
+                    "replaced": done[0], "seconds": round(done[1], 3)}), True)
+            elif done is not None:
+                pending.conn.respond(control.encode_error(pending.seq, "reset", f"reset failed: {error}"), True)
             elif pending.deadline_at and now >= pending.deadline_at:
                 log.warning("reset did not complete within reset_timeout (%gs)", self.config.pool.reset_timeout)
-                self._send_error(pending.peer, pending.seq, "reset",
-                                 f"the reset did not complete within reset_timeout "
-                                 f"({self.config.pool.reset_timeout:g}s); workers are still being replaced")
+                pending.conn.respond(control.encode_error(
+                    pending.seq, "reset", f"the reset did not complete within reset_timeout "
+                                          f"({self.config.pool.reset_timeout:g}s); workers are still being replaced"),
+                    True)
             else:
                 waiting.append(pending)
         self._pending_resets = waiting
 
-    def _call_stop(self, peer: Peer, call: Call, now: float) -> None:
+    def _call_stop(self, conn: Connection, call: Call, now: float) -> None:
         force = call.params.get("force") is True
         log.info("stop requested over the control socket%s", " (force)" if force else "")
-        # Answer first: a forced stop leaves the loop at once. The peer stays open, so
-        # the cli sees EOF when the master has exited.
-        self._send_answer(peer, call.seq, call.method, {"pid": os.getpid(), "force": force})
-        self.begin_shutdown(force=force)
+        # Answer, but leave the call open (the connection stays WAITING, so no idle limit
+        # closes it): the cli sees EOF when the master has exited.
+        conn.write(control.encode_answer(call.seq, call.method, {"pid": os.getpid(), "force": force}))
+        self.server.begin_shutdown(force=force)
 
     # ================================================================== status and metrics
-    def _answer_http(self, endpoint: str, request, now: float) -> Tuple[int, list, bytes]:
+    def answer_http(self, endpoint: str, request, now: float) -> Tuple[int, list, bytes]:
         routes = {
             ("status", "/health"): lambda: self._answer_probe("health"),
             ("status", "/ready"): lambda: self._answer_probe("ready"),
@@ -297,11 +312,74 @@ class Operations(Endpoints):
         return answer()
 
     def _answer_probe(self, kind: str) -> Tuple[int, list, bytes]:
-        status, body = probe(kind, self.pool.counts(), self._stopping, len(self.queue))
+        status, body = probe(kind, self.pool.counts(), self.server.stopping, self.server.queue_length())
         headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
         return status, headers, json.dumps(body).encode() + b"\n"
 
     def _answer_metrics(self, now: float) -> Tuple[int, list, bytes]:
-        text = self.metrics.render(self.pool.counts(), len(self.queue), self._read_rss(),
-                                   now - self._started_monotonic)
+        text = self.metrics.render(self.pool.counts(), self.server.queue_length(), self._read_rss(),
+                                   now - self._started_at)
         return 200, [("Content-Type", CONTENT_TYPE)], text.encode("utf-8")
+
+
+class _ControlPeers:
+    """The owner of control-socket connections (connection.py's owner interface)."""
+
+    def __init__(self, ops: Operations) -> None:
+        self.ops = ops
+        self.listener: Optional[Listener] = None
+
+    def accept(self, sock, peer: str, now: float) -> Connection:
+        return Connection(self.ops.loop, sock, peer or "control peer", control.CallParser(), self, PEER_LIMITS,
+                          self.listener, now)
+
+    def on_request(self, conn: Connection, call: Call) -> None:
+        self.ops.on_call(conn, call)
+
+    def on_bad_request(self, conn: Connection, error: ControlError) -> None:
+        log.warning("control connection sent an invalid call (%s); answering and closing it", error)
+        conn.reject(400, str(error), control.encode_error(error.seq or 0, "", str(error)))
+
+    def rejection(self, status: int, message: str) -> bytes:
+        return control.encode_error(0, "", message)
+
+    def on_closed(self, conn: Connection) -> None:
+        """A pending reset still completes; its answer has nowhere to go."""
+
+    def on_drain(self, conn: Connection) -> None:
+        """Control answers are never held back."""
+
+
+class _HTTPPeers:
+    """The owner of status and metrics connections: each request answered at once."""
+
+    def __init__(self, ops: Operations, name: str) -> None:
+        self.ops = ops
+        self.name = name
+        self.listener: Optional[Listener] = None
+
+    def accept(self, sock, peer: str, now: float) -> Connection:
+        return Connection(self.ops.loop, sock, peer, http11.RequestParser(HTTP_LIMITS), self, PEER_LIMITS,
+                          self.listener, now)
+
+    def on_request(self, conn: Connection, request) -> None:
+        status, headers, body = self.ops.answer_http(self.name, request, self.ops.loop.now())
+        keep_alive = not conn.parser.close_requested
+        conn.respond(serialize_response(status, headers, body, keep_alive=keep_alive,
+                                        head_only=request.method == "HEAD", date=self._http_date(),
+                                        protocol=request.protocol), keep_alive)
+
+    def on_bad_request(self, conn: Connection, error) -> None:
+        conn.reject(error.status, error.msg)
+
+    def rejection(self, status: int, message: str) -> bytes:
+        return error_response(status, message, date=self._http_date())
+
+    def on_closed(self, conn: Connection) -> None:
+        pass
+
+    def on_drain(self, conn: Connection) -> None:
+        pass
+
+    def _http_date(self) -> bytes:
+        return self.ops.dates.get(time.time())

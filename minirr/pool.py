@@ -1,19 +1,26 @@
-"""The worker pool's bookkeeping: worker records, their state table, and decisions.
+"""The worker pool's bookkeeping: worker records, their state table, and their fate.
 
-Owns: which workers exist, what state each is in, which one gets the next job, when a
-      worker is retired or overdue, and the back-off after failed starts.
-Never: touches a process, a pipe or a clock. The server does the I/O and passes `now`
+Owns: which workers exist, what state each is in, which one gets the next job, what
+      happens to a worker and why (`fate`, `Reason`), when one is overdue, and the
+      back-off after failed starts.
+Never: touches a process, a pipe or a clock. The backend does the I/O and passes `now`
        in; job payloads are opaque to the pool.
 
 Worker state table (one `_advance` applies it and raises on a move it does not allow):
 
-    STARTING --hello--> IDLE --assign--> BUSY --done--> IDLE
-    IDLE | BUSY | STARTING --retire--> STOPPING      (stop frame sent, or killed)
-    any live state --exit--> DEAD                     (DEAD is terminal)
+    STARTING --hello--> READY --assign--> WORKING --done--> READY
+    READY | WORKING | STARTING --retire--> STOPPING   (stop frame sent, or killed)
+    any live state --exit--> DEAD                      (DEAD is terminal)
 
-Retirement is soft: a BUSY worker is only marked (`retire_reason`) and retired when its
-job is done. Only a real fault (exec_ttl, a broken channel, a process exit) ends a busy
-worker, and the server does that with the "retire" event after killing it.
+A worker's fate follows from its state and the reason (RoadRunner's rule): a soft reason
+(max_jobs, ttl, a reset ...) stops a ready worker now and a working one when its response
+is out; a fault (exec_ttl, a broken channel ...) kills it, busy or not.
+
+    fate(state, reason)   soft reason        fault
+    STARTING              KILL               KILL
+    READY                 STOP               KILL
+    WORKING               STOP_WHEN_FREE     KILL
+    STOPPING              KEEP               KILL
 """
 
 from __future__ import annotations
@@ -27,9 +34,10 @@ from .errors import MinirrError
 
 
 class WorkerState(enum.Enum):
+    """The names are what `minirr workers`, the logs and the metrics show."""
     STARTING = "starting"
-    IDLE = "ready"
-    BUSY = "working"
+    READY = "ready"
+    WORKING = "working"
     STOPPING = "stopping"
     DEAD = "dead"
 
@@ -38,19 +46,75 @@ class WorkerState(enum.Enum):
     __hash__ = object.__hash__
 
 
-S = WorkerState
+STARTING, READY, WORKING, STOPPING, DEAD = WorkerState
+LIVE = (STARTING, READY, WORKING)
+
 TRANSITIONS = {
-    (S.STARTING, "hello"): S.IDLE,
-    (S.IDLE, "assign"): S.BUSY,
-    (S.BUSY, "done"): S.IDLE,
-    (S.STARTING, "retire"): S.STOPPING,
-    (S.IDLE, "retire"): S.STOPPING,
-    (S.BUSY, "retire"): S.STOPPING,
-    (S.STARTING, "exit"): S.DEAD,
-    (S.IDLE, "exit"): S.DEAD,
-    (S.BUSY, "exit"): S.DEAD,
-    (S.STOPPING, "exit"): S.DEAD,
+    (STARTING, "hello"): READY,
+    (READY, "assign"): WORKING,
+    (WORKING, "done"): READY,
+    (STARTING, "retire"): STOPPING,
+    (READY, "retire"): STOPPING,
+    (WORKING, "retire"): STOPPING,
+    (STARTING, "exit"): DEAD,
+    (READY, "exit"): DEAD,
+    (WORKING, "exit"): DEAD,
+    (STOPPING, "exit"): DEAD,
 }
+
+
+class Reason(enum.Enum):
+    """Why a worker is stopped or killed. The value is the word logs and metrics use."""
+    MAX_JOBS = "max_jobs"
+    TTL = "ttl"
+    IDLE_TTL = "idle_ttl"
+    MEMORY = "memory"
+    RESET = "reset"
+    WORKER_REQUEST = "worker_request"    # the worker asked to be recycled
+    SHUTDOWN = "shutdown"
+    EXEC_TTL = "exec_ttl"                # faults from here on
+    BROKEN_CHANNEL = "broken_channel"    # a bad frame, a bad head, a frame nobody asked for
+    START_TIMEOUT = "start_timeout"
+    DESTROY_TIMEOUT = "destroy_timeout"
+
+
+FAULTS = frozenset((Reason.EXEC_TTL, Reason.BROKEN_CHANNEL, Reason.START_TIMEOUT, Reason.DESTROY_TIMEOUT))
+# Reasons counted under their own name in minirr_worker_restarts_total; any other exit is
+# a crash, and a shutdown is no restart at all.
+COUNTED = frozenset((Reason.MAX_JOBS, Reason.TTL, Reason.IDLE_TTL, Reason.MEMORY, Reason.EXEC_TTL,
+                     Reason.RESET, Reason.WORKER_REQUEST))
+
+
+class Fate(enum.Enum):
+    KEEP = "keep"                        # nothing to do (it is already stopping)
+    STOP = "stop"                        # send it the stop frame now
+    STOP_WHEN_FREE = "stop when free"    # mark it; stop it once its response is out
+    KILL = "kill"
+
+
+FATES = {
+    (STARTING, False): Fate.KILL, (STARTING, True): Fate.KILL,
+    (READY, False): Fate.STOP, (READY, True): Fate.KILL,
+    (WORKING, False): Fate.STOP_WHEN_FREE, (WORKING, True): Fate.KILL,
+    (STOPPING, False): Fate.KEEP, (STOPPING, True): Fate.KILL,
+}
+
+
+def fate(state: WorkerState, reason: Reason) -> Fate:
+    """What happens to a worker in `state` for `reason`: the table in the module docstring."""
+    return FATES[(state, reason in FAULTS)]
+
+
+def restart_label(was: WorkerState, reason: Optional[Reason]) -> Optional[str]:
+    """The `reason` label a worker's exit is counted under in minirr_worker_restarts_total,
+    or None for none (a shutdown). A worker that was STOPPING left for the reason it was
+    retired for; any other exit, or a fault that is not exec_ttl, is a crash."""
+    if reason is Reason.SHUTDOWN:
+        return None
+    if was is STOPPING and reason in COUNTED:
+        return reason.value
+    return "crash"
+
 
 BOOT_BACKOFF_FIRST_S = 0.5
 BOOT_BACKOFF_MAX_S = 30.0
@@ -58,25 +122,25 @@ MAX_JOBS_JITTER = 0.15        # up to +15% per worker, so a pool never recycles 
 
 
 class Worker:
-    """One worker process as the pool sees it. `channel` is the server's (pipes, process)."""
+    """One worker process as the pool sees it. `channel` is the backend's (pipes, process)."""
 
     def __init__(self, worker_id: int, created_at: float, max_jobs: int) -> None:
         self.id = worker_id
         self.pid = 0
-        self.state = WorkerState.STARTING
+        self.state = STARTING
         self.created_at = created_at
         self.last_done_at = 0.0           # when it last finished a job (idle_ttl)
         self.max_jobs = max_jobs           # 0 = unlimited; already jittered
         self.jobs_done = 0
         self.job: object = None            # the job it is working on (opaque)
-        self.deadline_at = 0.0             # BUSY: exec_ttl; STARTING: handshake; STOPPING: kill
-        self.retire_reason = ""            # set when retirement is decided
+        self.deadline_at = 0.0             # WORKING: exec_ttl; STARTING: handshake; STOPPING: kill
+        self.reason: Optional[Reason] = None   # set when its retirement is decided
         self.generation = 0                # bumped by reset: older generations are replaced
-        self.channel: object = None        # owned by the server
+        self.channel: object = None        # owned by the backend
 
     @property
     def live(self) -> bool:
-        return self.state in (S.STARTING, S.IDLE, S.BUSY)
+        return self.state in LIVE
 
     def __repr__(self) -> str:
         return f"worker {self.id} (pid {self.pid or '?'})"
@@ -97,6 +161,7 @@ class Pool:
                  allocate_timeout_s: float = 60.0, destroy_timeout_s: float = 60.0,
                  rng: Optional[random.Random] = None) -> None:
         self.size = size
+        self.surge = 0                     # extra workers allowed for now (a reload's replacement)
         self.max_jobs = max_jobs
         self.exec_ttl_s = exec_ttl_s
         self.allocate_timeout_s = allocate_timeout_s
@@ -107,7 +172,7 @@ class Pool:
         self.boot_failures = 0             # consecutive failed starts
         self.next_start_at = 0.0           # back-off: no start before this
         self._next_id = 1
-        self._idle: Deque[Worker] = deque()
+        self._ready: Deque[Worker] = deque()
 
     # ---- lifecycle -------------------------------------------------------------
     def new_worker(self, now: float) -> Worker:
@@ -129,13 +194,13 @@ class Pool:
         worker.deadline_at = 0.0
         self.boot_failures = 0
         self.next_start_at = 0.0
-        self._idle.append(worker)
+        self._ready.append(worker)
 
-    def idle_worker(self) -> Optional[Worker]:
+    def ready_worker(self) -> Optional[Worker]:
         """The worker that should take the next job, or None."""
-        while self._idle:
-            worker = self._idle.popleft()
-            if worker.state is S.IDLE:
+        while self._ready:
+            worker = self._ready.popleft()
+            if worker.state is READY:
                 return worker
         return None
 
@@ -144,36 +209,42 @@ class Pool:
         worker.job = job
         worker.deadline_at = now + self.exec_ttl_s if self.exec_ttl_s else 0.0
 
-    def job_done(self, worker: Worker, now: float) -> bool:
-        """The worker's job is answered. True when it must now be retired (max_jobs, or a
-        retirement decided while it was busy); otherwise it is idle again."""
+    def extend_deadline(self, worker: Worker, now: float) -> None:
+        """A streamed response made progress: exec_ttl counts again from now."""
+        if self.exec_ttl_s:
+            worker.deadline_at = now + self.exec_ttl_s
+
+    def job_done(self, worker: Worker, now: float) -> Fate:
+        """The worker's job is answered: STOP when it must now be retired (max_jobs, or a
+        retirement decided while it was busy), else KEEP (it is ready again)."""
         worker.jobs_done += 1
         worker.job = None
         worker.last_done_at = now
-        if worker.max_jobs and worker.jobs_done >= worker.max_jobs and not worker.retire_reason:
-            worker.retire_reason = "max_jobs"
-        if worker.retire_reason:
-            return True
+        if worker.max_jobs and worker.jobs_done >= worker.max_jobs and worker.reason is None:
+            worker.reason = Reason.MAX_JOBS
+        if worker.reason is not None:
+            return Fate.STOP
         _advance(worker, "done")
         worker.deadline_at = 0.0
-        self._idle.append(worker)
-        return False
+        self._ready.append(worker)
+        return Fate.KEEP
 
-    def retire(self, worker: Worker, reason: str, now: float) -> None:
-        """Move a worker to STOPPING: the server has sent it a stop frame or killed it."""
+    def retire(self, worker: Worker, reason: Reason, now: float) -> None:
+        """Move a worker to STOPPING: the backend has sent it a stop frame or killed it."""
         _advance(worker, "retire")
-        worker.retire_reason = worker.retire_reason or reason
+        worker.reason = worker.reason or reason
         worker.deadline_at = now + self.destroy_timeout_s if self.destroy_timeout_s else 0.0
 
-    def mark_retiring(self, worker: Worker, reason: str) -> None:
-        """Decide to retire a busy worker once its current job is done (soft limits)."""
-        worker.retire_reason = worker.retire_reason or reason
+    def mark(self, worker: Worker, reason: Reason) -> None:
+        """Decide to retire a busy worker once its current job is done (soft reasons)."""
+        worker.reason = worker.reason or reason
 
     def exited(self, worker: Worker, now: float) -> WorkerState:
         """The process is gone. Returns the state it was in when it went."""
         was = worker.state
         _advance(worker, "exit")
-        if was is S.STARTING:
+        worker.job = None                  # nothing may keep a dead worker's job (and its buffers) alive
+        if was is STARTING:
             self._boot_failed(now)
         del self.workers[worker.id]
         return was
@@ -183,26 +254,30 @@ class Pool:
         delay = min(BOOT_BACKOFF_MAX_S, BOOT_BACKOFF_FIRST_S * 2 ** (self.boot_failures - 1))
         self.next_start_at = now + delay
 
+    def forget_backoff(self) -> None:
+        """An operator asked for new workers (reset, SIGHUP): start them now."""
+        self.next_start_at = 0.0
+
     # ---- questions ---------------------------------------------------------------
     def deficit(self) -> int:
         """How many workers must be started to bring the pool back to its size."""
-        counted = sum(1 for w in self.workers.values() if w.live and not w.retire_reason)
-        return max(0, self.size - counted)
+        counted = sum(1 for w in self.workers.values() if w.live and w.reason is None)
+        return max(0, self.size + self.surge - counted)
 
     def can_start(self, now: float) -> bool:
         return now >= self.next_start_at
 
     def serving(self) -> int:
         """Workers that are ready or working: if 0 while starts fail, requests get 503 now."""
-        return sum(1 for w in self.workers.values() if w.state in (S.IDLE, S.BUSY))
+        return sum(1 for w in self.workers.values() if w.state is READY or w.state is WORKING)
 
     def overdue(self, now: float) -> List[Worker]:
-        """Busy past exec_ttl, starting past allocate_timeout, stopping past destroy_timeout."""
+        """Working past exec_ttl, starting past allocate_timeout, stopping past destroy_timeout."""
         return [w for w in self.workers.values()
-                if w.deadline_at and now >= w.deadline_at and w.state is not S.IDLE]
+                if w.deadline_at and now >= w.deadline_at and w.state is not READY]
 
     def counts(self) -> Dict[str, int]:
-        counts = {state.value: 0 for state in WorkerState if state is not S.DEAD}
+        counts = {state.value: 0 for state in WorkerState if state is not DEAD}
         for worker in self.workers.values():
             counts[worker.state.value] += 1
         return counts

@@ -5,9 +5,8 @@ import random
 import pytest
 
 from minirr.errors import MinirrError
-from minirr.pool import BOOT_BACKOFF_MAX_S, TRANSITIONS, Pool, Worker, WorkerState, _advance
-
-S = WorkerState
+from minirr.pool import (BOOT_BACKOFF_MAX_S, DEAD, FATES, FAULTS, READY, STARTING, STOPPING, TRANSITIONS, WORKING,
+                         Fate, Pool, Reason, Worker, WorkerState, _advance, fate, restart_label)
 EVENTS = sorted({event for _, event in TRANSITIONS})
 
 
@@ -26,19 +25,19 @@ def test_every_pair_follows_the_table(state, event):
 
 
 def test_dead_is_terminal():
-    assert not [pair for pair in TRANSITIONS if pair[0] is S.DEAD]
+    assert not [pair for pair in TRANSITIONS if pair[0] is DEAD]
 
 
 def test_lifecycle_and_assignment():
     pool = Pool(2, allocate_timeout_s=10)
     a, b = pool.new_worker(0.0), pool.new_worker(0.0)
-    assert pool.deficit() == 0 and pool.idle_worker() is None
+    assert pool.deficit() == 0 and pool.ready_worker() is None
     pool.hello(a, 101, 1.0)
-    assert pool.idle_worker() is a
+    assert pool.ready_worker() is a
     pool.assign(a, "job", 1.0)
-    assert a.state is S.BUSY and pool.idle_worker() is None
-    assert pool.job_done(a, 2.0) is False and a.state is S.IDLE
-    assert b.state is S.STARTING and pool.idle_worker() is a
+    assert a.state is WORKING and pool.ready_worker() is None
+    assert pool.job_done(a, 2.0) is Fate.KEEP and a.state is READY
+    assert b.state is STARTING and pool.ready_worker() is a
     assert pool.counts() == {"starting": 1, "ready": 1, "working": 0, "stopping": 0}
 
 
@@ -49,11 +48,11 @@ def test_max_jobs_with_jitter_retires_after_the_job():
     assert 100 <= worker.max_jobs <= 115
     pool.hello(worker, 1, 0.0)
     for i in range(worker.max_jobs - 1):
-        pool.assign(pool.idle_worker(), i, 0.0)
-        assert pool.job_done(worker, 0.0) is False
-    pool.assign(pool.idle_worker(), "last", 0.0)
-    assert pool.job_done(worker, 0.0) is True
-    assert worker.retire_reason == "max_jobs"
+        pool.assign(pool.ready_worker(), i, 0.0)
+        assert pool.job_done(worker, 0.0) is Fate.KEEP
+    pool.assign(pool.ready_worker(), "last", 0.0)
+    assert pool.job_done(worker, 0.0) is Fate.STOP
+    assert worker.reason is Reason.MAX_JOBS
     # The replacement is due at once: the retiring worker no longer counts.
     assert pool.deficit() == 1
 
@@ -68,17 +67,17 @@ def test_busy_worker_is_only_marked_for_retirement():
     pool = Pool(1)
     worker = pool.new_worker(0.0)
     pool.hello(worker, 1, 0.0)
-    pool.assign(pool.idle_worker(), "job", 0.0)
-    pool.mark_retiring(worker, "ttl")
-    assert worker.state is S.BUSY
-    assert pool.job_done(worker, 1.0) is True
+    pool.assign(pool.ready_worker(), "job", 0.0)
+    pool.mark(worker, Reason.TTL)
+    assert worker.state is WORKING
+    assert pool.job_done(worker, 1.0) is Fate.STOP
 
 
 def test_exec_ttl_overdue_uses_now():
     pool = Pool(1, exec_ttl_s=5)
     worker = pool.new_worker(0.0)
     pool.hello(worker, 1, 0.0)
-    pool.assign(pool.idle_worker(), "job", 10.0)
+    pool.assign(pool.ready_worker(), "job", 10.0)
     assert pool.overdue(14.9) == []
     assert pool.overdue(15.0) == [worker]
 
@@ -95,7 +94,7 @@ def test_boot_failures_back_off_exponentially_and_cap():
     now = 0.0
     for _ in range(10):
         worker = pool.new_worker(now)
-        assert pool.exited(worker, now) is S.STARTING
+        assert pool.exited(worker, now) is STARTING
         delays.append(pool.next_start_at - now)
         assert not pool.can_start(now)
         now = pool.next_start_at
@@ -111,6 +110,52 @@ def test_exit_removes_worker_and_reports_state():
     pool = Pool(1)
     worker = pool.new_worker(0.0)
     pool.hello(worker, 1, 0.0)
-    pool.assign(pool.idle_worker(), "job", 0.0)
-    assert pool.exited(worker, 1.0) is S.BUSY
-    assert worker.state is S.DEAD and not pool.workers and pool.deficit() == 1
+    pool.assign(pool.ready_worker(), "job", 0.0)
+    assert pool.exited(worker, 1.0) is WORKING
+    assert worker.state is DEAD and not pool.workers and pool.deficit() == 1
+
+
+# ---- a worker's fate: one table, state x kind of reason -----------------------------------
+
+@pytest.mark.parametrize("state", [STARTING, READY, WORKING, STOPPING])
+@pytest.mark.parametrize("reason", list(Reason))
+def test_fate_follows_the_table(state, reason):
+    expected = FATES[(state, reason in FAULTS)]
+    assert fate(state, reason) is expected
+    if reason in FAULTS:
+        assert expected is Fate.KILL                 # a fault ends a worker, busy or not
+    elif state is WORKING:
+        assert expected is Fate.STOP_WHEN_FREE       # never killed for bookkeeping
+    elif state is READY:
+        assert expected is Fate.STOP
+
+
+def test_restart_labels_are_the_metric_words():
+    assert restart_label(STOPPING, Reason.MAX_JOBS) == "max_jobs"
+    assert restart_label(STOPPING, Reason.EXEC_TTL) == "exec_ttl"
+    assert restart_label(STOPPING, Reason.BROKEN_CHANNEL) == "crash"
+    assert restart_label(WORKING, None) == "crash"
+    assert restart_label(READY, Reason.TTL) == "crash"          # marked for ttl, but it died first
+    assert restart_label(STOPPING, Reason.SHUTDOWN) is None
+
+
+def test_surge_allows_one_more_worker_and_backoff_can_be_forgotten():
+    pool = Pool(1)
+    worker = pool.new_worker(0.0)
+    pool.exited(worker, 0.0)
+    assert not pool.can_start(0.0)
+    pool.forget_backoff()
+    assert pool.can_start(0.0)
+    pool.hello(pool.new_worker(0.0), 1, 0.0)
+    assert pool.deficit() == 0
+    pool.surge = 1
+    assert pool.deficit() == 1
+
+
+def test_an_exited_worker_lets_go_of_its_job():
+    pool = Pool(1)
+    worker = pool.new_worker(0.0)
+    pool.hello(worker, 1, 0.0)
+    pool.assign(pool.ready_worker(), object(), 0.0)
+    pool.exited(worker, 1.0)
+    assert worker.job is None

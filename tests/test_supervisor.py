@@ -8,11 +8,10 @@ import os
 import pytest
 
 from minirr import procfs, supervisor
-from minirr.pool import Pool, WorkerState
-from minirr.supervisor import Limits, exceeded, next_retirement, restart_reason
+from minirr.pool import READY, STARTING, STOPPING, WORKING, Pool, Reason, WorkerState
+from minirr.supervisor import SoftLimits as Limits, exceeded, next_retirement
 from serverproc import RequestLoop, pid_alive, wait_until
 
-S = WorkerState
 MB = 1024 * 1024
 
 
@@ -34,11 +33,11 @@ def test_no_limits_no_retirement():
 def test_ttl_applies_to_ready_and_working_workers():
     pool = ready_pool(2)
     a, b = pool.workers.values()
-    pool.assign(pool.idle_worker(), "job", 1.0)
+    pool.assign(pool.ready_worker(), "job", 1.0)
     limits = Limits(ttl_s=10)
     assert exceeded(a, 9.9, limits, None) is None
-    assert exceeded(a, 10.0, limits, None)[0] == "ttl"
-    assert exceeded(b, 10.0, limits, None)[0] == "ttl"
+    assert exceeded(a, 10.0, limits, None)[0] is Reason.TTL
+    assert exceeded(b, 10.0, limits, None)[0] is Reason.TTL
 
 
 def test_idle_ttl_only_after_a_first_request():
@@ -46,12 +45,12 @@ def test_idle_ttl_only_after_a_first_request():
     (worker,) = pool.workers.values()
     limits = Limits(idle_ttl_s=5)
     assert exceeded(worker, 100.0, limits, None) is None           # never served: kept
-    pool.assign(pool.idle_worker(), "job", 10.0)
+    pool.assign(pool.ready_worker(), "job", 10.0)
     assert exceeded(worker, 100.0, limits, None) is None           # busy is not idle
     pool.job_done(worker, 20.0)
     assert exceeded(worker, 24.9, limits, None) is None
     reason, detail = exceeded(worker, 25.0, limits, None)
-    assert reason == "idle_ttl" and "idle_ttl (5s)" in detail
+    assert reason is Reason.IDLE_TTL and "idle_ttl (5s)" in detail
 
 
 def test_memory_limit_uses_the_rss_reading():
@@ -61,7 +60,7 @@ def test_memory_limit_uses_the_rss_reading():
     assert exceeded(worker, 0.0, limits, 64 * MB) is None
     assert exceeded(worker, 0.0, limits, None) is None              # no reading: no decision
     reason, detail = exceeded(worker, 0.0, limits, 64 * MB + 1)
-    assert reason == "memory" and "max_worker_memory (64 MB)" in detail
+    assert reason is Reason.MEMORY and "max_worker_memory (64 MB)" in detail
 
 
 def test_one_at_a_time_memory_first_then_oldest():
@@ -71,8 +70,8 @@ def test_one_at_a_time_memory_first_then_oldest():
         pool.hello(w, 100 + i, w.created_at)
     limits = Limits(ttl_s=1, max_memory_mb=10)
     rss = {102: 11 * MB}
-    assert next_retirement(pool.workers.values(), 50.0, limits, rss)[:2] == (big, "memory")
-    assert next_retirement(pool.workers.values(), 50.0, limits, {})[:2] == (older, "ttl")
+    assert next_retirement(pool.workers.values(), 50.0, limits, rss)[:2] == (big, Reason.MEMORY)
+    assert next_retirement(pool.workers.values(), 50.0, limits, {})[:2] == (older, Reason.TTL)
     # While a replacement starts, nothing more is retired: capacity dips by one at most.
     pool.new_worker(50.0)
     assert next_retirement(pool.workers.values(), 50.0, limits, rss) is None
@@ -80,27 +79,11 @@ def test_one_at_a_time_memory_first_then_oldest():
 
 def test_a_busy_worker_marked_for_retirement_blocks_the_next():
     pool = ready_pool(2)
-    busy = pool.idle_worker()
+    busy = pool.ready_worker()
     pool.assign(busy, "job", 0.0)
-    pool.mark_retiring(busy, "ttl")
+    pool.mark(busy, Reason.TTL)
     assert supervisor.retirement_in_progress(pool.workers.values())
     assert next_retirement(pool.workers.values(), 100.0, Limits(ttl_s=1), {}) is None
-
-
-@pytest.mark.parametrize("was, retire_reason, counted", [
-    (S.STOPPING, "ttl", "ttl"),
-    (S.STOPPING, "memory", "memory"),
-    (S.STOPPING, "reset", "reset"),
-    (S.STOPPING, "exec_ttl", "exec_ttl"),
-    (S.STOPPING, "max_jobs", "max_jobs"),
-    (S.STOPPING, "shutdown", None),
-    (S.STOPPING, "closed its frame channel", "crash"),
-    (S.BUSY, "ttl", "crash"),             # marked for ttl, but it died first
-    (S.IDLE, "", "crash"),
-    (S.STARTING, "", "crash"),
-])
-def test_restart_reasons(was, retire_reason, counted):
-    assert restart_reason(was, retire_reason) == counted
 
 
 # ---- /proc ---------------------------------------------------------------------------------------

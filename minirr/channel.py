@@ -1,0 +1,293 @@
+"""The master's side of one worker: its pipes in the loop, frames each way, its log lines.
+
+Owns: writing request frames without blocking (what the pipe does not take waits for
+      EVENT_WRITE), reading and decoding frames (frame.FrameDecoder in PARTS mode: a large
+      payload is handed on as it arrives, never held whole), pausing those reads when the
+      backend says so (backpressure), relaying the worker's stdout and stderr to the log
+      within a budget, and noticing the process's exit (its pidfd).
+Never: decides what a frame means or what happens to the worker: frames go to
+       `backend.on_frames(worker, items)`, an exit to `backend.on_exit(worker)`, and a
+       failure of our own code to `backend.on_channel_failed(worker, exc)`.
+
+    to_worker   <── write(frame)      pipe full? queued, written on EVENT_WRITE
+    from_worker ──> FrameDecoder ──> backend.on_frames     (not read while paused)
+    output      ──> lines ──> log      (at most OUTPUT_LINES_PER_ROUND a round; the rest waits,
+                                        and the pipe is not read meanwhile)
+    sentinel    ──> backend.on_exit    (a pidfd; see launch.py)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from typing import Deque, List, Optional
+
+from . import frame
+from .errors import FrameError
+from .loop import READ, WRITE, Handler, Loop
+
+log = logging.getLogger("minirr")
+
+READ_SIZE = 64 * 1024                  # os.read allocates this much per call
+PART_READ_SIZE = 256 * 1024            # inside a large frame: bigger reads, fewer wake-ups
+OUTPUT_LINE_LIMIT = 8192               # a longer line is relayed in pieces of this size
+OUTPUT_LINES_PER_ROUND = 100           # lines relayed per loop round and worker; the rest wait
+EXIT_OUTPUT_BYTES = 64 * 1024          # read at most this much more once the worker has exited
+_RELAY_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
+                 "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
+
+
+class _Watch(Handler):
+    """One of a worker's descriptors in the loop: its callback, contained by the channel."""
+
+    __slots__ = ("callback", "channel")
+
+    def __init__(self, callback, channel: "WorkerChannel") -> None:
+        self.callback = callback
+        self.channel = channel
+
+    def on_event(self, mask: int) -> None:
+        self.callback()
+
+    def contain(self, exc: BaseException) -> None:
+        self.channel.contain(exc)
+
+
+class WorkerChannel:
+    """The master's ends of one worker's pipes (see the module docstring)."""
+
+    def __init__(self, loop: Loop, worker, proc, backend, max_frame_bytes: int) -> None:
+        self.loop = loop
+        self.worker = worker
+        self.proc = proc                   # launch.WorkerProcess
+        self.backend = backend
+        self.decoder = frame.FrameDecoder(max_frame_bytes, large=frame.PARTS)
+        self.out: Deque[memoryview] = deque()   # frames (or parts) not yet taken by the pipe
+        self.reading = False               # from_worker is watched (not while paused)
+        self.writing = False               # to_worker is watched (while `out` waits)
+        self.closed = False
+        self.failure = ""                  # why the master gave up on it (for the exit log line)
+        self.last_error = ""               # the last ERROR line it logged (why a start failed)
+        self._output_tail = b""            # an unfinished line of its output
+        self._backlog: Deque[bytes] = deque()   # output lines read but not relayed yet
+        self._watches = {name: _Watch(callback, self) for name, callback in (
+            ("from", self._on_readable), ("to", self._flush), ("output", self._on_output),
+            ("exit", self._on_exit))}
+
+    def open(self) -> None:
+        proc = self.proc
+        self.resume_reading()
+        if proc.output is not None:
+            self.loop.register(proc.output, READ, self._watches["output"])
+        if proc.sentinel is not None:
+            self.loop.register(proc.sentinel, READ, self._watches["exit"])
+
+    def contain(self, exc: BaseException) -> None:
+        self.backend.on_channel_failed(self.worker, exc)
+
+    # ---- frames to the worker ------------------------------------------------------------
+    def write(self, data: bytes, tail: bytes = b"") -> None:
+        """Write `data` (and `tail`, a large body, never copied) without blocking; what the
+        pipe does not take now is queued and goes out on EVENT_WRITE. `data` starts with
+        the frame header, and a pipe with room takes it whole: one write per header."""
+        if self.closed:
+            return
+        if not self.out:
+            # The usual case: nothing queued, and the pipe takes the whole frame at once.
+            try:
+                written = os.write(self.proc.to_worker, data)
+            except BlockingIOError:
+                written = 0
+            except OSError:                # BrokenPipeError: the process is gone; its pidfd will tell
+                return
+            if written == len(data) and not tail:
+                return
+            data = memoryview(data)[written:]
+        if data:
+            self.out.append(memoryview(data))
+        if tail:
+            self.out.append(memoryview(tail))
+        if not self.writing:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.closed:
+            return
+        fd = self.proc.to_worker
+        out = self.out
+        while out:
+            try:
+                written = os.write(fd, out[0])
+            except BlockingIOError:
+                break
+            except OSError:                # BrokenPipeError: the process is gone; its pidfd will tell
+                out.clear()
+                break
+            if written < len(out[0]):
+                out[0] = out[0][written:]
+                break                      # the pipe is full: wait for EVENT_WRITE
+            out.popleft()
+        want = bool(out)
+        if want != self.writing:
+            self.writing = want
+            if want:
+                self.loop.register(fd, WRITE, self._watches["to"])
+            else:
+                self.loop.unregister(fd)
+
+    # ---- frames from the worker ------------------------------------------------------------
+    def pause_reading(self) -> None:
+        """Stop reading frames: the client cannot take more yet (the pipe pushes back)."""
+        if self.reading:
+            self.loop.unregister(self.proc.from_worker)
+            self.reading = False
+
+    def resume_reading(self) -> None:
+        if not self.reading and not self.closed:
+            self.loop.register(self.proc.from_worker, READ, self._watches["from"])
+            self.reading = True
+
+    def _on_readable(self) -> None:
+        if self.closed or not self.reading:
+            return
+        size = PART_READ_SIZE if self.decoder.in_large_frame else READ_SIZE
+        try:
+            data = os.read(self.proc.from_worker, size)
+        except BlockingIOError:
+            return
+        if not data:
+            # EOF: the process is exiting, or it closed its end and is of no use any more.
+            # Either way its pidfd reports the exit; kill() makes sure it comes.
+            self.pause_reading()
+            self.backend.on_channel_eof(self.worker)
+            return
+        try:
+            items = self.decoder.feed(data)
+        except FrameError as exc:
+            self.backend.on_broken_channel(self.worker, f"broke the frame channel ({exc}); it sent: "
+                                                        f"{printable(self.decoder.buffered[:64])}")
+            return
+        self.backend.on_frames(self.worker, items)
+
+    # ---- its output ------------------------------------------------------------------------
+    def _on_output(self) -> None:
+        if self.closed or self.proc.output is None:
+            return
+        try:
+            data = os.read(self.proc.output, READ_SIZE)
+        except BlockingIOError:
+            return
+        if not data:
+            self._close_output()
+            return
+        self._backlog.extend(self._lines(data))
+        self._relay_some()
+
+    def _relay_some(self) -> None:
+        """Log at most OUTPUT_LINES_PER_ROUND lines; while more wait, the pipe is not read
+        (the worker's writes block, not the master's loop) and the rest goes next round."""
+        backlog = self._backlog
+        for _ in range(min(len(backlog), OUTPUT_LINES_PER_ROUND)):
+            self._log_line(backlog.popleft())
+        output = self.proc.output
+        if backlog:
+            if output is not None and self.loop.registered(output):
+                self.loop.unregister(output)
+            self.loop.soon(self._watches["output"], self._relay_some)
+        elif output is not None and not self.closed and not self.loop.registered(output):
+            self.loop.register(output, READ, self._watches["output"])
+
+    def _lines(self, data: bytes, final: bool = False) -> List[bytes]:
+        lines = (self._output_tail + data).split(b"\n")
+        self._output_tail = lines.pop()
+        if len(self._output_tail) > OUTPUT_LINE_LIMIT or (final and self._output_tail):
+            lines.append(self._output_tail)
+            self._output_tail = b""
+        return lines
+
+    def _log_line(self, line: bytes) -> None:
+        """A worker's own log lines start with their level (worker.LevelPerLineFormatter):
+        the line is logged at that level, and the word is not repeated. Anything else it
+        prints (print(), a PHP warning) is relayed at INFO."""
+        worker = self.worker
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        first, _, rest = text.partition(" ")
+        level = _RELAY_LEVELS.get(first)
+        if level is None:
+            level = logging.INFO
+        else:
+            text = rest
+            if level >= logging.ERROR and not rest.startswith("|"):
+                self.last_error = rest
+        log.log(level, "worker %d (pid %d): %s", worker.id, worker.pid, text,
+                extra={"worker": worker.id, "pid": worker.pid})
+
+    def drain_output(self) -> None:
+        """The worker has exited: relay what it left in the pipe (EXIT_OUTPUT_BYTES at most:
+        a process it started may hold the pipe and write forever), then close the pipe."""
+        fd = self.proc.output
+        if fd is None:
+            return
+        read = 0
+        while read < EXIT_OUTPUT_BYTES:
+            try:
+                data = os.read(fd, READ_SIZE)
+            except OSError:                # BlockingIOError: nothing more for now
+                break
+            if not data:
+                break
+            read += len(data)
+            self._backlog.extend(self._lines(data))
+        more = read >= EXIT_OUTPUT_BYTES
+        self._backlog.extend(self._lines(b"", final=True))
+        dropped = max(0, len(self._backlog) - 10 * OUTPUT_LINES_PER_ROUND)
+        for _ in range(len(self._backlog) - dropped):
+            self._log_line(self._backlog.popleft())
+        self._backlog.clear()
+        if dropped or more:
+            log.warning("%s: %s of its output %s not relayed (a process it started may still hold its "
+                        "stdout or stderr)", self.worker, f"{dropped} lines" if dropped else "the rest",
+                        "were" if dropped else "was")
+        self._close_output()
+
+    def _close_output(self) -> None:
+        fd = self.proc.output
+        if fd is None:
+            return
+        self.loop.unregister(fd)
+        os.close(fd)
+        self.proc.output = None
+        if self._output_tail:
+            self._log_line(self._output_tail)
+            self._output_tail = b""
+
+    # ---- its exit ---------------------------------------------------------------------------
+    def _on_exit(self) -> None:
+        if not self.closed:
+            self.backend.on_exit(self.worker)
+
+    def close(self) -> None:
+        """Unregister and close every descriptor (after the process has been reaped)."""
+        if self.closed:
+            return
+        self.closed = True
+        for fd in self.proc.fds():
+            self.loop.unregister(fd)
+        self.out.clear()
+        self.proc.close()
+        self.proc.output = None
+        self._backlog.clear()
+
+
+def printable(data: bytes) -> str:
+    text = bytes(data).decode("latin-1")
+    return repr("".join(ch if 32 <= ord(ch) < 127 else "." for ch in text))
+
+
+def frame_summary(item) -> Optional[str]:
+    """Not used on the hot path: a frame's header in words (flags, stream bits, length)."""
+    if isinstance(item, frame.Frame):
+        return (f"flags={frame.names(item.flags, frame.FLAG_NAMES)} stream={frame.names(item.stream, frame.STREAM_NAMES)}"
+                f" options={list(item.options)} payload={len(item.payload)} bytes")
+    return None
