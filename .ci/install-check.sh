@@ -30,7 +30,7 @@ children_of() {
     # Direct children of pid $1, read from /proc/PID/stat ("pid (comm) state ppid ...").
     local parent="$1" stat rest
     for stat in /proc/[0-9]*/stat; do
-        rest="$(cat "$stat" 2>/dev/null)" || continue
+        { read -r rest <"$stat"; } 2>/dev/null || continue
         rest="${rest##*) }"                 # "state ppid ..." (comm may hold spaces)
         set -- $rest
         if [ "${2:-}" = "$parent" ] && [ "$1" != "Z" ]; then
@@ -43,7 +43,7 @@ children_of() {
 alive() {
     # A pid that exists and is not a zombie.
     local rest
-    rest="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+    { read -r rest <"/proc/$1/stat"; } 2>/dev/null || return 1
     rest="${rest##*) }"
     [ "${rest%% *}" != "Z" ]
 }
