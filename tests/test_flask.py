@@ -20,7 +20,8 @@ import pytest
 pytest.importorskip("flask", reason="Flask is not installed: `pip install flask` to run the Flask tests "
                                      "(.ci/run installs it)")
 
-from serverproc import ServerProcess, pid_alive, wait_until  # noqa: E402
+from serverproc import ServerProcess  # noqa: E402
+from wire import stop_module_server  # noqa: E402
 
 APP = "flask_testapp:app"
 
@@ -37,10 +38,7 @@ def config(mode: str) -> str:
 def flask_server(request, tmp_path_factory):
     srv = ServerProcess.start(tmp_path_factory.mktemp(f"flask-{request.param}"), config(request.param))
     yield srv
-    kids = srv.workers() if srv.proc.poll() is None else []
-    status = srv.stop(timeout=30)
-    wait_until(lambda: not [p for p in kids if pid_alive(p)], timeout=10, message="workers to exit")
-    assert status == 0, srv.log[-2000:]
+    stop_module_server(srv)
 
 
 def post(srv: ServerProcess, path: str, body, headers: dict, encode_chunked: bool = False) -> dict:
