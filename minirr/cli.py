@@ -3,7 +3,15 @@
 Owns: argument parsing, reading the config file and --dotenv, exit statuses.
 Never: runs the event loop itself (server does) or knows wire formats.
 
-Exit statuses: 0 ok; 1 runtime failure (e.g. no server answers); 2 bad configuration.
+Exit statuses (what a supervisor such as systemd can act on):
+
+    0  ok
+    1  runtime failure (e.g. no server answers, the address is in use)
+    2  bad configuration: rr.ini, -o or --dotenv (one line names the file and line, or
+       the section and key, or the -o item)
+    3  the app cannot be loaded: `[server] app` does not import, has a syntax error or
+       names no such attribute (gunicorn's "worker failed to boot"); found before anything
+       is bound. A factory that fails at run time is not this: it is retried with back-off.
 """
 
 from __future__ import annotations
@@ -14,14 +22,21 @@ import sys
 from typing import List, Optional
 
 from . import __version__, config as config_module, logs
-from .errors import ConfigError, MinirrError
+from .errors import AppLoadError, ConfigError, MinirrError
 
+EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
+EXIT_APP = 3
+# The app check before start-up waits at most [pool] allocate_timeout; with that set to
+# 0 (no limit) it still must end, so that a hanging import cannot keep minirr from starting.
+PREFLIGHT_TIMEOUT_S = 60.0
 
 
-def load_dotenv(text: str, environ) -> None:
-    """`KEY=VALUE` lines (optional `export`, quotes, # comments); existing variables win."""
-    for line in text.splitlines():
+def load_dotenv(text: str, environ, path: str = "--dotenv") -> None:
+    """`KEY=VALUE` lines (optional `export`, quotes, # comments); existing variables win.
+    A line that is none of these is a ConfigError naming `path` and the line number: a
+    variable silently missing would surface later as a puzzling config value."""
+    for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -29,18 +44,30 @@ def load_dotenv(text: str, environ) -> None:
             line = line[7:].lstrip()
         key, sep, value = line.partition("=")
         key, value = key.strip(), value.strip()
-        if not sep or not key:
-            continue
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
+        if not sep or not key or len(key.split()) != 1:
+            raise ConfigError("", "", f"expected KEY=VALUE, got {line!r}", origin=f"{path}:{lineno}")
+        if value[:1] in ("'", '"'):
+            value = _unquote(value, f"{path}:{lineno}")
         environ.setdefault(key, value)
+
+
+def _unquote(value: str, origin: str) -> str:
+    """`"two words"` -> `two words`; a # comment may follow the closing quote."""
+    quote = value[0]
+    end = value.find(quote, 1)
+    if end < 0:
+        raise ConfigError("", "", f"the {quote} quote is not closed in {value!r}", origin=origin)
+    rest = value[end + 1:].strip()
+    if rest and not rest.startswith("#"):
+        raise ConfigError("", "", f"unexpected {rest!r} after the closing {quote} quote", origin=origin)
+    return value[1:end]
 
 
 def load_config(path: str, overrides: List[str], dotenv: Optional[str] = None) -> config_module.Config:
     """Read --dotenv, then the config file; raises ConfigError / OSError."""
     if dotenv:
         with open(dotenv, encoding="utf-8") as f:
-            load_dotenv(f.read(), os.environ)
+            load_dotenv(f.read(), os.environ, dotenv)
     with open(path, encoding="utf-8") as f:
         text = f.read()
     base_dir = os.path.dirname(os.path.abspath(path))
@@ -50,8 +77,8 @@ def load_config(path: str, overrides: List[str], dotenv: Optional[str] = None) -
 def _config_or_exit(args) -> config_module.Config:
     try:
         return load_config(args.config, args.override or [], getattr(args, "dotenv", None))
-    except ConfigError as exc:
-        print(f"minirr: {args.config}: {exc}", file=sys.stderr)
+    except ConfigError as exc:           # names its origin: the file and line, or the -o item
+        print(f"minirr: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG)
     except OSError as exc:
         print(f"minirr: {exc.filename or args.config}: {exc.strerror}", file=sys.stderr)
@@ -71,22 +98,34 @@ def cmd_serve(args) -> int:
     logs.configure(config.logs.level, config.logs.format)
     try:
         launcher = make_launcher(config)
+        # Import the app once, in a short-lived child, before anything is bound: a wrong
+        # [server] app then stops minirr with one line, instead of every worker failing
+        # its bootstrap while the server says it is listening.
+        launcher.preflight(config.pool.allocate_timeout or PREFLIGHT_TIMEOUT_S)
+    except AppLoadError as exc:
+        print(f"minirr: {config.origin('server', 'app')}: {exc.msg}", file=sys.stderr)
+        return EXIT_APP
     except ConfigError as exc:        # e.g. [server] command names a program that does not exist
-        print(f"minirr: {args.config}: {exc}", file=sys.stderr)
+        print(f"minirr: {config.origin(exc.section, exc.key)}: {exc.msg}", file=sys.stderr)
         return EXIT_CONFIG
     server = Server(config, launcher, stdout=sys.stdout)
     try:
         server.bind()
     except OSError as exc:
-        print(f"minirr: cannot listen on {config.http.address[0]}:{config.http.address[1]}: {exc.strerror}",
-              file=sys.stderr)
-        return 1
+        print(f"minirr: cannot listen on {_host_port(config.http.address)} ([http] address): "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_RUNTIME
     try:
         server.open_operations()
     except MinirrError as exc:          # e.g. "another minirr is running on PATH"
         print(f"minirr: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_RUNTIME
     return server.run()
+
+
+def _host_port(address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _control_address(config: config_module.Config):
@@ -95,7 +134,7 @@ def _control_address(config: config_module.Config):
         return control.parse_listen(config.rpc.listen, config.base_dir)
     except MinirrError as exc:
         print(f"minirr: {exc}", file=sys.stderr)
-        raise SystemExit(1)
+        raise SystemExit(EXIT_RUNTIME)
 
 
 def cmd_workers(args) -> int:

@@ -5,22 +5,27 @@ Never: reads files or sockets (the cli reads the file and hands the text in),
        starts anything, or is consulted by re-reading strings later — the rest of
        minirr only ever sees the frozen dataclasses below.
 
-    text ──configparser──> {section: {key: raw}}
-         ──${VAR} expansion──> ──-o overrides──> ──parse each key──> Config (frozen)
+    text ──configparser──> {section: {key: raw}} ──-o overrides──>
+         ──${VAR} expansion──> ──parse each key──> Config (frozen)
 
-Anything unknown or unparsable raises ConfigError(section, key, msg); the cli prints it
-as one line naming the file, section and key, and exits with status 2.
+Every raw value remembers where it was written (`rr.ini [pool] num_workers = -1` or
+`-o pool.num_workers=-1`). Anything unknown or unparsable raises ConfigError naming that
+origin; the cli prints it as one line and exits with status 2. An empty value means the
+key's default, and a `${VAR}` that is not set is an error naming VAR (an unset variable
+must not quietly turn into an empty value, which would mean the default); only
+`[server.env]`, which hands the environment on to workers, passes it on empty.
 """
 
 from __future__ import annotations
 
 import configparser
+import difflib
 import ipaddress
 import os
 import re
 import shlex
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import ConfigError
 
@@ -50,23 +55,34 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * _SIZE_UNITS[unit]
 
 
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
 def parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
+    if lowered in _TRUE:
         return True
-    if lowered in ("0", "false", "no", "off"):
+    if lowered in _FALSE:
         return False
-    raise ValueError(f"expected true or false, got {text!r}")
+    raise ValueError(f"expected true/false, yes/no, on/off or 1/0, got {text!r}")
 
 
-def parse_int(text: str) -> int:
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise ValueError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise ValueError(f"expected a number >= 0, got {value}")
-    return value
+def parse_whole_number(minimum: int) -> Callable[[str], int]:
+    """A parser of whole numbers >= `minimum`; one message for every value it refuses."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise ValueError(f"expected a whole number >= {minimum}, got {text.strip()!r}")
+        return value
+    return parse
+
+
+parse_int = parse_whole_number(0)     # limits where 0 means "none"
+parse_count = parse_whole_number(1)   # things there must be at least one of (0 would serve nothing)
 
 
 def parse_address(text: str) -> Tuple[str, int]:
@@ -186,7 +202,12 @@ class RPCConfig:
 
 @dataclass(frozen=True)
 class EndpointConfig:
-    address: Tuple[str, int] = ("127.0.0.1", 2114)
+    address: Tuple[str, int] = ("127.0.0.1", 2114)      # [status]
+
+
+@dataclass(frozen=True)
+class MetricsConfig(EndpointConfig):
+    address: Tuple[str, int] = ("127.0.0.1", 2112)      # [metrics]: its own default port
 
 
 @dataclass(frozen=True)
@@ -208,6 +229,13 @@ class Config:
     status: Optional[EndpointConfig] = None     # off unless [status] is present
     metrics: Optional[EndpointConfig] = None    # off unless [metrics] is present
     logs: LogsConfig = LogsConfig()
+    # (section, key) -> where its value was written, for messages (see origin())
+    origins: Mapping[Tuple[str, str], str] = field(default_factory=dict, compare=False, repr=False)
+
+    def origin(self, section: str, key: str) -> str:
+        """Where `[section] key` was set, as a message names it: `rr.ini [server] app =
+        x:y` or `-o server.app=x:y`; a key set nowhere is named `rr.ini [server] app`."""
+        return self.origins.get((section, key)) or f"{self.path} [{section}] {key}"
 
 
 # section -> (dataclass, {key: parser}); one table, so docs and validation agree.
@@ -218,15 +246,15 @@ SCHEMA: Dict[str, Tuple[type, Dict[str, Callable[[str], object]]]] = {
     }),
     "http": (HTTPConfig, {
         "address": parse_address, "max_request_size": parse_size,
-        "limit_request_line": parse_int, "limit_request_fields": parse_int,
-        "limit_request_field_size": parse_int, "limit_request_headers": parse_size,
+        "limit_request_line": parse_count, "limit_request_fields": parse_count,
+        "limit_request_field_size": parse_count, "limit_request_headers": parse_size,
         "header_timeout": parse_duration, "body_timeout": parse_duration,
         "keepalive_timeout": parse_duration, "min_body_rate": parse_size, "min_send_rate": parse_size,
-        "max_connections": parse_int,
+        "max_connections": parse_count,
         "trusted_proxies": parse_networks,
     }),
     "pool": (PoolConfig, {
-        "num_workers": parse_int, "max_jobs": parse_int, "max_queue_size": parse_int,
+        "num_workers": parse_count, "max_jobs": parse_int, "max_queue_size": parse_int,
         "allocate_timeout": parse_duration, "destroy_timeout": parse_duration,
         "reset_timeout": parse_duration, "max_frame_size": parse_size,
     }),
@@ -236,7 +264,7 @@ SCHEMA: Dict[str, Tuple[type, Dict[str, Callable[[str], object]]]] = {
     }),
     "rpc": (RPCConfig, {"listen": parse_listen}),
     "status": (EndpointConfig, {"address": parse_address}),
-    "metrics": (EndpointConfig, {"address": parse_address}),
+    "metrics": (MetricsConfig, {"address": parse_address}),
     "logs": (LogsConfig, {
         "level": parse_choice("debug", "info", "warning", "error"),
         "format": parse_choice("text", "json"), "access_log": parse_bool,
@@ -253,6 +281,13 @@ def expand_env(value: str, environ: Mapping[str, str]) -> str:
     return _ENV_RE.sub(substitute, value)
 
 
+def unset_variables(value: str, environ: Mapping[str, str]) -> List[str]:
+    """The `${VAR}`s in `value` that have no `:-default` and are not in `environ`."""
+    return [m.group(1) for m in _ENV_RE.finditer(value) if m.group(2) is None and m.group(1) not in environ]
+
+
+# ---- reading the text --------------------------------------------------------------------
+
 def _read_ini(text: str, path: str) -> Dict[str, Dict[str, str]]:
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"),
                                        default_section="\x00unused")
@@ -260,54 +295,109 @@ def _read_ini(text: str, path: str) -> Dict[str, Dict[str, str]]:
     try:
         parser.read_string(text, source=path)
     except configparser.Error as exc:
-        raise ConfigError("", "", str(exc).splitlines()[0]) from None
+        raise _syntax_error(exc, text, path) from None
     return {name: dict(parser[name]) for name in parser.sections()}
 
 
-def _apply_overrides(raw: Dict[str, Dict[str, str]], overrides: Sequence[str]) -> None:
+def _syntax_error(exc: configparser.Error, text: str, path: str) -> ConfigError:
+    """One line with the file, the line number and what is wrong. configparser's own
+    messages span lines and name the file themselves; the line is read from `text`
+    because configparser quotes it differently from one Python version to the next."""
+    if isinstance(exc, configparser.DuplicateOptionError):
+        lineno, what = exc.lineno, f"[{exc.section}] {exc.option} is set twice"
+    elif isinstance(exc, configparser.DuplicateSectionError):
+        lineno, what = exc.lineno, f"section [{exc.section}] appears twice"
+    elif isinstance(exc, configparser.MissingSectionHeaderError):
+        lineno = exc.lineno
+        what = f"expected a [section] header before any key, got {_line(text, lineno)!r}"
+    elif isinstance(exc, configparser.ParsingError) and exc.errors:
+        lineno = exc.errors[0][0]
+        what = f"expected [section], key = value or a ; comment, got {_line(text, lineno)!r}"
+    else:
+        return ConfigError("", "", str(exc).replace("\n", " "), origin=path)
+    return ConfigError("", "", what, origin=f"{path}:{lineno}")
+
+
+def _line(text: str, lineno: int) -> str:
+    lines = text.splitlines()
+    return lines[lineno - 1].strip() if 0 < lineno <= len(lines) else ""
+
+
+def _apply_overrides(raw: Dict[str, Dict[str, str]], overrides: Sequence[str],
+                     origins: Dict[Tuple[str, str], str], section_origins: Dict[str, str]) -> None:
     """`-o section.key=value` (RoadRunner's -o). The key is after the last dot."""
     for item in overrides:
         dotted, sep, value = item.partition("=")
         section, dot, key = dotted.strip().rpartition(".")
         if not sep or not dot or not section or not key:
-            raise ConfigError("-o", item, "expected SECTION.KEY=VALUE")
+            raise ConfigError("", "", "expected SECTION.KEY=VALUE", origin=f"-o {item}")
         raw.setdefault(section, {})[key] = value
+        origins[(section, key)] = f"-o {item}"
+        section_origins.setdefault(section, f"-o {item}")
 
+
+# ---- parsing the values ------------------------------------------------------------------
 
 def parse(text: str, path: str = "rr.ini", base_dir: str = ".", overrides: Sequence[str] = (),
           environ: Optional[Mapping[str, str]] = None) -> Config:
-    """Parse rr.ini `text` into a Config. Raises ConfigError naming section and key."""
+    """Parse rr.ini `text` into a Config. Raises ConfigError naming where the bad value was written."""
     environ = os.environ if environ is None else environ
     raw = _read_ini(text, path)
-    _apply_overrides(raw, overrides)
+    origins = {(section, key): f"{path} [{section}] {key} = {value}"
+               for section, values in raw.items() for key, value in values.items()}
+    section_origins = {section: f"{path} [{section}]" for section in raw}
+    _apply_overrides(raw, overrides, origins, section_origins)
     built: Dict[str, object] = {}
     for section, values in raw.items():
-        values = {key: expand_env(value, environ) for key, value in values.items()}
         if section in FREE_SECTIONS:
             continue
         if section not in SCHEMA:
-            raise ConfigError(section, "", f"unknown section (known: {', '.join(sorted(SCHEMA) + sorted(FREE_SECTIONS))})")
+            known = sorted(SCHEMA) + sorted(FREE_SECTIONS)
+            raise ConfigError(section, "", _unknown("section", section, known),
+                              origin=section_origins[section])
         cls, parsers = SCHEMA[section]
         kwargs = {}
         for key, value in values.items():
+            origin = origins[(section, key)]
             if key not in parsers:
-                raise ConfigError(section, key, f"unknown key (known: {', '.join(parsers)})")
+                raise ConfigError(section, key, _unknown("key", key, list(parsers)), origin=origin)
+            text_value = _expand(section, key, value, environ, origin)
+            if not text_value.strip():
+                continue                 # an empty value asks for the default
             try:
-                kwargs[key] = parsers[key](value)
+                kwargs[key] = parsers[key](text_value)
             except ValueError as exc:
-                raise ConfigError(section, key, str(exc)) from None
+                raise ConfigError(section, key, str(exc), origin=origin) from None
         built[section] = cls(**kwargs)
+    # [server.env] hands the environment on: there an unset ${VAR} is simply empty.
     env = tuple((k, expand_env(v, environ)) for k, v in raw.get("server.env", {}).items())
     server = built.get("server", ServerConfig())
     server = ServerConfig(server.app, server.factory, server.interface, server.command, env)
-    _validate(server, built)
+    _validate(server, origins, path)
     built["server"] = server
-    return Config(path=path, base_dir=base_dir, **built)
+    return Config(path=path, base_dir=base_dir, origins=origins, **built)
 
 
-def _validate(server: ServerConfig, built: Dict[str, object]) -> None:
-    if bool(server.app) == bool(server.command):
-        raise ConfigError("server", "app", "set exactly one of app and command")
-    pool = built.get("pool")
-    if pool is not None and pool.num_workers < 1:
-        raise ConfigError("pool", "num_workers", "must be at least 1")
+def _expand(section: str, key: str, value: str, environ: Mapping[str, str], origin: str) -> str:
+    unset = unset_variables(value, environ)
+    if unset:
+        name = unset[0]
+        raise ConfigError(section, key, f"environment variable {name} is not set "
+                                        f"(${{{name}:-VALUE}} gives a default)", origin=origin)
+    return expand_env(value, environ)
+
+
+def _unknown(what: str, name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return f"unknown {what}{hint} (known: {', '.join(known)})"
+
+
+def _validate(server: ServerConfig, origins: Mapping[Tuple[str, str], str], path: str) -> None:
+    if server.app and server.command:
+        also = origins[("server", "command")]
+        raise ConfigError("server", "app", f"command is set too ({also}); set only one of them",
+                          origin=origins[("server", "app")])
+    if not server.app and not server.command:
+        raise ConfigError("server", "app", "set app (module:attribute) or command (an external worker)",
+                          origin=f"{path} [server]")

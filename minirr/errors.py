@@ -1,10 +1,11 @@
 """Exception hierarchy of minirr.
 
-Owns: the three kinds of failure the rest of the code tells apart.
+Owns: the kinds of failure the rest of the code tells apart.
 Never: imports anything of minirr; performs I/O.
 
     MinirrError
-      ConfigError(section, key, msg)   bad rr.ini; cli prints one line, exit 2
+      ConfigError(section, key, msg, origin)   bad rr.ini or -o; cli prints one line, exit 2
+        AppLoadError(msg, origin)              [server] app cannot be imported; exit 3
       ProtocolError(msg, status=400)   bad client bytes; answered with `status`, then closed
       FrameError(msg)                  broken worker channel; worker killed, client gets 502
 """
@@ -17,13 +18,26 @@ class MinirrError(Exception):
 
 
 class ConfigError(MinirrError):
-    """A configuration value is missing, unknown or does not parse."""
+    """A configuration value is missing, unknown or does not parse.
 
-    def __init__(self, section: str, key: str, msg: str) -> None:
-        super().__init__(f"[{section}] {key}: {msg}" if key else f"[{section}]: {msg}")
+    `origin` says where the value was written, as the user wrote it: `rr.ini [pool]
+    num_workers = -1`, `-o pool.num_workers=-1`, or `rr.ini:7` for a line that is not
+    ini at all. Without one, the message names the section and key only."""
+
+    def __init__(self, section: str, key: str, msg: str, origin: str = "") -> None:
         self.section = section
         self.key = key
         self.msg = msg
+        self.origin = origin or (f"[{section}] {key}" if key else f"[{section}]")
+        super().__init__(f"{self.origin}: {msg}")
+
+
+class AppLoadError(ConfigError):
+    """`[server] app` cannot be imported, has a syntax error or names no such attribute:
+    found once at start-up, before anything is bound (gunicorn: "worker failed to boot")."""
+
+    def __init__(self, msg: str, origin: str = "") -> None:
+        super().__init__("server", "app", msg, origin)
 
 
 class ProtocolError(MinirrError):

@@ -2,8 +2,10 @@
 
 Owns: creating a worker process and its pipes, the child's side of fork hygiene, an
       external program's argv and environment, and the handle the master keeps (pid,
-      its ends of the pipes, exit sentinel, kill, reap).
-Never: decides when to start or stop a worker (pool and server do), reads frames.
+      its ends of the pipes, exit sentinel, kill, reap); the start-up check that the
+      app imports (preflight), in a child of its own.
+Never: decides when to start or stop a worker (pool and server do), reads frames,
+       imports the app in the master.
 
     master                         worker
     to_worker   (write) ───pipe───> requests   (forked: a pipe fd;  command: stdin)
@@ -18,15 +20,25 @@ belongs to the process, not to its descriptors. Where the kernel has no pidfd_op
 `sentinel` is None and the master asks `exited()` (waitpid on this pid, WNOHANG) every
 tick instead.
 
-A launcher is any object with `start(close_in_child) -> WorkerProcess`. ForkLauncher
-forks this interpreter; CommandLauncher runs `[server] command`, any program that
-speaks the wire protocol (RoadRunner's `server.command`).
+A launcher is any object with `start(close_in_child, print_traceback=True) ->
+WorkerProcess` and `preflight(timeout_s)`. ForkLauncher forks this interpreter;
+CommandLauncher runs `[server] command`, any program that speaks the wire protocol
+(RoadRunner's `server.command`).
+
+ForkLauncher.preflight() is the start-up check of `[server] app`: the master must not
+import the app itself (workers are forked from it, and each imports the app after the
+fork), so a short-lived forked child imports it and reports back over a pipe:
+
+    master ──fork──> preflight child: import module, follow attributes (no factory call)
+       <──pipe────── "" (it loads)  or  "ModuleNotFoundError: No module named 'x'"
+       join(timeout_s); still running -> kill it, warn, start anyway
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import multiprocessing
 import os
 import shutil
@@ -36,9 +48,14 @@ import sys
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import worker as worker_module
-from .errors import ConfigError
+from .errors import AppLoadError, ConfigError
+
+log = logging.getLogger("minirr")
 
 _fork = multiprocessing.get_context("fork")   # named: the platform default changes in 3.14
+# A report fits in one pipe write (PIPE_BUF), so the child never blocks writing it while
+# the master waits for it to exit.
+PREFLIGHT_REPORT_BYTES = 4000
 
 
 class WorkerProcess:
@@ -209,14 +226,16 @@ class ForkLauncher:
         self.interface = interface
         self.base_dir = base_dir
 
-    def start(self, close_in_child: Sequence[object]) -> WorkerProcess:
+    def start(self, close_in_child: Sequence[object], print_traceback: bool = True) -> WorkerProcess:
+        """Fork a worker. `print_traceback`: if its bootstrap fails, log the traceback
+        under the one-line headline (the master asks for it once per run of failures)."""
         pipes = _Pipes()
         sys.stdout.flush()
         sys.stderr.flush()
         process = _fork.Process(
             target=_child_main,
             args=(list(close_in_child) + pipes.master_ends(), pipes.request_r, pipes.response_w,
-                  pipes.output_w, self.app, self.factory, self.interface, self.base_dir),
+                  pipes.output_w, self.app, self.factory, self.interface, self.base_dir, print_traceback),
             name="minirr-worker",
         )
         try:
@@ -233,6 +252,71 @@ class ForkLauncher:
             raise
         return pipes.hand_over(process.pid, pidfd, _ForkedChild(process))
 
+    def preflight(self, timeout_s: float) -> None:
+        """Check at start-up, in a short-lived child, that `[server] app` imports and names
+        an existing attribute (the factory is not called: a factory failing at run time
+        is retried by the master). Raises AppLoadError saying why not. A check that does
+        not end within `timeout_s` is killed, and the start goes on with a warning.
+        Call it before the master opens anything: the child inherits whatever is open."""
+        report_r, report_w = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        process = _fork.Process(target=_preflight_main, args=(report_r, report_w, self.app, self.base_dir),
+                                name="minirr-preflight")
+        try:
+            try:
+                process.start()
+            except OSError as exc:       # out of processes or memory: the workers will say more
+                log.warning("could not check that %s imports (%s); starting anyway", self.app, exc)
+                return
+            os.close(report_w)
+            report_w = None
+            process.join(timeout_s)
+            if process.exitcode is None:
+                log.warning("importing %s took longer than %gs ([pool] allocate_timeout); stopped the "
+                            "check (pid %d) and starting anyway", self.app, timeout_s, process.pid)
+                return
+            report, exitcode = _read_report(report_r), process.exitcode
+        finally:
+            _end_preflight(process)
+            _close_all([report_r, report_w])
+        if report:
+            raise AppLoadError(report)
+        if exitcode != 0:                # os._exit() or a signal during the import
+            raise AppLoadError(f"importing it ended the process ({_exit_status_text(exitcode)})")
+
+
+def _end_preflight(process) -> None:
+    """Nothing of the check may outlive it: kill it if it still runs, reap it."""
+    if process.pid is None:              # never started
+        return
+    if process.exitcode is None:
+        process.kill()
+        process.join()
+    process.close()
+
+
+def _read_report(fd: int) -> str:
+    """What the exited child wrote. Non-blocking: a process the app's import forked may
+    still hold the write end, so EOF might never come."""
+    os.set_blocking(fd, False)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, PREFLIGHT_REPORT_BYTES)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def _exit_status_text(exitcode: int) -> str:
+    if exitcode < 0:
+        return f"killed by {signal.Signals(-exitcode).name}"
+    return f"exit status {exitcode}"
+
 
 class CommandLauncher:
     """Start `[server] command` (e.g. `php worker.php`): frames on the program's stdin and
@@ -248,7 +332,11 @@ class CommandLauncher:
         self.env = worker_environment(os.environ, config.server.env, config.rpc.listen)
         _check_program(self.argv[0], self.base_dir, self.env.get("PATH", os.defpath))
 
-    def start(self, close_in_child: Sequence[object] = ()) -> WorkerProcess:
+    def preflight(self, timeout_s: float) -> None:
+        """Nothing to import here: the program was checked when the launcher was made."""
+
+    def start(self, close_in_child: Sequence[object] = (), print_traceback: bool = True) -> WorkerProcess:
+        """`print_traceback` is for forked workers; a program decides for itself what it logs."""
         pipes = _Pipes()
         try:
             popen = subprocess.Popen(
@@ -328,7 +416,7 @@ def _reset_signals() -> None:
 
 
 def _child_main(close_in_child, req_r: int, resp_w: int, out_w: int,
-                app: str, factory: bool, interface: str, base_dir: str) -> None:
+                app: str, factory: bool, interface: str, base_dir: str, print_traceback: bool) -> None:
     """Runs in the forked child. Never returns normally: exits with the worker's status."""
     close_inherited(close_in_child)
     _reset_signals()
@@ -343,7 +431,32 @@ def _child_main(close_in_child, req_r: int, resp_w: int, out_w: int,
     worker_module.configure_worker_logging()
     channel = worker_module.Channel(req_r, resp_w)
     status = worker_module.serve(
-        channel, lambda: worker_module.load_handler(app, factory, interface, base_dir))
+        channel, lambda: worker_module.load_handler(app, factory, interface, base_dir), print_traceback)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+def _preflight_main(report_r: int, report_w: int, app: str, base_dir: str) -> None:
+    """Runs in the preflight child: import the app, write "" or why not, exit at once.
+
+    What the import prints goes to /dev/null: the master's stdout carries its one ready
+    line, and the workers' own imports log the same output with their pid anyway.
+    os._exit: no atexit handlers, no wait for threads the import may have started."""
+    os.close(report_r)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    report = ""
+    try:
+        worker_module.import_app(app, base_dir)
+    except SystemExit as exc:            # sys.exit("...") at import time
+        report = f"the import called sys.exit({exc.code!r})"
+    except Exception as exc:
+        report = worker_module.describe_failure(exc)
+    try:
+        os.write(report_w, report.encode("utf-8", "replace")[:PREFLIGHT_REPORT_BYTES])
+    except OSError:                      # the master has gone
+        pass
+    os._exit(0)

@@ -63,12 +63,13 @@ class Request:
 
 
 class Response:
-    """What a handler returns. `headers` may be a dict or a list of pairs; a str body is UTF-8."""
+    """What a handler returns. `headers` may be a dict or a list of pairs; the body is
+    bytes, bytearray, memoryview or str (sent as UTF-8): see response_body()."""
 
     __slots__ = ("status", "headers", "body")
 
     def __init__(self, status: int = 200, headers: Union[None, dict, Iterable[Tuple[str, str]]] = None,
-                 body: Union[bytes, str] = b"") -> None:
+                 body: Union[bytes, bytearray, memoryview, str] = b"") -> None:
         self.status = int(status)
         if headers is None:
             self.headers: HeaderList = []
@@ -76,10 +77,23 @@ class Response:
             self.headers = [(str(k), str(v)) for k, v in headers.items()]
         else:
             self.headers = [(str(k), str(v)) for k, v in headers]
-        self.body = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+        self.body = response_body(body)
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {len(self.body)} bytes>"
+
+
+def response_body(body: object) -> bytes:
+    """The one place that says what a response body may be: bytes, bytearray, memoryview
+    (taken as they are) or str (sent as UTF-8). Anything else is refused here, by name,
+    rather than turned into something surprising: bytes(5) is five zero bytes."""
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    if isinstance(body, (bytearray, memoryview)):
+        return bytes(body)
+    raise TypeError(f"a response body must be bytes, bytearray, memoryview or str, not {type(body).__name__}")
 
 
 def _group(headers: Iterable[Tuple[str, str]]) -> Dict[str, List[str]]:

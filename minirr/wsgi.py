@@ -13,7 +13,11 @@ from urllib.parse import unquote
 
 from .messages import Request, Response
 
-_SKIP_HTTP = {"CONTENT_TYPE", "CONTENT_LENGTH"}
+# The master has already read the body whole and de-chunked it (RFC 9112 §7.1): the
+# request's framing fields describe bytes the app never sees, so the environ drops them
+# and describes `wsgi.input` instead. Werkzeug, for one, reads nothing past CONTENT_LENGTH
+# and reads nothing at all while HTTP_TRANSFER_ENCODING says chunked.
+_FRAMING = {"CONTENT_LENGTH", "TRANSFER_ENCODING"}
 
 
 def build_environ(request: Request) -> dict:
@@ -37,16 +41,23 @@ def build_environ(request: Request) -> dict:
         "wsgi.multithread": False,
         "wsgi.multiprocess": True,
         "wsgi.run_once": False,
+        # wsgi.input holds exactly the body and ends there: safe to read to EOF.
+        "wsgi.input_terminated": True,
+        # RFC 3875 §4.1.2: the body's length after transfer-codings are removed. No body:
+        # "" (PEP 3333 allows empty or absent; Werkzeug reads "" as a known length of 0,
+        # absent as "unknown, streaming"; and environ["CONTENT_LENGTH"] never raises).
+        "CONTENT_LENGTH": str(len(request.body)) if request.body else "",
     }
     for name, value in request.headers:
         key = name.upper().replace("-", "_")
-        if key in _SKIP_HTTP:
+        if key in _FRAMING:
+            continue
+        if key == "CONTENT_TYPE":
             environ[key] = value
             continue
         key = "HTTP_" + key
         # RFC 9110 §5.3: repeated fields combine with ", " (no header of interest is a Set-Cookie here)
         environ[key] = environ[key] + "," + value if key in environ else value
-    environ.setdefault("CONTENT_LENGTH", str(len(request.body)) if request.body else "")
     return environ
 
 

@@ -1,5 +1,6 @@
 """rr.ini parsing: durations, sizes, ${VAR}, overrides, unknown keys, the shipped rr.ini."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,127 @@ def test_shipped_rr_ini_lists_every_key():
     for section, (_, parsers) in config.SCHEMA.items():
         for key in parsers:
             assert f"{key} =" in text, f"rr.ini does not list [{section}] {key}"
+
+
+# ---- every message points at where the value was written --------------------------------
+
+def error_of(text, overrides=(), environ=None, path="rr.ini"):
+    with pytest.raises(ConfigError) as info:
+        config.parse(text, path=path, overrides=overrides, environ={} if environ is None else environ)
+    return str(info.value)
+
+
+def test_a_bad_value_from_the_file_names_the_file_section_and_key():
+    assert error_of(MINIMAL + "[pool]\nmax_jobs = lots\n", path="/srv/shop/rr.ini") == (
+        "/srv/shop/rr.ini [pool] max_jobs = lots: expected a whole number >= 0, got 'lots'")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("pool.num_wokers=3", "-o pool.num_wokers=3: unknown key; did you mean num_workers? (known: num_workers, "),
+    ("pool.num_workers=-1", "-o pool.num_workers=-1: expected a whole number >= 1, got '-1'"),
+    ("poll.num_workers=3", "-o poll.num_workers=3: unknown section; did you mean pool? (known: "),
+    ("num_workers=3", "-o num_workers=3: expected SECTION.KEY=VALUE"),
+    ("http.address=${NO_SUCH_VAR_MINIRR}", "-o http.address=${NO_SUCH_VAR_MINIRR}: environment variable "
+                                           "NO_SUCH_VAR_MINIRR is not set"),
+])
+def test_a_bad_value_from_the_command_line_names_the_override_not_the_file(override, message):
+    text = MINIMAL + "[pool]\nnum_workers = 2\n"
+    assert error_of(text, overrides=[override]).startswith(message)
+
+
+def test_an_override_of_a_good_file_value_is_blamed_on_the_override():
+    assert error_of(MINIMAL + "[logs]\nlevel = info\n", overrides=["logs.level=loud"]).startswith(
+        "-o logs.level=loud: expected one of debug, info, warning, error")
+
+
+@pytest.mark.parametrize("text,message", [
+    (MINIMAL + "garbage here\n", "rr.ini:3: expected [section], key = value or a ; comment, got 'garbage here'"),
+    ("app = a:b\n[server]\n", "rr.ini:1: expected a [section] header before any key, got 'app = a:b'"),
+    ("[server\napp = a:b\n", "rr.ini:1: expected a [section] header before any key, got '[server'"),
+    (MINIMAL + "[pool]\nmax_jobs = 1\n\nmax_jobs = 2\n", "rr.ini:6: [pool] max_jobs is set twice"),
+    (MINIMAL + "[pool]\n[server]\n", "rr.ini:4: section [server] appears twice"),
+])
+def test_an_ini_syntax_error_is_one_line_with_the_file_and_line_number(text, message):
+    assert error_of(text) == message
+
+
+def test_an_unset_variable_is_named_not_reported_as_an_empty_value():
+    message = error_of(MINIMAL + "[http]\naddress = ${MINIRR_UNSET_ADDRESS}\n")
+    assert message == ("rr.ini [http] address = ${MINIRR_UNSET_ADDRESS}: environment variable "
+                       "MINIRR_UNSET_ADDRESS is not set (${MINIRR_UNSET_ADDRESS:-VALUE} gives a default)")
+    message = error_of(MINIMAL + "[http]\naddress = 127.0.0.1:${MINIRR_UNSET_PORT}\n")
+    assert "MINIRR_UNSET_PORT is not set" in message
+
+
+def test_set_empty_and_defaulted_variables_are_not_errors():
+    cfg = config.parse(MINIMAL + "[http]\naddress = ${EMPTY}\nheader_timeout = ${UNSET:-3s}\n"
+                       "trusted_proxies = ${UNSET:-}\n[server.env]\nPASSED_ON = ${UNSET}\n",
+                       environ={"EMPTY": ""})
+    assert cfg.http.address == ("127.0.0.1", 8080) and cfg.http.header_timeout == 3
+    assert cfg.server.env == (("PASSED_ON", ""),)     # [server.env] hands the environment on
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "two", "1.5"])
+def test_num_workers_has_one_message_for_every_refused_value(value):
+    assert error_of(MINIMAL + f"[pool]\nnum_workers = {value}\n") == (
+        f"rr.ini [pool] num_workers = {value}: expected a whole number >= 1, got {value!r}")
+
+
+@pytest.mark.parametrize("key", ["max_connections", "limit_request_line", "limit_request_fields",
+                                 "limit_request_field_size"])
+def test_counts_that_would_refuse_every_request_must_be_at_least_1(key):
+    assert error_of(MINIMAL + f"[http]\n{key} = 0\n").endswith("expected a whole number >= 1, got '0'")
+
+
+def test_an_empty_value_means_the_documented_default_for_every_key():
+    both_endpoints = MINIMAL + "[status]\n[metrics]\n"
+    defaults = config.parse(both_endpoints, environ={})
+    for section, (_, parsers) in config.SCHEMA.items():
+        for key in set(parsers) - ({"app"} if section == "server" else set()):
+            cfg = config.parse(both_endpoints, overrides=[f"{section}.{key}="], environ={})
+            assert getattr(getattr(cfg, section), key) == getattr(getattr(defaults, section), key), (section, key)
+    cpus = os.cpu_count() or 1
+    assert config.parse(MINIMAL + "[pool]\nnum_workers =\n", environ={}).pool.num_workers == cpus
+    assert config.parse(MINIMAL + "[pool]\nnum_workers = 2\n", overrides=["pool.num_workers="],
+                        environ={}).pool.num_workers == cpus
+
+
+def test_status_and_metrics_have_their_documented_default_ports():
+    cfg = config.parse(MINIMAL + "[status]\n[metrics]\n", environ={})
+    assert cfg.status.address == ("127.0.0.1", 2114) and cfg.metrics.address == ("127.0.0.1", 2112)
+
+
+def test_booleans_name_every_spelling_they_accept():
+    for word in ("yes", "on", "1", "true", "TRUE"):
+        assert config.parse(MINIMAL + f"factory = {word}\n", environ={}).server.factory is True
+    assert error_of(MINIMAL + "factory = maybe\n").endswith(
+        "expected true/false, yes/no, on/off or 1/0, got 'maybe'")
+
+
+def test_both_app_and_command_names_both_origins():
+    message = error_of(MINIMAL, overrides=["server.command=php w.php"])
+    assert message == ("rr.ini [server] app = myapp:create_app: command is set too "
+                       "(-o server.command=php w.php); set only one of them")
+
+
+def test_config_remembers_where_each_value_came_from():
+    cfg = config.parse(MINIMAL + "[pool]\nnum_workers = 2\n", path="conf/rr.ini", environ={},
+                       overrides=["pool.num_workers=3"])
+    assert cfg.origin("server", "app") == "conf/rr.ini [server] app = myapp:create_app"
+    assert cfg.origin("pool", "num_workers") == "-o pool.num_workers=3"
+    assert cfg.origin("http", "address") == "conf/rr.ini [http] address"
+
+
+def test_shipped_rr_ini_says_where_it_differs_from_the_defaults():
+    """Its header says every key is at its default unless the comment above says `default:`."""
+    lines = (ROOT / "rr.ini").read_text().splitlines()
+    defaults = config.parse(MINIMAL, environ={})
+    section = ""
+    for number, line in enumerate(lines):
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif line and not line.startswith(";") and not line.startswith("app ="):
+            key = line.partition("=")[0].strip()
+            shipped = config.parse(MINIMAL, overrides=[f"{section}.{line.replace(' = ', '=', 1)}"], environ={})
+            if getattr(getattr(shipped, section), key) != getattr(getattr(defaults, section), key):
+                assert "default:" in lines[number - 1], f"rr.ini [{section}] {line!r} is not the default"

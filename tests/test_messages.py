@@ -90,3 +90,19 @@ def test_long_header_names_are_encoded_right_and_not_cached():
     head = json.loads(encode_request_head(request))
     assert head["headers"]["X-" + "A" + "a" * 499] == ["1"]
     assert name not in messages._json_keys
+
+
+@pytest.mark.parametrize("body,expected", [
+    (b"raw", b"raw"), (bytearray(b"array"), b"array"), (memoryview(b"view"), b"view"), ("h\u00e9", "h\u00e9".encode()),
+])
+def test_response_bodies_that_are_accepted(body, expected):
+    assert Response(200, {}, body).body == expected
+
+
+@pytest.mark.parametrize("body,kind", [
+    (5, "int"), (["a", "b"], "list"), (None, "NoneType"), ({"a": 1}, "dict"), ((b for b in [b"x"]), "generator"),
+])
+def test_a_response_body_of_another_type_says_what_a_body_may_be(body, kind):
+    with pytest.raises(TypeError) as info:
+        Response(200, {}, body)
+    assert str(info.value) == f"a response body must be bytes, bytearray, memoryview or str, not {kind}"

@@ -62,3 +62,26 @@ def test_scheme_host_port():
     assert _scheme_host_port("http://[::1]:8080/") == ("http", "::1", "8080")
     assert _scheme_host_port("http://h?q") == ("http", "h", "80")
     assert _scheme_host_port("*") == ("http", "localhost", "80")
+
+
+# --- the body as the app gets it: de-chunked, whole, its length known ---------------------
+
+def test_chunked_request_is_described_as_the_body_the_app_gets():
+    env = build_environ(request(headers=[("Host", "h"), ("Transfer-Encoding", "chunked")], body=b"abc"))
+    assert env["CONTENT_LENGTH"] == "3"
+    assert "HTTP_TRANSFER_ENCODING" not in env
+    assert env["wsgi.input_terminated"] is True
+    assert env["wsgi.input"].read() == b"abc"
+
+
+def test_content_length_comes_from_the_body_not_the_header():
+    env = build_environ(request(headers=[("Host", "h"), ("Content-Length", "99")], body=b"abcd"))
+    assert env["CONTENT_LENGTH"] == "4" and "HTTP_CONTENT_LENGTH" not in env
+
+
+def test_no_body_gives_an_empty_content_length():
+    for headers in ([("Host", "h")], [("Host", "h"), ("Content-Length", "0")]):
+        env = build_environ(request(method="GET", headers=headers, body=b""))
+        assert env["CONTENT_LENGTH"] == ""
+        assert env["wsgi.input_terminated"] is True and env["wsgi.input"].read() == b""
+

@@ -62,6 +62,11 @@ def failing_factory():
     raise RuntimeError("cannot bootstrap: the database is down")
 
 
+def stdlib_failing_factory():
+    import json
+    return json.loads("{")          # raised inside the standard library, reported at this line
+
+
 def exiting_factory():
     raise SystemExit("Vault at http://127.0.0.1:1: connection refused")
 
