@@ -46,7 +46,6 @@ class Reload:
     def __init__(self, old: List[Worker], now: float) -> None:
         self.old = old
         self.started_at = now
-        self.replacement: Optional[Worker] = None
         self.replaced = 0
 
 
@@ -78,7 +77,9 @@ class Backend:
     def _start_worker(self, now: float) -> None:
         worker = self.pool.new_worker(now)
         try:
-            proc = self.launcher.start(self.descriptors() + self.child_descriptors())
+            # The bootstrap's traceback is printed for the first failure of a run, not each retry.
+            proc = self.launcher.start(self.descriptors() + self.child_descriptors(),
+                                       print_traceback=self.pool.boot_failures == 0)
         except OSError as exc:
             # The program vanished, or fds or processes ran out: a failed start, with back-off.
             self.pool.exited(worker, now)
@@ -376,9 +377,11 @@ class Backend:
             self.retire(worker, Reason.BROKEN_CHANNEL, self.loop.now(), "its channel failed in the master")
 
     def on_channel_eof(self, worker: Worker) -> None:
-        """It closed its end of the frame channel: of no use any more."""
+        """EOF on its frame pipe: the process is exiting (its descriptors close a moment
+        before it can be reaped), or it closed its end and is of no use any more. Either
+        way its exit comes next, with its real status and state; kill() makes sure it does."""
         if worker.state is not STOPPING:
-            self.retire(worker, Reason.BROKEN_CHANNEL, self.loop.now(), "closed its frame channel")
+            worker.channel.proc.kill()
 
     def _fail_job(self, worker: Worker, outcome: Outcome, why: str) -> None:
         """The worker's job (if any) fails now: an error answer, or an answer broken off."""
@@ -412,8 +415,7 @@ class Backend:
         self.ensure_pool(now)
 
     def _after_failed_start(self, worker: Worker, why: str) -> None:
-        reload = self.reload
-        if reload is not None and reload.replacement is worker:
+        if self.reload is not None and worker.generation == self.pool.generation:
             self._end_reload(self.loop.now(), f"{worker} failed to start: {why}")
         if not self.pool.serving():
             self.jobs.fail_all(Outcome.NO_WORKERS)
@@ -485,39 +487,29 @@ class Backend:
         return len(old)
 
     def _continue_reload(self, now: float) -> None:
+        """One step at a time: while a new worker is starting, wait; once there are more
+        new workers serving than old ones retired, retire the next old one; otherwise
+        start one more new worker (the pool may be one over its size meanwhile)."""
         reload = self.reload
         if reload is None or self.stopping:
             return
+        generation = self.pool.generation
         while True:
-            replacement = reload.replacement
-            if replacement is not None and replacement.state is STARTING:
-                return                         # wait for it
-            if replacement is not None and replacement.state in (READY, WORKING):
-                old = self._next_old(reload)
-                if old is not None:
-                    self.retire(old, Reason.RESET, now)
-                    reload.replaced += 1
-                reload.replacement = None
-                self.pool.surge = 0
-            if self._next_old(reload) is None:
+            new = [w for w in self.pool.workers.values() if w.generation == generation and w.live]
+            if any(w.state is STARTING for w in new):
+                return
+            old = [w for w in reload.old if w.live and w.reason is None]
+            if not old:
                 self._end_reload(now, "")
                 return
-            if replacement is not None and replacement.state is DEAD:
-                return                         # _after_failed_start ends the reload
-            self.pool.surge = 1                # one worker more than the pool's size, for now
-            before = set(self.pool.workers)
+            if len(new) > reload.replaced:
+                self.pool.surge = 0
+                reload.replaced += 1
+                self.retire(old[0], Reason.RESET, now)
+                continue
+            self.pool.surge = 1
             self.ensure_pool(now)
-            started = [self.pool.workers[i] for i in self.pool.workers if i not in before]
-            if not started:
-                return                         # not yet (a start failed at once, or back-off)
-            reload.replacement = started[0]
-
-    @staticmethod
-    def _next_old(reload: Reload) -> Optional[Worker]:
-        for worker in reload.old:
-            if worker.live and worker.reason is None:
-                return worker
-        return None
+            return
 
     def _end_reload(self, now: float, error: str) -> None:
         reload = self.reload

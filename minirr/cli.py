@@ -95,7 +95,7 @@ def make_launcher(config: config_module.Config):
 def cmd_serve(args) -> int:
     from .server import Server
     config = _config_or_exit(args)
-    logs.configure(config.logs.level, config.logs.format)
+    log_writer = logs.configure(config.logs.level, config.logs.format)
     try:
         launcher = make_launcher(config)
         # Import the app once, in a short-lived child, before anything is bound: a wrong
@@ -108,24 +108,14 @@ def cmd_serve(args) -> int:
     except ConfigError as exc:        # e.g. [server] command names a program that does not exist
         print(f"minirr: {config.origin(exc.section, exc.key)}: {exc.msg}", file=sys.stderr)
         return EXIT_CONFIG
-    server = Server(config, launcher, stdout=sys.stdout)
+    server = Server(config, launcher, stdout=sys.stdout, log_writer=log_writer)
     try:
-        server.bind()
-    except OSError as exc:
-        print(f"minirr: cannot listen on {_host_port(config.http.address)} ([http] address): "
-              f"{exc.strerror or exc}", file=sys.stderr)
-        return EXIT_RUNTIME
-    try:
-        server.open_operations()
-    except MinirrError as exc:          # e.g. "another minirr is running on PATH"
+        server.bind()                   # "cannot listen on 127.0.0.1:8080 ([http] address): ..."
+        server.open_operations()        # e.g. "another minirr is running on PATH"
+    except MinirrError as exc:
         print(f"minirr: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     return server.run()
-
-
-def _host_port(address) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _control_address(config: config_module.Config):

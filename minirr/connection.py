@@ -81,7 +81,7 @@ class Connection(Handler):
         self.served = 0                 # answers completed on this connection
 
     def __repr__(self) -> str:
-        return f"{self.peer or 'local peer'} (fd {self.fd})"
+        return self.peer or "a local peer"
 
     @property
     def unsent(self) -> int:

@@ -43,9 +43,10 @@ class ControlError(MinirrError):
     """A control frame that does not follow the protocol, or an answer that is an error.
     `seq` is the call's sequence number when it is known (the error can be answered)."""
 
-    def __init__(self, msg: str, seq: Optional[int] = None) -> None:
+    def __init__(self, msg: str, seq: Optional[int] = None, broken: bool = False) -> None:
         super().__init__(msg)
         self.seq = seq
+        self.broken = broken            # not even a frame: the stream cannot be answered
 
 
 class Call(NamedTuple):
@@ -126,19 +127,24 @@ class CallParser:
         self._decoder = frame.FrameDecoder(MAX_PAYLOAD_BYTES, large=frame.JOIN)
         self._calls: List[frame.Frame] = []
         self._eof = False
+        self._broken: Optional[ControlError] = None
 
     def receive_data(self, data: bytes) -> None:
         if not data:
             self._eof = True
             return
+        if self._broken is not None:
+            return
         try:
             self._calls.extend(self._decoder.feed(data))
-        except FrameError as exc:
-            raise ControlError(f"broken frame: {exc}") from None
+        except FrameError as exc:     # raised by next_event, after the calls before it
+            self._broken = ControlError(f"broken frame: {exc}", broken=True)
 
     def next_event(self):
         if self._calls:
             return decode_call(self._calls.pop(0))
+        if self._broken is not None:
+            raise self._broken
         return CLOSED if self._eof else NEED_DATA
 
     def start_next_cycle(self) -> None:

@@ -24,6 +24,7 @@ import time
 from typing import Optional, Tuple
 
 from . import forwarded, http11, responses
+from .grammar import target_uri
 from .config import HTTPConfig
 from .connection import Connection
 from .jobs import Job, Jobs
@@ -59,7 +60,8 @@ class Frontend:
     # ---- listening -------------------------------------------------------------------------
     def bind(self) -> None:
         host, port = self.config.address
-        sock = bind((host, port), f"{host}:{port} ([http] address)", nodelay=True)
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        sock = bind((host, port), f"{shown} ([http] address)", nodelay=True)
         self.address = sock.getsockname()[:2]
         self.default_host = f"{self.address[0]}:{self.address[1]}"
         self.listener = Listener(self.loop, sock, "http", self._accept, self.config.max_connections)
@@ -80,7 +82,7 @@ class Frontend:
             request.remote_addr, scheme = forwarded.client_of(request.headers, conn.peer, self.config.trusted_proxies)
         else:
             request.remote_addr = conn.peer
-        request.uri = http11.target_uri(scheme, parser.host or self.default_host, request.method, request.uri)
+        request.uri = target_uri(scheme, parser.host or self.default_host, request.method, request.uri)
         now = self.loop.now()
         job = conn.job = Job(conn, request, not parser.close_requested and not self.stopping, now)
         self.jobs.submit(job, now)

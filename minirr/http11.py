@@ -1,11 +1,12 @@
-"""Sans-IO HTTP/1.1, server side: request bytes in, Request events out; responses to bytes.
+"""Sans-IO HTTP/1.1, server side: request bytes in, Request events out.
 
 Owns: the per-connection parser state machine: finding request heads and bodies in
 the byte stream, message-body framing (Content-Length and chunked), the size limits,
-the keep-alive decision, the 100-continue signal; and serializing responses.
+the keep-alive decision, the 100-continue signal.
 Never: touches a socket, a clock or a process; percent-decodes the target; looks inside
-bodies. The syntax rules live in `grammar`, the proxy-header trust rule in `forwarded`
-(both pure functions, called from here).
+bodies; writes responses (responses.py does: h11's split of readers and writers); knows
+the server's address or which proxies it trusts (the frontend finishes each Request).
+The syntax rules live in `grammar` (pure functions, called from here).
 
 Theory of operation
 -------------------
@@ -15,7 +16,7 @@ closed its side) and then calls `next_event()` until it gets NEED_DATA or PAUSED
     bytes ──receive_data──► [ buffer ] ──next_event──► Request | CONTINUE | NEED_DATA
                                                         | PAUSED | CLOSED | raises ProtocolError
 
-One Connection parses one request at a time. After handing out a Request it answers
+One RequestParser parses one request at a time. After handing out a Request it answers
 PAUSED until the server calls `start_next_cycle()` (the response is fully sent), so
 pipelined requests stay in the buffer and responses leave in request order.
 
@@ -47,17 +48,13 @@ partial head; syntax checks run on the complete head, after the line-level check
 from __future__ import annotations
 
 import enum
-import re
-import time
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .errors import ProtocolError
-from .forwarded import client_address, client_scheme, is_trusted
-from .grammar import (CHUNK_LINE_RE, EMPTY_LINES_RE, HEAD_RE, MAX_CHUNK_DIGITS, TOKEN_RE,
+from .grammar import (CHUNK_LINE_RE, EMPTY_LINES_RE, HEAD_RE, MAX_CHUNK_DIGITS,
                       asks_to_close, check_host, check_trailer_section, check_transfer_coding,
-                      content_length, head_error, http_version, split_target, target_uri)
+                      content_length, head_error, http_version, split_target)
 from .messages import Request
 
 
@@ -80,7 +77,7 @@ CONTINUE = _Sentinel("CONTINUE")    # send b"HTTP/1.1 100 Continue\r\n\r\n", the
 
 
 @dataclass(frozen=True)
-class Limits:
+class RequestLimits:
     """Size limits; the numbers and the answers follow gunicorn's settings of the same name."""
 
     max_request_size: int = 10 * 1024 * 1024   # body bytes; larger -> 413
@@ -132,7 +129,7 @@ for _state in _READING:
     TRANSITIONS[(_state, "error")] = State.FAILED
 
 
-def _advance(conn: "Connection", event: str) -> None:
+def _advance(conn: "RequestParser", event: str) -> None:
     """The only place that changes `conn._state`; an illegal move is a bug in this module."""
     try:
         conn._state = TRANSITIONS[(conn._state, event)]
@@ -147,23 +144,17 @@ _SPECIAL_FIELDS = frozenset(("host", "content-length", "transfer-encoding", "con
                              "expect", "x-forwarded-for", "x-forwarded-proto"))
 
 
-class Connection:
+class RequestParser:
     """The parser state of one client connection (see the module docstring).
 
-    Public attributes: `keep_alive` and `close_requested` (for the last Request
-    returned). After a ProtocolError every later `next_event()` raises an equal
+    Public attributes: `keep_alive`, `close_requested` and `host` (the Host value, or
+    None) of the last Request returned. After a ProtocolError every later `next_event()` raises an equal
     ProtocolError again and received bytes are dropped; the server answers with
     `status` and closes.
     """
 
-    def __init__(self, limits: Limits, remote_addr: str = "", scheme: str = "http",
-                 trusted_proxies: tuple = (), default_host: str = "localhost") -> None:
+    def __init__(self, limits: RequestLimits) -> None:
         self._limits = limits
-        self._remote_addr = remote_addr
-        self._scheme = scheme
-        self._trusted_proxies = tuple(trusted_proxies)
-        self._peer_trusted = is_trusted(remote_addr, self._trusted_proxies)
-        self._default_host = default_host
         # A head no longer than this cannot break a line or section limit: skip the
         # line-by-line limit walk for it (the common case).
         self._small_head = min(limits.limit_request_line, limits.limit_request_field_size,
@@ -173,6 +164,7 @@ class Connection:
         self._eof = False
         self._error: Optional[Tuple[str, int]] = None
         self.keep_alive = False
+        self.host: Optional[str] = None
         self._new_request()
 
     def _new_request(self) -> None:
@@ -313,14 +305,12 @@ class Connection:
         return self._start_body(method, target, path, query, protocol, headers, special)
 
     def _start_body(self, method, target, path, query, protocol, headers, special):
-        host = check_host(special.get("host"), protocol) or self._default_host
-        remote_addr, scheme = self._remote_addr, self._scheme
-        if self._peer_trusted:  # believe X-Forwarded-* only from a trusted proxy
-            remote_addr = client_address(remote_addr, special.get("x-forwarded-for", ()),
-                                         self._trusted_proxies)
-            scheme = client_scheme(scheme, special.get("x-forwarded-proto", ()))
-        self._request = Request(method, path, query, headers, b"", remote_addr, protocol,
-                                target_uri(scheme, host, method, target))
+        self.host = check_host(special.get("host"), protocol)
+        # The target URI (RFC 9112 §3.3) needs what only the server knows: its scheme (or a
+        # trusted proxy's), its own address for a request without Host, and who the client
+        # really is. So `uri` is the request-target as sent, and `remote_addr` is empty,
+        # until the server fills them in (frontend.Frontend.on_request).
+        self._request = Request(method, path, query, headers, b"", "", protocol, target)
         self.close_requested = asks_to_close(special.get("connection"), protocol)
         if len(special) == 1 and "host" in special:
             return self._complete("request_without_body")  # no framing fields: the usual GET
@@ -525,96 +515,13 @@ class Connection:
 
 # One step function per state; each returns an event, or None after moving to a state
 # whose step should run at once.
-_STEPS: Dict[State, Callable[[Connection], object]] = {
-    State.HEAD: Connection._step_head,
-    State.BODY: Connection._step_body,
-    State.CHUNK_SIZE: Connection._step_chunk_size,
-    State.CHUNK_DATA: Connection._step_chunk_data,
-    State.CHUNK_END: Connection._step_chunk_end,
-    State.TRAILERS: Connection._step_trailers,
-    State.PAUSED: Connection._step_paused,
-    State.CLOSED: Connection._step_closed,
+_STEPS: Dict[State, Callable[[RequestParser], object]] = {
+    State.HEAD: RequestParser._step_head,
+    State.BODY: RequestParser._step_body,
+    State.CHUNK_SIZE: RequestParser._step_chunk_size,
+    State.CHUNK_DATA: RequestParser._step_chunk_data,
+    State.CHUNK_END: RequestParser._step_chunk_end,
+    State.TRAILERS: RequestParser._step_trailers,
+    State.PAUSED: RequestParser._step_paused,
+    State.CLOSED: RequestParser._step_closed,
 }
-
-
-# --- responses (RFC 9112 §4, RFC 9110 §15) --------------------------------------------
-
-_REASONS = {status.value: status.phrase for status in HTTPStatus}
-_GENERIC_REASONS = {1: "Informational", 2: "Success", 3: "Redirection", 4: "Client Error",
-                    5: "Server Error"}
-# Framing and hop-by-hop fields belong to this layer, not to the application.
-_RESPONSE_OWNED = frozenset(("connection", "keep-alive", "transfer-encoding", "content-length", "date"))
-_UNSAFE_VALUE_RE = re.compile("[\r\n\x00]")
-
-
-def serialize_response(status: int, headers: list, body: bytes, *, keep_alive: bool,
-                       head_only: bool = False, date: bytes, protocol: str = "HTTP/1.1") -> bytes:
-    """The bytes of one response: status line, app headers, Date, Content-Length,
-    Connection, blank line, body. Raises ValueError on header injection attempts."""
-    return complete_response(response_head(status, headers), status, body, keep_alive=keep_alive,
-                             head_only=head_only, date=date, protocol=protocol)
-
-
-def response_head(status: int, headers: list) -> bytes:
-    """The status line and the application's header lines, checked: the part of a
-    response that depends only on the app's head, so a caller may keep it and reuse it.
-    Raises ValueError on a bad status or a header injection attempt."""
-    if not 100 <= status <= 999:
-        raise ValueError(f"status {status} is not a three-digit code")
-    reason = _REASONS.get(status) or _GENERIC_REASONS.get(status // 100, "Unknown")
-    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("ascii"))]
-    for name, value in headers:
-        if name.lower() in _RESPONSE_OWNED:
-            continue
-        parts.append(_header_line(name, value))
-    return b"".join(parts)
-
-
-def complete_response(head: bytes, status: int, body: bytes, *, keep_alive: bool,
-                      head_only: bool = False, date: bytes, protocol: str = "HTTP/1.1") -> bytes:
-    """`head` (from response_head) + Date, Content-Length, Connection, blank line, body."""
-    # RFC 9110 §8.6 and RFC 9112 §6.3: 1xx, 204 and 304 responses have no content.
-    bodiless = status < 200 or status == 204 or status == 304
-    length = b"" if bodiless else b"Content-Length: %d\r\n" % len(body)
-    if not keep_alive:
-        connection = b"Connection: close\r\n"
-    elif protocol == "HTTP/1.0":
-        connection = b"Connection: keep-alive\r\n"  # RFC 9112 §9.3: 1.0 closes by default
-    else:
-        connection = b""
-    if head_only or bodiless:
-        body = b""
-    return b"%sDate: %s\r\n%s%s\r\n%s" % (head, date, length, connection, body)
-
-
-def _header_line(name: str, value: str) -> bytes:
-    if TOKEN_RE.fullmatch(name) is None:
-        raise ValueError(f"response header name {name!r} is not a token")
-    if _UNSAFE_VALUE_RE.search(value):
-        raise ValueError(f"response header {name!r} contains CR, LF or NUL")
-    try:
-        return b"%s: %s\r\n" % (name.encode("ascii"), value.encode("latin-1"))
-    except UnicodeEncodeError:
-        raise ValueError(f"response header {name!r} is not latin-1 text") from None
-
-
-def error_response(status: int, message: str, *, date: bytes, keep_alive: bool = False,
-                   extra_headers: tuple = ()) -> bytes:
-    """A small text/plain response, e.g. for a ProtocolError: `message` plus a newline."""
-    headers = [("Content-Type", "text/plain; charset=utf-8")]
-    headers.extend(extra_headers)
-    return serialize_response(status, headers, (message + "\n").encode("utf-8"),
-                              keep_alive=keep_alive, date=date)
-
-
-_WEEKDAYS = (b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun")
-_MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct",
-           b"Nov", b"Dec")
-
-
-def http_date(epoch_seconds: float) -> bytes:
-    """IMF-fixdate (RFC 9110 §5.6.7): b"Sun, 06 Nov 1994 08:49:37 GMT". The caller
-    passes the time; this module reads no clock."""
-    t = time.gmtime(epoch_seconds)
-    return b"%s, %02d %s %04d %02d:%02d:%02d GMT" % (
-        _WEEKDAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year, t.tm_hour, t.tm_min, t.tm_sec)

@@ -429,7 +429,7 @@ def _child_main(close_in_child, req_r: int, resp_w: int, out_w: int,
     sys.stdout.reconfigure(line_buffering=True)
     sys.stderr.reconfigure(line_buffering=True)
     worker_module.configure_worker_logging()
-    channel = worker_module.Channel(req_r, resp_w)
+    channel = worker_module.FramePipe(req_r, resp_w)
     status = worker_module.serve(
         channel, lambda: worker_module.load_handler(app, factory, interface, base_dir), print_traceback)
     sys.stdout.flush()

@@ -337,6 +337,10 @@ class _ControlPeers:
         self.ops.on_call(conn, call)
 
     def on_bad_request(self, conn: Connection, error: ControlError) -> None:
+        if error.broken:
+            log.warning("control connection sent a broken frame (%s); closing it", error)
+            conn.close()
+            return
         log.warning("control connection sent an invalid call (%s); answering and closing it", error)
         conn.reject(400, str(error), control.encode_error(error.seq or 0, "", str(error)))
 

@@ -31,7 +31,7 @@ from typing import Callable, Optional
 
 from . import frame
 from .frame import CODEC_JSON, CONTROL, ERROR, FrameDecoder
-from .messages import Request, Response, decode_request, encode_response_head
+from .messages import Request, Response, ResponseHeadEncoder, decode_request
 
 log = logging.getLogger("minirr.worker")
 
@@ -43,12 +43,17 @@ LARGE_BODY_BYTES = 64 * 1024    # a response body this large is written on its o
 Handler = Callable[[Request], Response]
 
 
-class Channel:
-    """Blocking frame I/O on a pair of descriptors (the worker may block; the master never)."""
+class FramePipe:
+    """Blocking frame I/O on a pair of descriptors (the worker may block; the master never).
+
+    Made in the worker process, it remembers that process's pid: a process the app forks
+    inherits the descriptors, and must never write a frame (its answer would reach
+    another client). `send` from any other process ends that process instead."""
 
     def __init__(self, read_fd: int, write_fd: int) -> None:
         self.read_fd = read_fd
         self.write_fd = write_fd
+        self.pid = os.getpid()
         self._decoder = FrameDecoder()
         self._pending: list = []
 
@@ -73,12 +78,24 @@ class Channel:
         """One frame whose payload is `payload` followed by `body`. The header always goes
         out in one write with what follows it; a large body is written from where it
         lies instead of being copied into the frame."""
+        if os.getpid() != self.pid:
+            leave_forked_child(self.pid)
         data = frame.encode_header(flags, len(payload) + len(body), options) + payload
         if len(body) < LARGE_BODY_BYTES:
             _write_all(self.write_fd, data + body)
         else:
             _write_all(self.write_fd, data)
             _write_all(self.write_fd, body)
+
+
+def leave_forked_child(worker_pid: int) -> None:
+    """This process was forked by the app inside worker `worker_pid` and has come back
+    into minirr's loop (it returned or raised instead of exiting): it must not answer
+    or read the next request. It says so and exits at once."""
+    print(f"minirr: process {os.getpid()}, forked by the app in worker pid {worker_pid}, returned into the "
+          f"worker loop; it exits without answering (end forked children with os._exit)", file=sys.stderr,
+          flush=True)
+    os._exit(70)   # EX_SOFTWARE
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -184,7 +201,7 @@ def short_path(filename: str) -> str:
 
 # ---- the loop ---------------------------------------------------------------------------
 
-def serve(channel: Channel, bootstrap: Callable[[], Handler], print_traceback: bool = True) -> int:
+def serve(channel: FramePipe, bootstrap: Callable[[], Handler], print_traceback: bool = True) -> int:
     """Handshake, bootstrap, then answer requests until stop or EOF. Returns an exit status.
 
     A failed bootstrap is logged as one headline naming the exception and the app's
@@ -207,6 +224,7 @@ def serve(channel: Channel, bootstrap: Callable[[], Handler], print_traceback: b
         log.error("bootstrap failed: %s%s", describe_failure(exc), details)
         return EXIT_BOOT_FAILED
     channel.send(CONTROL, json.dumps({"pid": os.getpid()}).encode())
+    heads = ResponseHeadEncoder()
     while True:
         request_frame = channel.receive()
         if request_frame is None:
@@ -215,7 +233,7 @@ def serve(channel: Channel, bootstrap: Callable[[], Handler], print_traceback: b
             if _is_stop(request_frame.payload):
                 return EXIT_OK
             continue
-        _answer(channel, handler, request_frame)
+        _answer(channel, handler, heads, request_frame)
 
 
 def _is_stop(payload: bytes) -> bool:
@@ -225,7 +243,7 @@ def _is_stop(payload: bytes) -> bool:
         return False
 
 
-def _answer(channel: Channel, handler: Handler, request_frame: frame.Frame) -> None:
+def _answer(channel: FramePipe, handler: Handler, heads: ResponseHeadEncoder, request_frame: frame.Frame) -> None:
     head_len = request_frame.options[0] if request_frame.options else len(request_frame.payload)
     payload = request_frame.payload
     try:
@@ -235,11 +253,13 @@ def _answer(channel: Channel, handler: Handler, request_frame: frame.Frame) -> N
         if not isinstance(response, Response):
             raise TypeError(f"handler returned {type(response).__name__}, expected minirr.Response")
     except Exception as exc:
+        if os.getpid() != channel.pid:     # a child the handler forked, raising on its way out
+            leave_forked_child(channel.pid)
         # A soft error: this request failed, the worker is fine and carries on.
         log.error("request failed:\n%s", traceback.format_exc().rstrip())
         channel.send(ERROR, f"{type(exc).__name__}: {exc}".encode("utf-8", "replace"))
         return
-    head = encode_response_head(response)
+    head = heads.encode(response)
     channel.send(CODEC_JSON, head, (len(head),), response.body)
 
 
@@ -288,7 +308,7 @@ def main(argv=None) -> int:
     os.close(devnull)
     sys.stdout = sys.stderr
     configure_worker_logging()
-    channel = Channel(frames_in, frames_out)
+    channel = FramePipe(frames_in, frames_out)
     return serve(channel, lambda: load_handler(args.app, args.factory, args.interface, args.path))
 
 

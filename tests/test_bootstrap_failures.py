@@ -77,7 +77,7 @@ def test_python_m_minirr_worker_always_prints_the_traceback():
 
 def test_the_headline_reaches_the_masters_log(serve):
     srv = serve("[server]\napp = minirr_testapp:stdlib_failing_factory\nfactory = true\n[pool]\nnum_workers = 1\n")
-    srv.wait_for_log(r"\(pid \d+\): ERROR minirr\.worker: " + HEADLINE.replace("(", r"\(").replace(")", r"\)"))
+    srv.wait_for_log(r"ERROR minirr: worker \d+ \(pid \d+\): minirr\.worker: " + HEADLINE.replace("(", r"\(").replace(")", r"\)"))
     assert srv.request("GET", "/")[0] == 503
 
 

@@ -131,7 +131,7 @@ def test_flipt_down_still_greets_and_warns_once(serve, vault, flipt, vault_env):
     flipt.stop()
     for _ in range(10):
         assert body_of(srv) == HELLO
-    warning_rx = rf"WARNING demo_app: Flipt at {re.escape(flipt.url)}: .*unreachable.*treating the flag as off"
+    warning_rx = rf"WARNING minirr: worker \d+ \(pid \d+\): demo_app: Flipt at {re.escape(flipt.url)}: .*unreachable.*treating the flag as off"
     srv.wait_for_log(warning_rx)
     assert len(re.findall(warning_rx, srv.log)) == 1  # rate-limited: one per worker per 5 s
     assert_no_secrets(srv.log)

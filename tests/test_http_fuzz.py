@@ -1,4 +1,4 @@
-"""Bounded random-mutation fuzz of http11.Connection (fixed seed: every run is the same).
+"""Bounded random-mutation fuzz of http11.RequestParser (fixed seed: every run is the same).
 
 Each mutant of a valid corpus request must end in Requests, NEED_DATA, CONTINUE or
 CLOSED, or in a ProtocolError with a status the server knows how to send. No other
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from minirr.errors import ProtocolError
-from minirr.http11 import CLOSED, CONTINUE, NEED_DATA, PAUSED, Connection, Limits
+from minirr.http11 import CLOSED, CONTINUE, NEED_DATA, PAUSED, RequestLimits as Limits, RequestParser
 from minirr.messages import Request
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -86,7 +86,7 @@ def check_request(request: Request) -> tuple:
 
 def run(limits: Limits, chunks: list) -> tuple:
     """-> (requests, outcome): outcome is the final event or ("error", status)."""
-    conn = Connection(limits, remote_addr="10.0.0.1")
+    conn = RequestParser(limits)
     requests = []
     try:
         for chunk in chunks + [b""]:

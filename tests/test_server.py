@@ -353,8 +353,8 @@ def test_worker_tracebacks_survive_a_warning_log_level(serve, mode):
     assert get(srv, "/print")[2] == b"printed"
     assert get(srv, "/raise")[0] == 500
     # One worker, one pipe: once the traceback is relayed, the earlier print() was too.
-    srv.wait_for_log(r"\(pid \d+\): ERROR \| RuntimeError: boom from the app")
-    srv.wait_for_log(r"\(pid \d+\): ERROR minirr.worker: request failed")
+    srv.wait_for_log(r"ERROR minirr: worker \d+ \(pid \d+\): \| RuntimeError: boom from the app")
+    srv.wait_for_log(r"ERROR minirr: worker \d+ \(pid \d+\): minirr.worker: request failed")
     assert "hello from stdout" not in srv.log
 
 
@@ -370,11 +370,12 @@ def test_accepted_connections_have_nagle_off():
         with socket.create_connection(server.address, timeout=5) as peer:
             peer.sendall(b"x")
             deadline = time.monotonic() + 10
-            while not server.clients and time.monotonic() < deadline:
-                server._on_listener_readable(selectors.EVENT_READ)
-            [client] = server.clients.values()
+            listener = server.front.listener
+            while not listener.connections and time.monotonic() < deadline:
+                listener.on_event(selectors.EVENT_READ)
+            [client] = listener.connections.values()
             assert client.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-            server._close_client(client)
+            client.close()
     finally:
-        server.listener.close()
-        server.selector.close()
+        server.front.close()
+        server.loop.close()

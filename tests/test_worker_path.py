@@ -6,7 +6,8 @@ import json
 import pytest
 
 from minirr import messages
-from minirr.messages import Request, Response, decode_request, encode_request_head, encode_response_head
+from minirr.messages import (Request, Response, ResponseHeadEncoder, decode_request, encode_request_head,
+                             encode_response_head)
 
 
 def plain_head(response: Response) -> bytes:
@@ -30,26 +31,31 @@ RESPONSES = [
 
 @pytest.mark.parametrize("response", RESPONSES, ids=range(len(RESPONSES)))
 def test_a_remembered_head_is_the_plain_head(response):
+    encoder = ResponseHeadEncoder()
+    assert encoder.encode(response) == plain_head(response)
+    assert encoder.encode(response) == plain_head(response)   # the second time from the cache
     assert encode_response_head(response) == plain_head(response)
-    assert encode_response_head(response) == plain_head(response)   # the second time from the cache
 
 
 def test_heads_that_differ_in_anything_stay_apart():
-    heads = [encode_response_head(response) for response in RESPONSES]
+    encoder = ResponseHeadEncoder()
+    heads = [encoder.encode(response) for response in RESPONSES]
     assert len(set(heads)) == len(heads)
 
 
 def test_the_head_cache_is_bounded_and_heads_past_the_bound_are_still_right():
-    for n in range(messages._ENCODED_HEAD_CACHE_SIZE + 50):
+    encoder = ResponseHeadEncoder()
+    for n in range(encoder.CACHE_SIZE + 50):
         response = Response(200, [("Content-Length", str(n))])
-        assert encode_response_head(response) == plain_head(response)
-    assert len(messages._ENCODED_HEAD_CACHE) <= messages._ENCODED_HEAD_CACHE_SIZE
+        assert encoder.encode(response) == plain_head(response)
+    assert len(encoder.heads) == encoder.CACHE_SIZE
 
 
 def test_a_large_head_is_right_and_not_remembered():
-    response = Response(200, [("Content-Security-Policy", "x" * messages.HEAD_CACHE_MAX_BYTES)])
-    assert encode_response_head(response) == plain_head(response)
-    assert (200, tuple(response.headers)) not in messages._ENCODED_HEAD_CACHE
+    encoder = ResponseHeadEncoder()
+    response = Response(200, [("Content-Security-Policy", "x" * encoder.CACHE_MAX_BYTES)])
+    assert encoder.encode(response) == plain_head(response)
+    assert (200, tuple(response.headers)) not in encoder.heads
 
 
 def request_head() -> bytes:

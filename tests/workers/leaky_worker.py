@@ -16,7 +16,7 @@ import sys
 
 from minirr.frame import CODEC_JSON, CONTROL
 from minirr.messages import Response, decode_request, encode_response_head
-from minirr.worker import Channel
+from minirr.worker import FramePipe
 
 STRAY_TEXT = "debug: a stray line on stdout"
 
@@ -25,7 +25,7 @@ def leak(where: str) -> None:
     print(f"{STRAY_TEXT} {where}", flush=True)     # the bug this worker demonstrates
 
 
-def answer(channel: Channel, request) -> None:
+def answer(channel: FramePipe, request) -> None:
     if request.path == "/leak":
         leak("in a request")
     if request.path == "/env":
@@ -38,7 +38,7 @@ def answer(channel: Channel, request) -> None:
 
 
 def main() -> int:
-    channel = Channel(sys.stdin.fileno(), sys.stdout.fileno())
+    channel = FramePipe(sys.stdin.fileno(), sys.stdout.fileno())
     if channel.receive() is None:
         return 0
     if os.path.exists("leak-at-start"):
