@@ -166,7 +166,9 @@ class Backend:
         if item.flags & ERROR:
             self._on_soft_error(worker, job, bytes(item.payload[:200]), now, more)
             return
-        head_len = item.options[0] if item.options else -1
+        # The first frame's head gives status and headers; a later piece of a stream may
+        # repeat it (skipped) or carry none (wire-protocol.md §2.7).
+        head_len = item.options[0] if item.options else (0 if job.streaming else -1)
         if not 0 <= head_len <= len(item.payload):
             self._on_bad_response(worker, job, "a response frame without its head length option")
             return
@@ -197,7 +199,7 @@ class Backend:
 
     def _on_large_start(self, worker: Worker, job: Job, start: FrameStart) -> None:
         """A response frame too large to hold: its head is collected, its body passed on."""
-        head_len = start.options[0] if start.options else -1
+        head_len = start.options[0] if start.options else (0 if job.streaming else -1)
         if start.flags & ERROR:
             head_len = 0                       # an error message: its first bytes are kept for the log
         elif not (0 if job.streaming else 1) <= head_len <= min(start.length, MAX_HEAD_BYTES):
