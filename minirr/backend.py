@@ -414,6 +414,7 @@ class Backend:
                 self.jobs.fail(job, Outcome.WORKER_DIED)
         if was is STARTING:
             self._after_failed_start(worker, self._start_failure(worker, status))
+        worker.channel = None              # its buffers go with it (a job may still name the worker)
         self.ensure_pool(now)
 
     def _after_failed_start(self, worker: Worker, why: str) -> None:

@@ -72,10 +72,9 @@ class ServerProcess:
         self.stdout_lines: List[str] = []
         self.stderr_lines: List[str] = []
         self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._pump, args=(proc.stdout, self.stdout_lines), daemon=True),
-            threading.Thread(target=self._pump, args=(proc.stderr, self.stderr_lines), daemon=True),
-        ]
+        self._threads = [threading.Thread(target=self._pump, args=(stream, lines), daemon=True)
+                         for stream, lines in ((proc.stdout, self.stdout_lines), (proc.stderr, self.stderr_lines))
+                         if stream is not None]
         for t in self._threads:
             t.start()
         self.host = ""
@@ -86,15 +85,18 @@ class ServerProcess:
     @classmethod
     def start(cls, folder: Path, config_text: str, overrides: Iterable[str] = (), env: Optional[Dict[str, str]] = None,
               files: Optional[Dict[str, str]] = None, args: Iterable[str] = (), wait_ready: bool = True,
-              timeout: float = 20.0) -> "ServerProcess":
-        """Write `config_text` to folder/rr.ini (and `files`), start the server on port 0."""
+              timeout: float = 20.0, entry: Optional[List[str]] = None, stderr=subprocess.PIPE) -> "ServerProcess":
+        """Write `config_text` to folder/rr.ini (and `files`), start the server on port 0.
+        `entry` replaces `python -m minirr` (e.g. a script that patches the master first);
+        `stderr` may be any Popen target (a pipe nobody reads, for instance)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         for name, text in (files or {}).items():
             (folder / name).write_text(text)
         config_path = folder / "rr.ini"
         config_path.write_text(config_text)
-        cmd = [sys.executable, "-m", "minirr", "serve", "-c", str(config_path), "-o", "http.address=127.0.0.1:0"]
+        cmd = (entry or [sys.executable, "-m", "minirr"]) + [
+            "serve", "-c", str(config_path), "-o", "http.address=127.0.0.1:0"]
         for item in overrides:
             cmd += ["-o", item]
         cmd += list(args)
@@ -102,7 +104,7 @@ class ServerProcess:
         full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests" / "apps"), full_env.get("PYTHONPATH", "")])
         full_env.pop("VAULT_HOST", None)
         full_env.update(env or {})
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(folder),
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, cwd=str(folder),
                                 env=full_env, text=True, bufsize=1)
         server = cls(proc, config_path)
         if wait_ready:

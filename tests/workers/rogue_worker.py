@@ -1,0 +1,84 @@
+"""An external worker that breaks the wire protocol on purpose, one way per route, to prove
+the master treats what a worker sends as untrusted (STYLE.md §10).
+
+Run as `[server] command = python rogue_worker.py`. Written against the wire protocol
+with minirr.frame and minirr.messages only. With ROGUE_HANDSHAKE=deep in the environment
+it answers the handshake with a deeply nested JSON value instead of its pid.
+
+Routes (anything else answers its pid):
+    /double          two complete answers for one request, in one write
+    /double-idle     one answer, then another a moment later, while no request is in flight
+    /headers-list    "headers" is a JSON list      /headers-str     "headers" is a string
+    /header-number   a header value is a number    /header-null     a header value is null
+    /deep-head       a head nested 100000 deep     /status-103      a 1xx final status
+    /huge-frame      a frame header announcing 2 GiB, then 1 MB of it, then nothing more
+"""
+
+import json
+import os
+import sys
+import time
+
+from minirr.frame import CODEC_JSON, CONTROL, encode_header
+from minirr.messages import Response, decode_request, encode_response_head
+from minirr.worker import FramePipe
+
+DEEP = "[" * 100000 + "]" * 100000
+
+
+def frame_with_head(head: bytes, body: bytes = b"") -> bytes:
+    return encode_header(CODEC_JSON, len(head) + len(body), (len(head),)) + head + body
+
+
+def answer_pid() -> bytes:
+    response = Response(200, {}, str(os.getpid()))
+    return frame_with_head(encode_response_head(response), response.body)
+
+
+ROGUE_HEADS = {
+    "/headers-list": b'{"status":200,"headers":["X-A","1"]}',
+    "/headers-str": b'{"status":200,"headers":"X-A: 1"}',
+    "/header-number": b'{"status":200,"headers":{"X-A":[1]}}',
+    "/header-null": b'{"status":200,"headers":{"X-A":null}}',
+    "/deep-head": ('{"status":200,"headers":{"X-A":' + DEEP + "}}").encode(),
+    "/status-103": b'{"status":103,"headers":{}}',
+}
+
+
+def main() -> int:
+    pipe = FramePipe(sys.stdin.fileno(), sys.stdout.fileno())
+    if pipe.receive() is None:
+        return 0
+    if os.environ.get("ROGUE_HANDSHAKE") == "deep":
+        pipe.send(CONTROL, DEEP.encode())
+    else:
+        pipe.send(CONTROL, json.dumps({"pid": os.getpid()}).encode())
+    out = os.fdopen(pipe.write_fd, "wb", buffering=0)
+    while True:
+        item = pipe.receive()
+        if item is None:
+            return 0
+        if item.flags & CONTROL:
+            if json.loads(item.payload).get("stop") is True:
+                return 0
+            continue
+        head_len = item.options[0]
+        path = decode_request(item.payload[:head_len], item.payload[head_len:]).path
+        if path == "/double":
+            out.write(answer_pid() + answer_pid())
+        elif path == "/double-idle":
+            out.write(answer_pid())
+            time.sleep(0.3)                # the master has it as ready by now: then another
+            out.write(answer_pid())
+        elif path in ROGUE_HEADS:
+            out.write(frame_with_head(ROGUE_HEADS[path], b"body"))
+        elif path == "/huge-frame":
+            head = b'{"status":200,"headers":{}}'
+            out.write(encode_header(CODEC_JSON, 2 ** 31, (len(head),)) + head + b"x" * (1 << 20))
+            time.sleep(3600)               # the master kills it (or the test ends it)
+        else:
+            out.write(answer_pid())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
