@@ -228,26 +228,38 @@ def asks_to_close(values: Optional[List[str]], protocol: str) -> bool:
 def check_transfer_coding(values: List[str], protocol: str, has_length: bool) -> None:
     """RFC 9112 §6.1 and §6.3: only a body framed by a final "chunked" is readable.
 
-    Order: an unregistered coding is 501 (RFC 9112 §6.1); a framing that cannot be
-    trusted is 400; a registered coding we do not decode (gzip before chunked) is 501."""
+    Order: first whether the framing can be trusted at all (400): no HTTP/1.0, no
+    Content-Length beside it, no empty element, chunked once and last (RFC 9112 §6.3:
+    a final coding other than chunked, known to us or not, leaves the body length
+    undeterminable, and that MUST be 400). Only a request we could frame gets 501 for
+    a coding before chunked: unregistered (RFC 9112 §6.1), or registered but not
+    decoded here (gzip)."""
     if protocol == "HTTP/1.0":
         raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request (RFC 9112 §6.1)")
     if has_length:
         raise ProtocolError("both Transfer-Encoding and Content-Length (RFC 9112 §6.3)")
     codings = [coding.strip(" \t").lower() for value in values for coding in value.split(",")]
-    for coding in codings:
-        if not coding:
-            # RFC 9110 §5.6.1 would skip empty elements; in a framing field a front
-            # proxy that reads them differently makes a smuggling gap, so refuse.
-            raise ProtocolError("empty element in Transfer-Encoding")
-        if coding not in _KNOWN_CODINGS:
-            raise ProtocolError(f"unknown transfer coding {shown(coding)}", 501)
-    if codings.count("chunked") > 1:
+    if "" in codings:
+        # RFC 9110 §5.6.1 would skip empty elements; in a framing field a front
+        # proxy that reads them differently makes a smuggling gap, so refuse.
+        raise ProtocolError("empty element in Transfer-Encoding")
+    names = [_coding_name(coding) for coding in codings]
+    if names.count("chunked") > 1:
         raise ProtocolError("chunked transfer coding applied more than once (RFC 9112 §7)")
+    if names[-1] != "chunked":
+        raise ProtocolError(f"final transfer coding {shown(codings[-1])} is not chunked (RFC 9112 §6.3)")
     if codings[-1] != "chunked":
-        raise ProtocolError("final transfer coding is not chunked (RFC 9112 §6.3)")
+        raise ProtocolError("chunked transfer coding takes no parameters (RFC 9112 §7)")
+    unknown = [coding for coding, name in zip(codings, names) if name not in _KNOWN_CODINGS]
+    if unknown:
+        raise ProtocolError(f"unknown transfer coding {shown(unknown[0])}", 501)
     if len(codings) > 1:
         raise ProtocolError(f"transfer coding {shown(codings[0])} is not supported", 501)
+
+
+def _coding_name(coding: str) -> str:
+    """transfer-coding = token *( OWS ";" OWS transfer-parameter ) (RFC 9112 §7): the token."""
+    return coding.partition(";")[0].rstrip(" \t")
 
 
 def content_length(values: List[str], limit: int) -> int:

@@ -554,8 +554,17 @@ def test_split_target_refusals(method, target):
 
 
 @pytest.mark.parametrize("values,status", [
-    (["chunked"], None), (["gzip, chunked"], 501), (["foo"], 501), (["gzip"], 400),
-    (["chunked", "chunked"], 400), (["chunked, gzip"], 400), ([" chunked , "], 400), (["CHUNKED"], None),
+    (["chunked"], None), (["CHUNKED"], None),
+    # RFC 9112 §6.3: a final coding other than chunked, known or not, is 400 ...
+    (["foo"], 400), (["gzip"], 400), (["identity"], 400), (["chunked, identity"], 400), (["chunked, gzip"], 400),
+    (["chunked", "foo"], 400), (["gzip, chunked, foo"], 400), (["chunked;q=1"], 400), (["chunked ; q=1"], 400),
+    # ... as are codings the framing cannot be trusted with ...
+    (["chunked", "chunked"], 400), (["chunked, chunked"], 400), (["foo, chunked, chunked"], 400),
+    (["chunked;q=1, chunked"], 400),
+    ([" chunked , "], 400), ([",chunked"], 400), (["gzip,,chunked"], 400), (["chunked", ""], 400),
+    # ... and only a request framed by a final chunked gets 501 for what comes before it
+    (["gzip, chunked"], 501), (["foo, chunked"], 501), (["identity, chunked"], 501), (["x-gzip", "chunked"], 501),
+    (["gzip;level=1, chunked"], 501),
 ])
 def test_transfer_coding_rules(values, status):
     if status is None:
@@ -564,6 +573,19 @@ def test_transfer_coding_rules(values, status):
         with pytest.raises(ProtocolError) as info:
             grammar.check_transfer_coding(values, "HTTP/1.1", has_length=False)
         assert info.value.status == status
+
+
+@pytest.mark.parametrize("values,message", [
+    (["chunked, identity"], "final transfer coding 'identity' is not chunked (RFC 9112 §6.3)"),
+    (["chunked;q=1"], "chunked transfer coding takes no parameters (RFC 9112 §7)"),
+    (["foo, gzip, chunked"], "unknown transfer coding 'foo'"),
+    (["gzip, foo, chunked"], "unknown transfer coding 'foo'"),
+    (["gzip;level=1, chunked"], "transfer coding 'gzip;level=1' is not supported"),
+])
+def test_transfer_coding_messages(values, message):
+    with pytest.raises(ProtocolError) as info:
+        grammar.check_transfer_coding(values, "HTTP/1.1", has_length=False)
+    assert info.value.msg == message
 
 
 @pytest.mark.parametrize("values,expected", [

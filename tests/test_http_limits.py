@@ -78,8 +78,8 @@ REJECTIONS = [
      "invalid Content-Length"),
     ("cl_values_differ", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
      400, "Content-Length values differ"),
-    ("te_not_final_chunked", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400,
-     "final transfer coding is not chunked"),
+    ("te_not_final_chunked", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n", 400,
+     "final transfer coding 'identity' is not chunked"),
     ("te_in_http10", b"POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400,
      "Transfer-Encoding in an HTTP/1.0 request"),
     ("chunk_size_with_sign", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n"
@@ -94,7 +94,7 @@ REJECTIONS = [
     # versions and codings
     ("http2_505", b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505, "HTTP/2.0 is not supported"),
     ("http09_505", b"GET /\r\n\r\n", 505, "HTTP/0.9 is not supported"),
-    ("unknown_coding_501", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: foo\r\n\r\n", 501,
+    ("unknown_coding_501", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: foo, chunked\r\n\r\n", 501,
      "unknown transfer coding 'foo'"),
 ]
 
