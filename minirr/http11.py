@@ -55,9 +55,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from .errors import ProtocolError
 from .forwarded import client_address, client_scheme, is_trusted
-from .grammar import (CHUNK_LINE_RE, EMPTY_LINES_RE, HEAD_RE, MAX_CHUNK_DIGITS, TOKEN_RE,
-                      asks_to_close, check_host, check_trailer_section, check_transfer_coding,
-                      content_length, head_error, http_version, split_target, target_uri)
+from .grammar import (CHUNK_LINE_RE, EMPTY_LINES_RE, HEAD_RE, MAX_CHUNK_DIGITS, SINGLE_VALUE_FIELDS,
+                      TOKEN_RE, asks_to_close, check_host, check_single_values, check_trailer_section,
+                      check_transfer_coding, content_length, head_error, http_version, split_target,
+                      target_uri)
 from .messages import Request
 
 
@@ -143,8 +144,10 @@ def _advance(conn: "Connection", event: str) -> None:
 
 
 # Header fields the parser itself reads; everything else only goes to the application.
-_SPECIAL_FIELDS = frozenset(("host", "content-length", "transfer-encoding", "connection",
-                             "expect", "x-forwarded-for", "x-forwarded-proto"))
+_PARSER_FIELDS = frozenset(("host", "content-length", "transfer-encoding", "connection",
+                            "expect", "x-forwarded-for", "x-forwarded-proto"))
+# ... and the fields it collects: those, and the single-value fields whose repeats it checks.
+_SPECIAL_FIELDS = _PARSER_FIELDS | SINGLE_VALUE_FIELDS
 
 
 class Connection:
@@ -300,13 +303,21 @@ class Connection:
             lines = fields.split("\r\n")
             if len(lines) > self._limits.limit_request_fields:
                 raise ProtocolError(f"more than {self._limits.limit_request_fields} header fields", 431)
+            repeated = False
             for field_line in lines:
                 name, _, value = field_line.partition(":")
                 value = value.strip(" \t")  # RFC 9112 §5: OWS around the value is not part of it
                 headers.append((name, value))
                 lname = name.lower()
                 if lname in _SPECIAL_FIELDS:
-                    special.setdefault(lname, []).append(value)
+                    values = special.get(lname)
+                    if values is None:
+                        special[lname] = [value]
+                    else:
+                        values.append(value)
+                        repeated = True
+            if repeated:  # rare: only then look for single-value fields that disagree
+                check_single_values(special)
             self._fields_seen = len(lines)
         del self._buf[:end + 4]
         self._section_used = end + 2 - match.end(6)

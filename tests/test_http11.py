@@ -366,6 +366,61 @@ def test_error_after_a_good_request_comes_on_the_next_cycle():
         c.next_event()
 
 
+# --- repeated single-value fields (RFC 9110 §5.3) -------------------------------------------
+
+def outcome(data: bytes, way: str):
+    """Feed `data` whole, byte by byte, or followed by the start of another request:
+    -> the first Request's headers, or (status, message) of the ProtocolError."""
+    chunks = {"whole": [data], "bytewise": [data[i:i + 1] for i in range(len(data))],
+              "trailing": [data + b"GET /next HTTP/1.1\r\nHo"]}[way]
+    c = conn()
+    try:
+        for chunk in chunks:
+            c.receive_data(chunk)
+            event = c.next_event()
+            if isinstance(event, Request):
+                return event.headers
+    except ProtocolError as exc:
+        return exc.status, exc.msg
+    raise AssertionError(f"no request and no error, last event {event!r}")
+
+
+WAYS = ("whole", "bytewise", "trailing")
+
+
+@pytest.mark.parametrize("name", sorted(grammar.SINGLE_VALUE_FIELDS))
+def test_single_value_field_repeated_with_different_values_is_400(name):
+    spelled = "-".join(part.capitalize() for part in name.split("-"))
+    head = b"GET / HTTP/1.1\r\nHost: a\r\n%s: one\r\nX-B: 1\r\n%s: " % (spelled.encode(), name.encode())
+    expected = (400, f"header field '{name}' repeated with different values (RFC 9110 §5.3)")
+    for way in WAYS:
+        assert outcome(head + b"two\r\n\r\n", way) == expected, way
+        assert outcome(head + b" one \r\n\r\n", way) == [("Host", "a"), (spelled, "one"), ("X-B", "1"), (name, "one")]
+
+
+@pytest.mark.parametrize("name", ["Accept", "Cookie", "Connection", "X-Forwarded-For", "Content-Encoding", "If-Match"])
+def test_list_fields_may_repeat_with_different_values(name):
+    data = b"GET / HTTP/1.1\r\nHost: a\r\n%s: one\r\n%s: two\r\n\r\n" % (name.encode(), name.encode())
+    for way in WAYS:
+        assert outcome(data, way) == [("Host", "a"), (name, "one"), (name, "two")]
+
+
+def test_host_and_content_length_keep_their_own_repeat_rules():
+    assert not {"host", "content-length"} & grammar.SINGLE_VALUE_FIELDS
+    for way in WAYS:
+        assert outcome(b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", way) == (
+            400, "more than one Host header (RFC 9112 §3.2)")
+        assert outcome(post(b"hi", b"Content-Length: 2\r\n"), way)[-1] == ("Content-Length", "2")
+
+
+def test_check_single_values_directly():
+    grammar.check_single_values({"host": ["a", "b"], "accept": ["x", "y"], "range": ["bytes=0-1"] * 3})
+    with pytest.raises(ProtocolError) as info:
+        grammar.check_single_values({"accept": ["x", "y"], "from": ["a@b", "a@b", "c@d"]})
+    assert (info.value.status, info.value.msg) == (
+        400, "header field 'from' repeated with different values (RFC 9110 §5.3)")
+
+
 # --- X-Forwarded-For / X-Forwarded-Proto ---------------------------------------------------
 
 def forwarded_request(peer, trusted, *fields):

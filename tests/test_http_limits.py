@@ -87,6 +87,8 @@ REJECTIONS = [
     ("bare_lf", b"GET / HTTP/1.1\nHost: x\n\n", 400, "bare LF"),
     ("obs_fold", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n", 400, "obsolete line folding"),
     ("two_hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "more than one Host"),
+    ("content_type_twice", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Type: text/html\r\n"
+     b"Content-Length: 2\r\n\r\nhi", 400, "header field 'content-type' repeated with different values"),
     ("no_host", b"GET / HTTP/1.1\r\nX-A: a\r\n\r\n", 400, "without a Host header"),
     ("space_before_colon", b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400, "whitespace before colon"),
     ("nul_in_value", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n", 400, "control character"),
