@@ -87,7 +87,7 @@ class Limits:
     max_request_size: int = 10 * 1024 * 1024   # body bytes; larger -> 413
     limit_request_line: int = 8190             # request line longer -> 414
     limit_request_fields: int = 100            # more header (+ trailer) fields -> 431
-    limit_request_field_size: int = 8190       # one field line longer -> 431 (also chunk lines)
+    limit_request_field_size: int = 8190       # one field line (name: value) longer -> 431 (also chunk lines)
     limit_request_headers: int = 65536         # header (+ trailer) section larger -> 431
 
 
@@ -397,7 +397,11 @@ class Connection:
             if length > limits.limit_request_line:
                 raise ProtocolError(f"request line exceeds {limits.limit_request_line} bytes", 414)
         elif length > limits.limit_request_field_size:
-            raise ProtocolError(f"{self._section_name()} field line exceeds {limits.limit_request_field_size} bytes", 431)
+            # The whole line counts (name, colon, whitespace, value; not its CRLF), as in
+            # gunicorn and nginx. The limit is per line, so the message names the section
+            # the line is in rather than the budget header and trailer share.
+            section = "trailer" if self._state is State.TRAILERS else "header"
+            raise ProtocolError(f"{section} field line exceeds {limits.limit_request_field_size} bytes", 431)
 
     def _check_section_size(self, size: int) -> None:
         limit = self._limits.limit_request_headers

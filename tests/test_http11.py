@@ -324,6 +324,23 @@ def test_default_request_line_limit_is_inclusive():
                 c.next_event()
 
 
+@pytest.mark.parametrize("section", ["header", "trailer"])
+def test_field_line_limit_counts_name_colon_whitespace_and_value(section):
+    """limit_request_field_size bounds the whole field line, as in gunicorn and nginx:
+    a one-byte value with a long name and whitespace around it is over the limit."""
+    limits = Limits(limit_request_field_size=40)
+    if section == "header":
+        start, end = b"GET / HTTP/1.1\r\nHost: a\r\n", b"\r\n\r\n"
+    else:
+        start, end = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n", b"\r\n\r\n"
+    at_limit = b"X-A-Rather-Long-Field-Name: \t v \t" + b" " * 7
+    assert len(at_limit) == 40
+    for way in WAYS:
+        assert isinstance(outcome(start + at_limit + end, way, limits), list), way
+        assert outcome(start + at_limit + b"\t" + end, way, limits) == (
+            431, f"{section} field line exceeds 40 bytes"), way
+
+
 def test_many_small_chunks_without_extensions_are_fine():
     body = b"".join(b"1\r\n%c\r\n" % (97 + i % 26) for i in range(5000))
     c = conn()
@@ -368,12 +385,12 @@ def test_error_after_a_good_request_comes_on_the_next_cycle():
 
 # --- repeated single-value fields (RFC 9110 §5.3) -------------------------------------------
 
-def outcome(data: bytes, way: str):
+def outcome(data: bytes, way: str, limits: Limits = Limits()):
     """Feed `data` whole, byte by byte, or followed by the start of another request:
     -> the first Request's headers, or (status, message) of the ProtocolError."""
     chunks = {"whole": [data], "bytewise": [data[i:i + 1] for i in range(len(data))],
               "trailing": [data + b"GET /next HTTP/1.1\r\nHo"]}[way]
-    c = conn()
+    c = conn(limits=limits)
     try:
         for chunk in chunks:
             c.receive_data(chunk)

@@ -62,6 +62,11 @@ REJECTIONS = [
      431, "more than 10 header fields"),
     ("field_size_431", b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 250 + b"\r\n\r\n", 431,
      "field line exceeds 200 bytes"),
+    # the whole line counts: name, colon, whitespace and value (a 1-byte value here)
+    ("field_size_name_and_ows_431", b"GET / HTTP/1.1\r\nHost: x\r\nX-" + b"n" * 150 + b":" + b" " * 48 + b"v\r\n\r\n",
+     431, "header field line exceeds 200 bytes"),
+    ("trailer_field_size_431", chunked_post(b"abc")[:-2] + b"T-" + b"n" * 150 + b":" + b" " * 48 + b"v\r\n\r\n",
+     431, "trailer field line exceeds 200 bytes"),
     ("header_section_431",
      b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 150) for i in range(8)) + b"\r\n",
      431, "header section exceeds 1000 bytes"),
