@@ -292,6 +292,11 @@ class Connection:
             self._check_complete_section(end)  # a limit broken first is reported first
             raise head_error(text)
         method, target, path, query, major, minor, fields = match.groups()
+        lines = fields.split("\r\n") if fields is not None else []
+        if len(lines) > self._limits.limit_request_fields:
+            # A line-level limit, so it comes before the syntax checks, as it does when
+            # the head arrives in pieces (a head this small skipped _check_lines).
+            raise ProtocolError(f"more than {self._limits.limit_request_fields} header fields", 431)
         protocol = http_version(major, minor)
         if path is None or method == "CONNECT":
             path, query = split_target(method, target)  # the other target forms, and their errors
@@ -299,10 +304,7 @@ class Connection:
             query = ""
         headers = []
         special: Dict[str, List[str]] = {}
-        if fields is not None:
-            lines = fields.split("\r\n")
-            if len(lines) > self._limits.limit_request_fields:
-                raise ProtocolError(f"more than {self._limits.limit_request_fields} header fields", 431)
+        if lines:
             repeated = False
             for field_line in lines:
                 name, _, value = field_line.partition(":")
