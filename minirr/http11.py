@@ -366,9 +366,9 @@ class Connection:
     def _check_lines(self, end: int) -> None:
         """Check every complete line in buf[self._line_at:end] once, in order.
 
-        Within a line the checks run in the order the bytes arrive: its length and the
-        section size up to its end (which a partial read would already have refused),
-        then its terminator."""
+        Within a line the checks run in the order the bytes arrive: the size limits its
+        bytes pass (which a partial read would already have refused, so the one passed
+        first), then its terminator, then the field count."""
         buf = self._buf
         limits = self._limits
         pos = self._line_at
@@ -377,9 +377,7 @@ class Connection:
             if nl < 0:
                 break
             has_cr = nl > pos and buf[nl - 1] == 13
-            self._check_line_length(nl - pos - has_cr)
-            if self._section_at >= 0:
-                self._check_section_size(nl - has_cr - self._section_at)
+            self._check_line_bytes(pos, nl - has_cr)
             if not has_cr:
                 # RFC 9112 §2.2 lets a recipient accept a bare LF; we do not, because a
                 # front proxy that disagrees about line ends enables request smuggling.
@@ -393,22 +391,35 @@ class Connection:
             pos = nl + 1
         self._line_at = pos
 
-    def _check_line_length(self, length: int) -> None:
+    def _check_line_bytes(self, start: int, stop: int) -> None:
+        """The bytes buf[start:stop] of one line (without its line end) against the
+        line limit and, for a field line, the section limit. When both are passed the
+        error names the one passed at the earlier byte, as a byte-by-byte feed would."""
         limits = self._limits
         if self._section_at < 0:
-            if length > limits.limit_request_line:
+            if stop - start > limits.limit_request_line:
                 raise ProtocolError(f"request line exceeds {limits.limit_request_line} bytes", 414)
-        elif length > limits.limit_request_field_size:
-            # The whole line counts (name, colon, whitespace, value; not its CRLF), as in
-            # gunicorn and nginx. The limit is per line, so the message names the section
-            # the line is in rather than the budget header and trailer share.
-            section = "trailer" if self._state is State.TRAILERS else "header"
-            raise ProtocolError(f"{section} field line exceeds {limits.limit_request_field_size} bytes", 431)
+            return
+        # The whole line counts (name, colon, whitespace, value; not its CRLF), as in
+        # gunicorn and nginx. Below: the index of the first byte over each limit.
+        line_over_at = start + limits.limit_request_field_size
+        section_over_at = self._section_at + limits.limit_request_headers - self._section_used
+        if stop <= line_over_at and stop <= section_over_at:
+            return
+        if section_over_at < line_over_at:
+            raise self._section_too_large()
+        # The limit is per line, so the message names the section the line is in
+        # rather than the budget header and trailer share.
+        section = "trailer" if self._state is State.TRAILERS else "header"
+        raise ProtocolError(f"{section} field line exceeds {limits.limit_request_field_size} bytes", 431)
 
     def _check_section_size(self, size: int) -> None:
+        if self._section_used + size > self._limits.limit_request_headers:
+            raise self._section_too_large()
+
+    def _section_too_large(self) -> ProtocolError:
         limit = self._limits.limit_request_headers
-        if self._section_used + size > limit:
-            raise ProtocolError(f"{self._section_name()} section exceeds {limit} bytes", 431)
+        return ProtocolError(f"{self._section_name()} section exceeds {limit} bytes", 431)
 
     def _section_name(self) -> str:
         """Trailers share the header limits (one budget per request), and say so."""
@@ -420,9 +431,7 @@ class Connection:
         # A CR at the very end may be half of the CRLF that ends the line: not counted yet.
         filled = len(buf) - buf.endswith(b"\r")
         self._check_lines(len(buf))
-        self._check_line_length(filled - self._line_at)
-        if self._section_at >= 0:
-            self._check_section_size(filled - self._section_at)
+        self._check_line_bytes(self._line_at, filled)
 
     def _check_complete_section(self, end: int) -> None:
         """The section ends with the CRLF CRLF at `end`: the same checks, all lines."""
