@@ -335,7 +335,7 @@ class Connection:
         self._request = Request(method, path, query, headers, b"", remote_addr, protocol,
                                 target_uri(scheme, host, method, target))
         self.close_requested = asks_to_close(special.get("connection"), protocol)
-        if len(special) == 1 and "host" in special:
+        if "content-length" not in special and "transfer-encoding" not in special and "expect" not in special:
             return self._complete("request_without_body")  # no framing fields: the usual GET
         if protocol == "HTTP/1.1" and "expect" in special:
             # RFC 9110 §10.1.1; a 100-continue in an HTTP/1.0 request MUST be ignored.
