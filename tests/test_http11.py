@@ -324,6 +324,23 @@ def test_default_request_line_limit_is_inclusive():
                 c.next_event()
 
 
+@pytest.mark.parametrize("section", ["header", "trailer"])
+def test_field_line_limit_counts_name_colon_whitespace_and_value(section):
+    """limit_request_field_size bounds the whole field line, as in gunicorn and nginx:
+    a one-byte value with a long name and whitespace around it is over the limit."""
+    limits = Limits(limit_request_field_size=40)
+    if section == "header":
+        start, end = b"GET / HTTP/1.1\r\nHost: a\r\n", b"\r\n\r\n"
+    else:
+        start, end = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n", b"\r\n\r\n"
+    at_limit = b"X-A-Rather-Long-Field-Name: \t v \t" + b" " * 7
+    assert len(at_limit) == 40
+    for way in WAYS:
+        assert isinstance(outcome(start + at_limit + end, way, limits), list), way
+        assert outcome(start + at_limit + b"\t" + end, way, limits) == (
+            431, f"{section} field line exceeds 40 bytes"), way
+
+
 def test_many_small_chunks_without_extensions_are_fine():
     body = b"".join(b"1\r\n%c\r\n" % (97 + i % 26) for i in range(5000))
     c = conn()
@@ -364,6 +381,61 @@ def test_error_after_a_good_request_comes_on_the_next_cycle():
     c.start_next_cycle()
     with pytest.raises(ProtocolError):
         c.next_event()
+
+
+# --- repeated single-value fields (RFC 9110 §5.3) -------------------------------------------
+
+def outcome(data: bytes, way: str, limits: Limits = Limits()):
+    """Feed `data` whole, byte by byte, or followed by the start of another request:
+    -> the first Request's headers, or (status, message) of the ProtocolError."""
+    chunks = {"whole": [data], "bytewise": [data[i:i + 1] for i in range(len(data))],
+              "trailing": [data + b"GET /next HTTP/1.1\r\nHo"]}[way]
+    c = conn(limits=limits)
+    try:
+        for chunk in chunks:
+            c.receive_data(chunk)
+            event = c.next_event()
+            if isinstance(event, Request):
+                return event.headers
+    except ProtocolError as exc:
+        return exc.status, exc.msg
+    raise AssertionError(f"no request and no error, last event {event!r}")
+
+
+WAYS = ("whole", "bytewise", "trailing")
+
+
+@pytest.mark.parametrize("name", sorted(grammar.SINGLE_VALUE_FIELDS))
+def test_single_value_field_repeated_with_different_values_is_400(name):
+    spelled = "-".join(part.capitalize() for part in name.split("-"))
+    head = b"GET / HTTP/1.1\r\nHost: a\r\n%s: one\r\nX-B: 1\r\n%s: " % (spelled.encode(), name.encode())
+    expected = (400, f"header field '{name}' repeated with different values (RFC 9110 §5.3)")
+    for way in WAYS:
+        assert outcome(head + b"two\r\n\r\n", way) == expected, way
+        assert outcome(head + b" one \r\n\r\n", way) == [("Host", "a"), (spelled, "one"), ("X-B", "1"), (name, "one")]
+
+
+@pytest.mark.parametrize("name", ["Accept", "Cookie", "Connection", "X-Forwarded-For", "Content-Encoding", "If-Match"])
+def test_list_fields_may_repeat_with_different_values(name):
+    data = b"GET / HTTP/1.1\r\nHost: a\r\n%s: one\r\n%s: two\r\n\r\n" % (name.encode(), name.encode())
+    for way in WAYS:
+        assert outcome(data, way) == [("Host", "a"), (name, "one"), (name, "two")]
+
+
+def test_host_and_content_length_keep_their_own_repeat_rules():
+    assert not {"host", "content-length"} & grammar.SINGLE_VALUE_FIELDS
+    for way in WAYS:
+        assert outcome(b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", way) == (
+            400, "more than one Host header (RFC 9112 §3.2)")
+        assert outcome(post(b"hi", b"Content-Length: 2\r\n"), way)[-1] == ("Content-Length", "2")
+
+
+def test_check_single_values_directly():
+    grammar.check_single_values({"host": ["a", "b"], "accept": ["x", "y"], "range": ["bytes=0-1"] * 3})
+    with pytest.raises(ProtocolError) as info:
+        grammar.check_single_values({"accept": ["x", "y"], "from": ["a@b", "a@b", "c@d"]})
+    assert (info.value.status, info.value.msg) == (
+        400, "header field 'from' repeated with different values (RFC 9110 §5.3)")
 
 
 # --- X-Forwarded-For / X-Forwarded-Proto ---------------------------------------------------
@@ -554,8 +626,17 @@ def test_split_target_refusals(method, target):
 
 
 @pytest.mark.parametrize("values,status", [
-    (["chunked"], None), (["gzip, chunked"], 501), (["foo"], 501), (["gzip"], 400),
-    (["chunked", "chunked"], 400), (["chunked, gzip"], 400), ([" chunked , "], 400), (["CHUNKED"], None),
+    (["chunked"], None), (["CHUNKED"], None),
+    # RFC 9112 §6.3: a final coding other than chunked, known or not, is 400 ...
+    (["foo"], 400), (["gzip"], 400), (["identity"], 400), (["chunked, identity"], 400), (["chunked, gzip"], 400),
+    (["chunked", "foo"], 400), (["gzip, chunked, foo"], 400), (["chunked;q=1"], 400), (["chunked ; q=1"], 400),
+    # ... as are codings the framing cannot be trusted with ...
+    (["chunked", "chunked"], 400), (["chunked, chunked"], 400), (["foo, chunked, chunked"], 400),
+    (["chunked;q=1, chunked"], 400),
+    ([" chunked , "], 400), ([",chunked"], 400), (["gzip,,chunked"], 400), (["chunked", ""], 400),
+    # ... and only a request framed by a final chunked gets 501 for what comes before it
+    (["gzip, chunked"], 501), (["foo, chunked"], 501), (["identity, chunked"], 501), (["x-gzip", "chunked"], 501),
+    (["gzip;level=1, chunked"], 501),
 ])
 def test_transfer_coding_rules(values, status):
     if status is None:
@@ -564,6 +645,19 @@ def test_transfer_coding_rules(values, status):
         with pytest.raises(ProtocolError) as info:
             grammar.check_transfer_coding(values, "HTTP/1.1", has_length=False)
         assert info.value.status == status
+
+
+@pytest.mark.parametrize("values,message", [
+    (["chunked, identity"], "final transfer coding 'identity' is not chunked (RFC 9112 §6.3)"),
+    (["chunked;q=1"], "chunked transfer coding takes no parameters (RFC 9112 §7)"),
+    (["foo, gzip, chunked"], "unknown transfer coding 'foo'"),
+    (["gzip, foo, chunked"], "unknown transfer coding 'foo'"),
+    (["gzip;level=1, chunked"], "transfer coding 'gzip;level=1' is not supported"),
+])
+def test_transfer_coding_messages(values, message):
+    with pytest.raises(ProtocolError) as info:
+        grammar.check_transfer_coding(values, "HTTP/1.1", has_length=False)
+    assert info.value.msg == message
 
 
 @pytest.mark.parametrize("values,expected", [
