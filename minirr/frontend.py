@@ -36,6 +36,18 @@ from .responses import LAST_CHUNK, DateCache, ResponseHead, chunk, complete_resp
 log = logging.getLogger("minirr")
 
 
+def finish_request(request, peer: str, host: Optional[str], default_host: str, trusted_proxies: tuple) -> None:
+    """Fill in what the parser cannot know: who the client is (the peer, or for a trusted
+    proxy what its X-Forwarded-For says) and the target URI (RFC 9112 §3.3: the scheme,
+    http or the proxy's X-Forwarded-Proto, and Host, or our own address without one)."""
+    scheme = "http"
+    if trusted_proxies and forwarded.is_trusted(peer, trusted_proxies):
+        request.remote_addr, scheme = forwarded.client_of(request.headers, peer, trusted_proxies)
+    else:
+        request.remote_addr = peer
+    request.uri = target_uri(scheme, host or default_host, request.method, request.uri)
+
+
 class Frontend:
     """The application listener and its clients. `back` is wired in by the server."""
 
@@ -77,12 +89,7 @@ class Frontend:
     # ---- the connection's owner ---------------------------------------------------------------
     def on_request(self, conn: Connection, request) -> None:
         parser = conn.parser
-        scheme = "http"
-        if self.config.trusted_proxies and forwarded.is_trusted(conn.peer, self.config.trusted_proxies):
-            request.remote_addr, scheme = forwarded.client_of(request.headers, conn.peer, self.config.trusted_proxies)
-        else:
-            request.remote_addr = conn.peer
-        request.uri = target_uri(scheme, parser.host or self.default_host, request.method, request.uri)
+        finish_request(request, conn.peer, parser.host, self.default_host, self.config.trusted_proxies)
         now = self.loop.now()
         job = conn.job = Job(conn, request, not parser.close_requested and not self.stopping, now)
         self.jobs.submit(job, now)

@@ -2,8 +2,8 @@
 
 Owns: the ABNF of request lines, field lines, targets, Host and chunk-size lines as
 precompiled regexes; the pure checks on a parsed head (target forms, Host, Connection,
-Transfer-Encoding, Content-Length, trailer fields); one-line error messages naming the
-broken rule.
+Transfer-Encoding, Content-Length, repeated single-value fields, trailer fields);
+one-line error messages naming the broken rule.
 Never: keeps state, buffers bytes or decides when to read (http11 does); performs I/O.
 
 Everything here is a pure function of strings, so each rule can be read, and tested,
@@ -13,7 +13,7 @@ on its own. The connection state machine in http11 calls these on a complete hea
 from __future__ import annotations
 
 import re
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from .errors import ProtocolError
 
@@ -74,6 +74,26 @@ _FORBIDDEN_TRAILERS = frozenset((
     "content-range", "range", "if-match", "if-none-match", "if-modified-since",
     "if-unmodified-since", "if-range", "cache-control", "forwarded", "x-forwarded-for",
     "x-forwarded-proto", "x-forwarded-host"))
+
+# Request fields defined as one value, not as a comma-separated list (RFC 9110 §5.6.1
+# #rule). RFC 9110 §5.3: a sender MUST NOT send such a field on more than one line, since
+# the lines cannot be recombined into one value; RFC 9110 §8.3 names the risk for
+# Content-Type: recipients that each pick "the last valid member" of a combined value
+# differ in what they pick. So different values on repeated lines are 400 (identical
+# repeats are harmless and accepted). The fields, by the ABNF of their sections:
+#   Content-Type (§8.3), Content-Location (§8.7), Date (§6.6.1), Max-Forwards (§7.6.2),
+#   From (§10.1.2), Referer (§10.1.3), User-Agent (§10.1.5), Authorization (§11.6.2),
+#   Proxy-Authorization (§11.7.2), If-Modified-Since (§13.1.3), If-Unmodified-Since
+#   (§13.1.4), If-Range (§13.1.5), Range (§14.2: one ranges-specifier, whose ranges are
+#   a list inside one value), Content-Range (§14.4, which a PUT may carry, §14.5).
+# Host and Content-Length are singletons too, with rules of their own (check_host,
+# content_length). Not here: list fields (Accept*, Expect, If-Match, If-None-Match,
+# Content-Encoding, Connection, TE, ...), and Cookie, which RFC 9110 does not define
+# (RFC 6265 §5.4 asks clients for one line, but HTTP/2 gateways may split it).
+SINGLE_VALUE_FIELDS = frozenset((
+    "content-type", "content-location", "date", "max-forwards", "from", "referer",
+    "user-agent", "authorization", "proxy-authorization", "if-modified-since",
+    "if-unmodified-since", "if-range", "range", "content-range"))
 
 
 def shown(text: str) -> str:
@@ -199,6 +219,15 @@ def check_trailer_section(text: str) -> None:
             raise ProtocolError(f"field {shown(name)} is not allowed in a trailer section (RFC 9110 §6.5.1)")
 
 
+def check_single_values(fields: Dict[str, List[str]]) -> None:
+    """400 for a field of SINGLE_VALUE_FIELDS sent on several lines with different
+    values. `fields` maps lowercase names to their values in order (other names may be
+    in it and are not looked at)."""
+    for name, values in fields.items():
+        if len(values) > 1 and name in SINGLE_VALUE_FIELDS and values.count(values[0]) != len(values):
+            raise ProtocolError(f"header field {shown(name)} repeated with different values (RFC 9110 §5.3)")
+
+
 def check_host(values: Optional[List[str]], protocol: str) -> Optional[str]:
     """RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, for any request with
     more than one Host line, and for an invalid Host value. -> the Host value or None."""
@@ -228,26 +257,38 @@ def asks_to_close(values: Optional[List[str]], protocol: str) -> bool:
 def check_transfer_coding(values: List[str], protocol: str, has_length: bool) -> None:
     """RFC 9112 §6.1 and §6.3: only a body framed by a final "chunked" is readable.
 
-    Order: an unregistered coding is 501 (RFC 9112 §6.1); a framing that cannot be
-    trusted is 400; a registered coding we do not decode (gzip before chunked) is 501."""
+    Order: first whether the framing can be trusted at all (400): no HTTP/1.0, no
+    Content-Length beside it, no empty element, chunked once and last (RFC 9112 §6.3:
+    a final coding other than chunked, known to us or not, leaves the body length
+    undeterminable, and that MUST be 400). Only a request we could frame gets 501 for
+    a coding before chunked: unregistered (RFC 9112 §6.1), or registered but not
+    decoded here (gzip)."""
     if protocol == "HTTP/1.0":
         raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request (RFC 9112 §6.1)")
     if has_length:
         raise ProtocolError("both Transfer-Encoding and Content-Length (RFC 9112 §6.3)")
     codings = [coding.strip(" \t").lower() for value in values for coding in value.split(",")]
-    for coding in codings:
-        if not coding:
-            # RFC 9110 §5.6.1 would skip empty elements; in a framing field a front
-            # proxy that reads them differently makes a smuggling gap, so refuse.
-            raise ProtocolError("empty element in Transfer-Encoding")
-        if coding not in _KNOWN_CODINGS:
-            raise ProtocolError(f"unknown transfer coding {shown(coding)}", 501)
-    if codings.count("chunked") > 1:
+    if "" in codings:
+        # RFC 9110 §5.6.1 would skip empty elements; in a framing field a front
+        # proxy that reads them differently makes a smuggling gap, so refuse.
+        raise ProtocolError("empty element in Transfer-Encoding")
+    names = [_coding_name(coding) for coding in codings]
+    if names.count("chunked") > 1:
         raise ProtocolError("chunked transfer coding applied more than once (RFC 9112 §7)")
+    if names[-1] != "chunked":
+        raise ProtocolError(f"final transfer coding {shown(codings[-1])} is not chunked (RFC 9112 §6.3)")
     if codings[-1] != "chunked":
-        raise ProtocolError("final transfer coding is not chunked (RFC 9112 §6.3)")
+        raise ProtocolError("chunked transfer coding takes no parameters (RFC 9112 §7)")
+    unknown = [coding for coding, name in zip(codings, names) if name not in _KNOWN_CODINGS]
+    if unknown:
+        raise ProtocolError(f"unknown transfer coding {shown(unknown[0])}", 501)
     if len(codings) > 1:
         raise ProtocolError(f"transfer coding {shown(codings[0])} is not supported", 501)
+
+
+def _coding_name(coding: str) -> str:
+    """transfer-coding = token *( OWS ";" OWS transfer-parameter ) (RFC 9112 §7): the token."""
+    return coding.partition(";")[0].rstrip(" \t")
 
 
 def content_length(values: List[str], limit: int) -> int:

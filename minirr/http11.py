@@ -52,9 +52,9 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .errors import ProtocolError
-from .grammar import (CHUNK_LINE_RE, EMPTY_LINES_RE, HEAD_RE, MAX_CHUNK_DIGITS,
-                      asks_to_close, check_host, check_trailer_section, check_transfer_coding,
-                      content_length, head_error, http_version, split_target)
+from .grammar import (CHUNK_LINE_RE, EMPTY_LINES_RE, HEAD_RE, MAX_CHUNK_DIGITS, SINGLE_VALUE_FIELDS,
+                      asks_to_close, check_host, check_single_values, check_trailer_section,
+                      check_transfer_coding, content_length, head_error, http_version, split_target)
 from .messages import Request
 
 
@@ -83,7 +83,7 @@ class RequestLimits:
     max_request_size: int = 10 * 1024 * 1024   # body bytes; larger -> 413
     limit_request_line: int = 8190             # request line longer -> 414
     limit_request_fields: int = 100            # more header (+ trailer) fields -> 431
-    limit_request_field_size: int = 8190       # one field line longer -> 431 (also chunk lines)
+    limit_request_field_size: int = 8190       # one field line (name: value) longer -> 431 (also chunk lines)
     limit_request_headers: int = 65536         # header (+ trailer) section larger -> 431
 
 
@@ -140,8 +140,9 @@ def _advance(conn: "RequestParser", event: str) -> None:
 
 
 # Header fields the parser itself reads; everything else only goes to the application.
-_SPECIAL_FIELDS = frozenset(("host", "content-length", "transfer-encoding", "connection",
-                             "expect", "x-forwarded-for", "x-forwarded-proto"))
+_PARSER_FIELDS = frozenset(("host", "content-length", "transfer-encoding", "connection", "expect"))
+# ... and the fields it collects: those, and the single-value fields whose repeats it checks.
+_SPECIAL_FIELDS = _PARSER_FIELDS | SINGLE_VALUE_FIELDS
 
 
 class RequestParser:
@@ -281,6 +282,11 @@ class RequestParser:
             self._check_complete_section(end)  # a limit broken first is reported first
             raise head_error(text)
         method, target, path, query, major, minor, fields = match.groups()
+        lines = fields.split("\r\n") if fields is not None else []
+        if len(lines) > self._limits.limit_request_fields:
+            # A line-level limit, so it comes before the syntax checks, as it does when
+            # the head arrives in pieces (a head this small skipped _check_lines).
+            raise ProtocolError(f"more than {self._limits.limit_request_fields} header fields", 431)
         protocol = http_version(major, minor)
         if path is None or method == "CONNECT":
             path, query = split_target(method, target)  # the other target forms, and their errors
@@ -288,17 +294,22 @@ class RequestParser:
             query = ""
         headers = []
         special: Dict[str, List[str]] = {}
-        if fields is not None:
-            lines = fields.split("\r\n")
-            if len(lines) > self._limits.limit_request_fields:
-                raise ProtocolError(f"more than {self._limits.limit_request_fields} header fields", 431)
+        if lines:
+            repeated = False
             for field_line in lines:
                 name, _, value = field_line.partition(":")
                 value = value.strip(" \t")  # RFC 9112 §5: OWS around the value is not part of it
                 headers.append((name, value))
                 lname = name.lower()
                 if lname in _SPECIAL_FIELDS:
-                    special.setdefault(lname, []).append(value)
+                    values = special.get(lname)
+                    if values is None:
+                        special[lname] = [value]
+                    else:
+                        values.append(value)
+                        repeated = True
+            if repeated:  # rare: only then look for single-value fields that disagree
+                check_single_values(special)
             self._fields_seen = len(lines)
         del self._buf[:end + 4]
         self._section_used = end + 2 - match.end(6)
@@ -312,7 +323,7 @@ class RequestParser:
         # until the server fills them in (frontend.Frontend.on_request).
         self._request = Request(method, path, query, headers, b"", "", protocol, target)
         self.close_requested = asks_to_close(special.get("connection"), protocol)
-        if len(special) == 1 and "host" in special:
+        if "content-length" not in special and "transfer-encoding" not in special and "expect" not in special:
             return self._complete("request_without_body")  # no framing fields: the usual GET
         if protocol == "HTTP/1.1" and "expect" in special:
             # RFC 9110 §10.1.1; a 100-continue in an HTTP/1.0 request MUST be ignored.
@@ -343,9 +354,9 @@ class RequestParser:
     def _check_lines(self, end: int) -> None:
         """Check every complete line in buf[self._line_at:end] once, in order.
 
-        Within a line the checks run in the order the bytes arrive: its length and the
-        section size up to its end (which a partial read would already have refused),
-        then its terminator."""
+        Within a line the checks run in the order the bytes arrive: the size limits its
+        bytes pass (which a partial read would already have refused, so the one passed
+        first), then its terminator, then the field count."""
         buf = self._buf
         limits = self._limits
         pos = self._line_at
@@ -354,9 +365,7 @@ class RequestParser:
             if nl < 0:
                 break
             has_cr = nl > pos and buf[nl - 1] == 13
-            self._check_line_length(nl - pos - has_cr)
-            if self._section_at >= 0:
-                self._check_section_size(nl - has_cr - self._section_at)
+            self._check_line_bytes(pos, nl - has_cr)
             if not has_cr:
                 # RFC 9112 §2.2 lets a recipient accept a bare LF; we do not, because a
                 # front proxy that disagrees about line ends enables request smuggling.
@@ -370,18 +379,35 @@ class RequestParser:
             pos = nl + 1
         self._line_at = pos
 
-    def _check_line_length(self, length: int) -> None:
+    def _check_line_bytes(self, start: int, stop: int) -> None:
+        """The bytes buf[start:stop] of one line (without its line end) against the
+        line limit and, for a field line, the section limit. When both are passed the
+        error names the one passed at the earlier byte, as a byte-by-byte feed would."""
         limits = self._limits
         if self._section_at < 0:
-            if length > limits.limit_request_line:
+            if stop - start > limits.limit_request_line:
                 raise ProtocolError(f"request line exceeds {limits.limit_request_line} bytes", 414)
-        elif length > limits.limit_request_field_size:
-            raise ProtocolError(f"{self._section_name()} field line exceeds {limits.limit_request_field_size} bytes", 431)
+            return
+        # The whole line counts (name, colon, whitespace, value; not its CRLF), as in
+        # gunicorn and nginx. Below: the index of the first byte over each limit.
+        line_over_at = start + limits.limit_request_field_size
+        section_over_at = self._section_at + limits.limit_request_headers - self._section_used
+        if stop <= line_over_at and stop <= section_over_at:
+            return
+        if section_over_at < line_over_at:
+            raise self._section_too_large()
+        # The limit is per line, so the message names the section the line is in
+        # rather than the budget header and trailer share.
+        section = "trailer" if self._state is State.TRAILERS else "header"
+        raise ProtocolError(f"{section} field line exceeds {limits.limit_request_field_size} bytes", 431)
 
     def _check_section_size(self, size: int) -> None:
+        if self._section_used + size > self._limits.limit_request_headers:
+            raise self._section_too_large()
+
+    def _section_too_large(self) -> ProtocolError:
         limit = self._limits.limit_request_headers
-        if self._section_used + size > limit:
-            raise ProtocolError(f"{self._section_name()} section exceeds {limit} bytes", 431)
+        return ProtocolError(f"{self._section_name()} section exceeds {limit} bytes", 431)
 
     def _section_name(self) -> str:
         """Trailers share the header limits (one budget per request), and say so."""
@@ -393,9 +419,7 @@ class RequestParser:
         # A CR at the very end may be half of the CRLF that ends the line: not counted yet.
         filled = len(buf) - buf.endswith(b"\r")
         self._check_lines(len(buf))
-        self._check_line_length(filled - self._line_at)
-        if self._section_at >= 0:
-            self._check_section_size(filled - self._section_at)
+        self._check_line_bytes(self._line_at, filled)
 
     def _check_complete_section(self, end: int) -> None:
         """The section ends with the CRLF CRLF at `end`: the same checks, all lines."""

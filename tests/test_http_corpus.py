@@ -1,4 +1,6 @@
-"""The request corpus (tests/corpus/README.md), fed to http11.Connection four ways.
+"""The request corpus (tests/corpus/README.md), fed to http11.RequestParser four ways; each
+request is then finished as the frontend finishes it (frontend.finish_request: the peer,
+trusted proxies, the target URI).
 
 Every valid case must give the same requests whole, one byte at a time, followed by the
 start of another request, and followed by EOF. Every invalid case must raise a
@@ -14,13 +16,13 @@ from pathlib import Path
 import pytest
 
 from minirr.errors import ProtocolError
-from minirr.http11 import CLOSED, CONTINUE, NEED_DATA, PAUSED, Connection, Limits
+from minirr.frontend import finish_request
+from minirr.http11 import CLOSED, CONTINUE, NEED_DATA, PAUSED, RequestLimits as Limits, RequestParser
 from minirr.messages import Request
 
 CORPUS = Path(__file__).parent / "corpus"
 LIMITS = Limits(**json.loads((CORPUS / "limits.json").read_text()))
-DEFAULT_CONNECTION = {"remote_addr": "192.0.2.10", "trusted_proxies": [], "scheme": "http",
-                      "default_host": "localhost"}
+DEFAULT_CONNECTION = {"remote_addr": "192.0.2.10", "trusted_proxies": [], "default_host": "localhost"}
 NEXT_REQUEST_START = b"GET /next HTTP/1.1\r\nHost: exa"
 
 
@@ -36,10 +38,18 @@ VALID = load_cases("valid")
 INVALID = load_cases("invalid")
 
 
+class Connection(RequestParser):
+    """The parser plus what the frontend knows of the connection (the corpus's "connection")."""
+
+    def __init__(self, settings: dict) -> None:
+        super().__init__(LIMITS)
+        self.peer = settings["remote_addr"]
+        self.default_host = settings["default_host"]
+        self.trusted = tuple(ipaddress.ip_network(n) for n in settings["trusted_proxies"])
+
+
 def make_connection(expected) -> Connection:
-    settings = dict(DEFAULT_CONNECTION, **expected.get("connection", {}))
-    settings["trusted_proxies"] = tuple(ipaddress.ip_network(n) for n in settings["trusted_proxies"])
-    return Connection(LIMITS, **settings)
+    return Connection(dict(DEFAULT_CONNECTION, **expected.get("connection", {})))
 
 
 def as_dict(request: Request, keep_alive: bool) -> dict:
@@ -56,6 +66,7 @@ def drain(conn: Connection, seen: list):
     while True:
         event = conn.next_event()
         if isinstance(event, Request):
+            finish_request(event, conn.peer, conn.host, conn.default_host, conn.trusted)
             seen.append(as_dict(event, conn.keep_alive))
             assert conn.next_event() is PAUSED  # paused until the response is "sent"
             conn.start_next_cycle()

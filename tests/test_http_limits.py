@@ -62,6 +62,11 @@ REJECTIONS = [
      431, "more than 10 header fields"),
     ("field_size_431", b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 250 + b"\r\n\r\n", 431,
      "field line exceeds 200 bytes"),
+    # the whole line counts: name, colon, whitespace and value (a 1-byte value here)
+    ("field_size_name_and_ows_431", b"GET / HTTP/1.1\r\nHost: x\r\nX-" + b"n" * 150 + b":" + b" " * 48 + b"v\r\n\r\n",
+     431, "header field line exceeds 200 bytes"),
+    ("trailer_field_size_431", chunked_post(b"abc")[:-2] + b"T-" + b"n" * 150 + b":" + b" " * 48 + b"v\r\n\r\n",
+     431, "trailer field line exceeds 200 bytes"),
     ("header_section_431",
      b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 150) for i in range(8)) + b"\r\n",
      431, "header section exceeds 1000 bytes"),
@@ -78,8 +83,8 @@ REJECTIONS = [
      "invalid Content-Length"),
     ("cl_values_differ", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
      400, "Content-Length values differ"),
-    ("te_not_final_chunked", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400,
-     "final transfer coding is not chunked"),
+    ("te_not_final_chunked", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n", 400,
+     "final transfer coding 'identity' is not chunked"),
     ("te_in_http10", b"POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400,
      "Transfer-Encoding in an HTTP/1.0 request"),
     ("chunk_size_with_sign", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n"
@@ -87,6 +92,8 @@ REJECTIONS = [
     ("bare_lf", b"GET / HTTP/1.1\nHost: x\n\n", 400, "bare LF"),
     ("obs_fold", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n", 400, "obsolete line folding"),
     ("two_hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "more than one Host"),
+    ("content_type_twice", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Type: text/html\r\n"
+     b"Content-Length: 2\r\n\r\nhi", 400, "header field 'content-type' repeated with different values"),
     ("no_host", b"GET / HTTP/1.1\r\nX-A: a\r\n\r\n", 400, "without a Host header"),
     ("space_before_colon", b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400, "whitespace before colon"),
     ("nul_in_value", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n", 400, "control character"),
@@ -94,7 +101,7 @@ REJECTIONS = [
     # versions and codings
     ("http2_505", b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505, "HTTP/2.0 is not supported"),
     ("http09_505", b"GET /\r\n\r\n", 505, "HTTP/0.9 is not supported"),
-    ("unknown_coding_501", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: foo\r\n\r\n", 501,
+    ("unknown_coding_501", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: foo, chunked\r\n\r\n", 501,
      "unknown transfer coding 'foo'"),
 ]
 
