@@ -27,7 +27,7 @@ from .channel import WorkerChannel, printable
 from .frame import CODEC_JSON, CONTROL, ERROR, PING, PONG, STOP, STREAM, Frame, FrameStart
 from .jobs import Job, Jobs, Outcome
 from .messages import RequestHeadEncoder
-from .pool import DEAD, READY, STARTING, STOPPING, WORKING, Fate, Pool, Reason, Worker, WorkerState, fate
+from .pool import READY, STARTING, STOPPING, WORKING, Fate, Pool, Reason, Worker, WorkerState, failed_start, fate
 from .responses import ResponseHeads
 
 log = logging.getLogger("minirr")
@@ -412,7 +412,7 @@ class Backend:
                 self.front.abort(job, "the worker died", now)
             else:
                 self.jobs.fail(job, Outcome.WORKER_DIED)
-        if was is STARTING:
+        if failed_start(worker, was):
             self._after_failed_start(worker, self._start_failure(worker, status))
         worker.channel = None              # its buffers go with it (a job may still name the worker)
         self.ensure_pool(now)

@@ -129,6 +129,7 @@ class Worker:
         self.pid = 0
         self.state = STARTING
         self.created_at = created_at
+        self.ready_at = 0.0               # when it answered the handshake; 0.0 = never
         self.last_done_at = 0.0           # when it last finished a job (idle_ttl)
         self.max_jobs = max_jobs           # 0 = unlimited; already jittered
         self.jobs_done = 0
@@ -152,6 +153,13 @@ def _advance(worker: Worker, event: str) -> WorkerState:
         raise MinirrError(f"{worker}: event {event!r} is not allowed in state {worker.state.name}")
     worker.state = new
     return new
+
+
+def failed_start(worker: Worker, was: WorkerState) -> bool:
+    """It exited, or was killed for a fault (a bad handshake, a start timeout), before it
+    was ever ready: the start failed, and the next one waits (back-off). A starting worker
+    stopped for a soft reason (a shutdown, a reset) did not fail."""
+    return not worker.ready_at and (was is STARTING or worker.reason in FAULTS)
 
 
 class Pool:
@@ -190,6 +198,7 @@ class Pool:
         """The worker finished its bootstrap and answered the handshake."""
         _advance(worker, "hello")
         worker.pid = pid or worker.pid
+        worker.ready_at = now
         worker.last_done_at = now
         worker.deadline_at = 0.0
         self.boot_failures = 0
@@ -244,7 +253,7 @@ class Pool:
         was = worker.state
         _advance(worker, "exit")
         worker.job = None                  # nothing may keep a dead worker's job (and its buffers) alive
-        if was is STARTING:
+        if failed_start(worker, was):
             self._boot_failed(now)
         del self.workers[worker.id]
         return was

@@ -5,7 +5,7 @@ Run as `[server] command = python rogue_worker.py`. Written against the wire pro
 with minirr.frame and minirr.messages only. With ROGUE_HANDSHAKE=deep in the environment
 it answers the handshake with a deeply nested JSON value instead of its pid.
 
-Routes (anything else answers its pid):
+Routes (anything else answers its pid; /id?X answers X):
     /double          two complete answers for one request, in one write
     /double-idle     one answer, then another a moment later, while no request is in flight
     /headers-list    "headers" is a JSON list      /headers-str     "headers" is a string
@@ -31,7 +31,11 @@ def frame_with_head(head: bytes, body: bytes = b"") -> bytes:
 
 
 def answer_pid() -> bytes:
-    response = Response(200, {}, str(os.getpid()))
+    return answer(str(os.getpid()))
+
+
+def answer(text: str) -> bytes:
+    response = Response(200, {}, text)
     return frame_with_head(encode_response_head(response), response.body)
 
 
@@ -63,8 +67,11 @@ def main() -> int:
                 return 0
             continue
         head_len = item.options[0]
-        path = decode_request(item.payload[:head_len], item.payload[head_len:]).path
-        if path == "/double":
+        request = decode_request(item.payload[:head_len], item.payload[head_len:])
+        path = request.path
+        if path == "/id":
+            out.write(answer(request.query))
+        elif path == "/double":
             out.write(answer_pid() + answer_pid())
         elif path == "/double-idle":
             out.write(answer_pid())
