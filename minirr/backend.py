@@ -1,17 +1,17 @@
-"""The master's worker side: starting workers, giving them jobs, reading their answers,
-and what each event means for a worker (pool.fate).
+"""The master's worker side: starting workers, giving them jobs, and what each event means
+for a worker (pool.fate).
 
-Owns: starting workers and the handshake, the request frame of a job, turning response
-      frames into an answer for the frontend (whole, or in parts as they arrive, with
-      backpressure: a worker's pipe is not read while its client is backlogged), a
-      worker's end (stop, kill, exit), timeouts (exec_ttl, start, stop) and the reload.
+Owns: starting workers and the handshake, the request frame of a job, a worker's end
+      (stop, kill, exit) and what it means for its job, timeouts (exec_ttl, start,
+      stop), and the reload (each old worker retired once its replacement is ready).
 Never: talks HTTP (frontend.py writes the answers), reads or writes a pipe itself
-       (channel.py does), or decides a fate by itself (pool.fate does).
+       (channel.py does), reads an answer's frames (replies.py does), or decides a fate
+       by itself (pool.fate does).
 
     start:  launcher.start() -> WorkerChannel -> handshake {"pid": master}
             <- {"pid": its own} -> READY
-    job:    dispatch: request frame -> ... response frame(s) -> front.answer (or begin,
-            part ..., end) -> the worker is free: pool.job_done -> KEEP or STOP
+    job:    dispatch: request frame ... response frame(s) -> replies -> release(worker):
+            pool.job_done -> KEEP (ready again) or STOP (retired now)
     end:    its pidfd is readable -> reap -> log what it means -> replace it
 """
 
@@ -24,19 +24,16 @@ from typing import List, Optional
 
 from . import frame
 from .channel import WorkerChannel, printable
-from .frame import CODEC_JSON, CONTROL, ERROR, PING, PONG, STOP, STREAM, Frame, FrameStart
+from .frame import CODEC_JSON, CONTROL, Frame
 from .jobs import Job, Jobs, Outcome
 from .messages import RequestHeadEncoder
 from .pool import READY, STARTING, STOPPING, WORKING, Fate, Pool, Reason, Worker, WorkerState, failed_start, fate
-from .responses import ResponseHeads
+from .replies import Replies
 
 log = logging.getLogger("minirr")
 
 LARGE_BODY_BYTES = 64 * 1024           # a request body this large is written on its own, not copied
-MAX_HEAD_BYTES = frame.LARGE_PAYLOAD_BYTES   # a response frame's JSON head may be at most this long
 STOP_PAYLOAD = json.dumps({"stop": True}).encode()
-PONG_FRAME = frame.encode(0, b"", (), PONG)
-STOP_STREAM_FRAME = frame.encode(0, b"", (), STOP)
 
 
 class Reload:
@@ -63,16 +60,19 @@ class Backend:
         self.ops = None
         self.child_descriptors = list
         self.request_heads = RequestHeadEncoder()
-        self.response_heads = ResponseHeads()
+        self.replies = Replies(loop, self, pool, jobs, front, config.pool.destroy_timeout)
         self.stopping = False
         self.reload: Optional[Reload] = None
 
     # ================================================================== starting
     def ensure_pool(self, now: float) -> None:
+        """Start workers up to the pool's size; retire any beyond it (a reload's extra one)."""
         if self.stopping:
             return
         while self.pool.deficit() and self.pool.can_start(now):
             self._start_worker(now)
+        for worker in self.pool.surplus():
+            self.retire(worker, Reason.RESET, now)
 
     def _start_worker(self, now: float) -> None:
         worker = self.pool.new_worker(now)
@@ -134,12 +134,12 @@ class Backend:
 
     def on_frames(self, worker: Worker, items: list) -> None:
         """What a read from the worker's pipe decoded (channel.py), by the worker's state."""
-        now = self.loop.now()
+        now = self.loop.clock()
         last = len(items) - 1
         for index, item in enumerate(items):
             state = worker.state
             if state is WORKING:
-                self._on_reply(worker, worker.job, item, now, index < last)
+                self.replies.on_item(worker, worker.job, item, now, index < last)
             elif state is STARTING:
                 self._on_handshake(worker, item, now)
             elif state is READY:
@@ -148,175 +148,18 @@ class Backend:
             else:
                 return                     # STOPPING or DEAD: nothing it sends matters now
 
-    def _on_reply(self, worker: Worker, job: Job, item, now: float, more: bool) -> None:
-        if type(item) is Frame:
-            self._on_reply_frame(worker, job, item, now, more)
-        elif type(item) is FrameStart:
-            self._on_large_start(worker, job, item)
-        else:
-            self._on_large_part(worker, job, item, now, more)
-
-    def _on_reply_frame(self, worker: Worker, job: Job, item: Frame, now: float, more: bool) -> None:
-        """A whole response frame: the answer (the usual case), or one piece of a stream."""
-        streams = item.stream & STREAM
-        if streams:
-            job.stream_frames = True
-        if item.stream & PING:
-            worker.channel.write(PONG_FRAME)   # wire-protocol.md §2.7: answer every PING, at once
-        if item.flags & ERROR:
-            self._on_soft_error(worker, job, bytes(item.payload[:200]), now, more)
-            return
-        # The first frame's head gives status and headers; a later piece of a stream may
-        # repeat it (skipped) or carry none (wire-protocol.md §2.7).
-        head_len = item.options[0] if item.options else (0 if job.streaming else -1)
-        if not 0 <= head_len <= len(item.payload):
-            self._on_bad_response(worker, job, "a response frame without its head length option")
-            return
-        body = memoryview(item.payload)[head_len:]
-        if job.cancelled:
-            pass                               # the client left: drop it
-        elif job.streaming:                    # a later piece: its head repeats the first one's
-            if not self._forward(worker, job, bytes(body), now):
-                return
-        else:
-            try:
-                head = self.response_heads.get(bytes(item.payload[:head_len]))
-            except ValueError as exc:
-                self._on_bad_response(worker, job, str(exc))
-                return
-            if not head.status:
-                self._on_recycle_request(worker, job, now)
-                return
-            if not streams:
-                self.front.answer(job, head, body, now)
-            else:
-                self.front.begin(job, head, head.content_length, bytes(body))
-                self._hold_back(worker, job)
-        if streams:
-            self.pool.extend_deadline(worker, now)
-        else:
-            self._end_reply(worker, job, now, more)
-
-    def _on_large_start(self, worker: Worker, job: Job, start: FrameStart) -> None:
-        """A response frame too large to hold: its head is collected, its body passed on."""
-        head_len = start.options[0] if start.options else (0 if job.streaming else -1)
-        if start.flags & ERROR:
-            head_len = 0                       # an error message: its first bytes are kept for the log
-        elif not (0 if job.streaming else 1) <= head_len <= min(start.length, MAX_HEAD_BYTES):
-            self._on_bad_response(worker, job, f"a response frame of {start.length} bytes with head length "
-                                               f"{head_len}")
-            return
-        job.head_len = head_len
-        job.head_buf = bytearray()
-        job.frame_left = start.length
-        job.frame_streams = bool(start.stream & STREAM)
-        job.stream_frames = job.stream_frames or job.frame_streams
-        job.error_frame = bool(start.flags & ERROR)
-
-    def _on_large_part(self, worker: Worker, job: Job, part, now: float, more: bool) -> None:
-        data = part.data
-        job.frame_left -= len(data)
-        if job.error_frame:
-            if len(job.head_buf) < 200:
-                job.head_buf += data[:200 - len(job.head_buf)]
-            if part.last:
-                self._on_soft_error(worker, job, bytes(job.head_buf), now, more)
-            return
-        if len(job.head_buf) < job.head_len:   # still inside the JSON head
-            take = job.head_len - len(job.head_buf)
-            job.head_buf += data[:take]
-            data = data[take:]
-            if len(job.head_buf) < job.head_len:
-                return
-            if not job.streaming and not job.cancelled:   # the first frame: the client's head now
-                if not self._begin_large(worker, job, data):
-                    return
-                data = b""
-        if data and not job.cancelled:
-            if not self._forward(worker, job, data, now):
-                return
-        if not part.last:
-            return
-        if job.frame_streams:
-            self.pool.extend_deadline(worker, now)
-        elif job.cancelled:
-            self._end_reply(worker, job, now, more)
-        else:
-            self.front.end(job, b"", now)
-            self._end_reply(worker, job, now, more)
-
-    def _begin_large(self, worker: Worker, job: Job, first: bytes) -> bool:
-        """The head of a large frame is complete: the client gets the HTTP head now, with
-        the frame's body length as Content-Length unless more frames follow."""
-        try:
-            head = self.response_heads.get(bytes(job.head_buf))
-        except ValueError as exc:
-            self._on_bad_response(worker, job, str(exc))
-            return False
-        if not head.status:
-            self._on_bad_response(worker, job, "a stop request with a body")
-            return False
-        length = head.content_length if job.frame_streams else job.frame_left + len(first)
-        self.front.begin(job, head, length, first)
-        self._hold_back(worker, job)
-        return True
-
-    def _forward(self, worker: Worker, job: Job, data: bytes, now: float) -> bool:
-        """Body bytes for a client whose answer is under way; False if that broke it off."""
-        if not self.front.part(job, data):
-            self.front.abort(job, "the body was longer than its Content-Length", now)
-            self.retire(worker, Reason.BROKEN_CHANNEL, now, "sent more body than its Content-Length")
-            return False
-        self.pool.extend_deadline(worker, now)
-        self._hold_back(worker, job)
-        return True
-
-    def _hold_back(self, worker: Worker, job: Job) -> None:
-        """Backpressure: while the client has HIGH_WATER_BYTES unsent, the worker's pipe is
-        not read (its writes block), and exec_ttl does not count: the wait is the client's."""
-        conn = job.conn
-        if conn.backlogged:
-            worker.channel.pause_reading()
-            worker.deadline_at = 0.0
-            conn.wait_for_drain()
-
-    def resume(self, job: Job) -> None:
-        """The client took what it had: read the worker's pipe again."""
-        worker = job.worker
-        if worker is not None and worker.job is job and worker.channel is not None:
-            worker.channel.resume_reading()
-            self.pool.extend_deadline(worker, self.loop.now())
-
-    def _end_reply(self, worker: Worker, job: Job, now: float, more: bool) -> None:
-        """The final frame of the job is in. Anything after it in the same read is a frame
-        nobody asked for: the channel is broken, and no frame of it may reach the next
-        client (STYLE.md §10)."""
-        if more or not worker.channel.decoder.idle:
-            worker.job = None
-            self.on_broken_channel(worker, "sent a frame after its final response frame")
-            return
-        fate_now = self.pool.job_done(worker, now)
-        if fate_now is Fate.STOP:
+    def release(self, worker: Worker, now: float) -> None:
+        """Its job is answered: it is ready again, or retired if due (max_jobs, or a soft
+        limit passed while it worked); then the queue moves."""
+        if self.pool.job_done(worker, now) is Fate.STOP:
             self._stop(worker, worker.reason, now)
             self.ensure_pool(now)
-        else:
+        elif not worker.channel.reading:
             worker.channel.resume_reading()
         if self.jobs.queue:
             self.jobs.drain(now)
 
-    def _on_soft_error(self, worker: Worker, job: Job, message: bytes, now: float, more: bool) -> None:
-        log.warning("%s: request %s %s failed: %s", worker, job.request.method, job.request.path,
-                    printable(message))
-        if job.streaming and not job.cancelled:
-            self.front.abort(job, "the application raised an error", now)
-        elif not job.cancelled:
-            self.jobs.fail(job, Outcome.SOFT_ERROR)
-        self._end_reply(worker, job, now, more)
-
-    def _on_bad_response(self, worker: Worker, job: Job, why: str) -> None:
-        self.on_broken_channel(worker, f"sent an invalid response: {why}")
-
-    def _on_recycle_request(self, worker: Worker, job: Job, now: float) -> None:
+    def recycle(self, worker: Worker, job: Job, now: float) -> None:
         """The worker asked to be recycled instead of answering: run the job elsewhere."""
         worker.job = None
         job.worker = None
@@ -327,19 +170,12 @@ class Backend:
             self.jobs.retry(job, now)
 
     def abandon(self, job: Job, now: float) -> None:
-        """The client left while its job was at a worker. A stream is told to STOP; what the
-        worker still sends is dropped until its final frame, and then it is free again. A
-        worker that goes on past destroy_timeout is killed (wire-protocol.md §2.7)."""
-        worker = job.worker
-        if worker is None or worker.job is not job or worker.channel is None:
-            return
-        if job.stream_frames:
-            worker.channel.write(STOP_STREAM_FRAME)
-            destroy = self.config.pool.destroy_timeout
-            worker.deadline_at = now + destroy if destroy else 0.0
-        else:
-            self.pool.extend_deadline(worker, now)
-        worker.channel.resume_reading()
+        """The client left while its job was at a worker (the replies wind it down)."""
+        self.replies.abandon(job, now)
+
+    def resume(self, job: Job) -> None:
+        """The client took what it had: read the worker's pipe again."""
+        self.replies.resume(job)
 
     # ================================================================== a worker's end
     def retire(self, worker: Worker, reason: Reason, now: float, why: str = "") -> None:
@@ -369,14 +205,14 @@ class Backend:
         """A real fault: kill it now; its client (if any) gets 502 now."""
         log.error("%s %s; killing it", worker, why)
         self._fail_job(worker, Outcome.BAD_RESPONSE, "the worker broke the frame channel")
-        self.retire(worker, Reason.BROKEN_CHANNEL, self.loop.now(), why)
+        self.retire(worker, Reason.BROKEN_CHANNEL, self.loop.clock(), why)
 
     def on_channel_failed(self, worker: Worker, exc: BaseException) -> None:
         """Our own code raised on this worker's behalf (loop containment): replace it."""
         log.error("%s: handling its channel failed; killing it", worker, exc_info=exc)
         if worker.live and worker.channel is not None and not worker.channel.closed:
             self._fail_job(worker, Outcome.BAD_RESPONSE, "internal error")
-            self.retire(worker, Reason.BROKEN_CHANNEL, self.loop.now(), "its channel failed in the master")
+            self.retire(worker, Reason.BROKEN_CHANNEL, self.loop.clock(), "its channel failed in the master")
 
     def on_channel_eof(self, worker: Worker) -> None:
         """EOF on its frame pipe: the process is exiting (its descriptors close a moment
@@ -392,14 +228,14 @@ class Backend:
         if job is None or job.done or job.cancelled:
             return
         if job.streaming:
-            self.front.abort(job, why, self.loop.now())
+            self.front.abort(job, why, self.loop.clock())
         else:
             self.jobs.fail(job, outcome)
 
     def on_exit(self, worker: Worker) -> None:
         """The process is gone: clean up, then decide what its exit means."""
         channel: WorkerChannel = worker.channel
-        now = self.loop.now()
+        now = self.loop.clock()
         status = channel.proc.reap(timeout=1.0)
         channel.drain_output()
         channel.close()
@@ -419,7 +255,7 @@ class Backend:
 
     def _after_failed_start(self, worker: Worker, why: str) -> None:
         if self.reload is not None and worker.generation == self.pool.generation:
-            self._end_reload(self.loop.now(), f"{worker} failed to start: {why}")
+            self._end_reload(self.loop.clock(), f"{worker} failed to start: {why}")
         if not self.pool.serving():
             self.jobs.fail_all(Outcome.NO_WORKERS)
 
@@ -439,7 +275,7 @@ class Backend:
             log.warning("%s %s after %s", worker, how, failure)
         elif was is STARTING:
             log.error("%s %s before it was ready; next start in %.1fs", worker, how,
-                      max(0.0, self.pool.next_start_at - self.loop.now()))
+                      max(0.0, self.pool.next_start_at - self.loop.clock()))
         elif was is WORKING:
             log.error("%s %s while busy; request answered 502", worker, how)
         else:

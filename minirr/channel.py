@@ -54,8 +54,9 @@ class _Watch(Handler):
         self.channel.contain(exc)
 
 
-class WorkerChannel:
-    """The master's ends of one worker's pipes (see the module docstring)."""
+class WorkerChannel(Handler):
+    """The master's ends of one worker's pipes (see the module docstring). The loop calls
+    `on_event` for frames from the worker; the other descriptors have a _Watch each."""
 
     def __init__(self, loop: Loop, worker, proc, backend, max_frame_bytes: int) -> None:
         self.loop = loop
@@ -72,8 +73,7 @@ class WorkerChannel:
         self._output_tail = b""            # an unfinished line of its output
         self._backlog: Deque[bytes] = deque()   # output lines read but not relayed yet
         self._watches = {name: _Watch(callback, self) for name, callback in (
-            ("from", self._on_readable), ("to", self._flush), ("output", self._on_output),
-            ("exit", self._on_exit))}
+            ("to", self._flush), ("output", self._on_output), ("exit", self._on_exit))}
 
     def open(self) -> None:
         proc = self.proc
@@ -82,6 +82,9 @@ class WorkerChannel:
             self.loop.register(proc.output, READ, self._watches["output"])
         if proc.sentinel is not None:
             self.loop.register(proc.sentinel, READ, self._watches["exit"])
+
+    def on_event(self, mask: int) -> None:
+        self._on_readable()
 
     def contain(self, exc: BaseException) -> None:
         self.backend.on_channel_failed(self.worker, exc)
@@ -145,13 +148,13 @@ class WorkerChannel:
 
     def resume_reading(self) -> None:
         if not self.reading and not self.closed:
-            self.loop.register(self.proc.from_worker, READ, self._watches["from"])
+            self.loop.register(self.proc.from_worker, READ, self)
             self.reading = True
 
     def _on_readable(self) -> None:
         if self.closed or not self.reading:
             return
-        size = PART_READ_SIZE if self.decoder.in_large_frame else READ_SIZE
+        size = PART_READ_SIZE if self.decoder.part_left else READ_SIZE
         try:
             data = os.read(self.proc.from_worker, size)
         except BlockingIOError:

@@ -32,7 +32,7 @@ from typing import Optional
 from . import lifecycle
 from .errors import MinirrError
 from .http11 import CLOSED as PARSER_CLOSED, CONTINUE, NEED_DATA
-from .lifecycle import CLOSED, IDLE, LINGERING, READING, SENDING, STREAMING, WAITING, ConnectionLimits, advance
+from .lifecycle import CLOSED, IDLE, LINGERING, READING, SENDING, WAITING, ConnectionLimits, advance
 from .loop import READ, WRITE, Handler, Loop
 
 log = logging.getLogger("minirr")
@@ -124,7 +124,7 @@ class Connection(Handler):
         except OSError:                 # ConnectionResetError, TimeoutError: the peer is gone
             self.close()
             return
-        now = self.loop.now()
+        now = self.loop.clock()
         self.last_read_at = now
         if not data:
             self.peer_closed = True     # EOF stays readable forever: _sync_events stops watching
@@ -174,7 +174,7 @@ class Connection(Handler):
     def _parse_again(self) -> None:
         """After an answer: the next pipelined request, or the peer's EOF (run from `soon`)."""
         if self.phase is IDLE:
-            self._parse(self.loop.now())
+            self._parse(self.loop.clock())
             if self.phase is IDLE and self.peer_closed and not self.out:
                 self.close()
             elif self.phase is not CLOSED:
@@ -195,13 +195,14 @@ class Connection(Handler):
         """The answer to the request in flight (or the last part of a streamed one)."""
         if self.phase is CLOSED:
             return                      # the client went away: the answer is dropped
-        advance(self, "respond")
         self.served += 1
         if not keep_alive:
             self.closing = True
         self.write(data)
-        if self.phase is SENDING and not self.out:
-            self._on_drained()
+        if self.out:
+            advance(self, "respond")    # the rest goes out on EVENT_WRITE
+        elif self.phase is not CLOSED:
+            self._answered()            # all of it went out at once: the usual case
 
     def start_stream(self, head: bytes) -> None:
         """The head (and maybe the first bytes) of an answer whose rest is still coming."""
@@ -219,7 +220,7 @@ class Connection(Handler):
         advance(self, "reject")
         self.write(data if data is not None else self.owner.rejection(status, message))
         if self.phase is SENDING and not self.out:
-            self._on_drained()
+            self._answered()
         elif self.phase is not CLOSED:
             self._sync_events()
 
@@ -239,7 +240,7 @@ class Connection(Handler):
             return
         if sent < len(data):
             self.out += memoryview(data)[sent:]
-            now = self.loop.now()
+            now = self.loop.clock()
             self.last_write_at = now
             self.send_started_at = now
             self.sent_since = 0
@@ -258,7 +259,7 @@ class Connection(Handler):
             self.close()
             return
         del self.out[:sent]
-        self.last_write_at = self.loop.now()
+        self.last_write_at = self.loop.clock()
         self.sent_since += sent
         if self.draining and len(self.out) < LOW_WATER_BYTES:
             self.draining = False
@@ -266,15 +267,15 @@ class Connection(Handler):
         if not self.out and self.phase is not CLOSED:
             self._sync_events()
             if self.phase is SENDING:
-                self._on_drained()
+                self._answered()
 
-    def _on_drained(self) -> None:
+    def _answered(self) -> None:
         """The whole answer is with the kernel: close, or wait for the next request."""
         if self.closing:
             self._finish()
             return
-        advance(self, "drained")
-        self.idle_since = self.loop.now()
+        advance(self, "answered")
+        self.idle_since = self.loop.clock()
         self.job = None
         self.parser.start_next_cycle()
         if self.parser.buffered_bytes or self.peer_closed:
@@ -297,7 +298,7 @@ class Connection(Handler):
             self.close()
             return
         advance(self, "linger")
-        self.linger_until = self.loop.now() + lifecycle.LINGER_S
+        self.linger_until = self.loop.clock() + lifecycle.LINGER_S
         self._sync_events()
 
     def close(self) -> None:

@@ -145,11 +145,11 @@ class FrameDecoder:
         self.large = large
         self._large_bytes = LARGE_PAYLOAD_BYTES if large != JOIN else max_payload_bytes + 1
         self._chunks: List[bytes] = []  # bytes fed but not yet decoded
-        self._have = 0                  # bytes in _chunks
+        self.buffered_bytes = 0                  # bytes in _chunks
         self._need = HEADER_SIZE        # bytes needed before the next frame can progress
         self._gathering: Optional[Frame] = None   # GATHER: the frame whose payload is filling
         self._filled = 0                # GATHER: bytes of that payload received so far
-        self._part_left = 0             # PARTS: payload bytes of the current large frame still to come
+        self.part_left = 0              # PARTS: payload bytes of the current large frame still to come
 
     @property
     def buffered(self) -> bytes:
@@ -157,18 +157,13 @@ class FrameDecoder:
         return b"".join(self._chunks)
 
     @property
-    def in_large_frame(self) -> bool:
-        """A large payload is arriving (gathered or in parts)."""
-        return bool(self._part_left) or self._gathering is not None
-
-    @property
     def idle(self) -> bool:
         """Nothing is buffered and no frame is in progress: the stream is at a frame boundary."""
-        return not self._have and self._gathering is None and not self._part_left
+        return not self.buffered_bytes and self._gathering is None and not self.part_left
 
     def feed(self, data: bytes) -> List[Item]:
         items: List[Item] = []
-        if self._part_left:
+        if self.part_left:
             data = self._continue_parts(data, items)
         elif self._gathering is not None:
             data = self._continue_gather(data, items)
@@ -176,8 +171,8 @@ class FrameDecoder:
             return items
         if self._chunks:                      # a frame in progress: join once it can complete
             self._chunks.append(data)
-            self._have += len(data)
-            if self._have < self._need:
+            self.buffered_bytes += len(data)
+            if self.buffered_bytes < self._need:
                 return items
             data = b"".join(self._chunks)
         pos = 0
@@ -205,19 +200,20 @@ class FrameDecoder:
                 continue
             items.append(Frame(flags, data[start:end], options, stream))
             pos = end
+        if pos == size:                       # the usual case: whole frames, nothing left over
+            if self._chunks:
+                self._chunks = []
+                self.buffered_bytes = 0
+                self._need = HEADER_SIZE
+            return items
         self._keep(data, pos, need)
         return items
 
     def _keep(self, data: bytes, pos: int, need: int) -> None:
-        """Remember what is left after the last whole frame (usually nothing)."""
-        if pos == len(data):
-            self._chunks = []
-            self._have = 0
-            self._need = HEADER_SIZE
-            return
+        """Remember what is left after the last whole frame."""
         rest = data[pos:] if pos else data
         self._chunks = [rest]
-        self._have = len(rest)
+        self.buffered_bytes = len(rest)
         self._need = need
 
     def _start_large(self, flags: int, options: tuple, stream: int, length: int, data: bytes, start: int,
@@ -225,27 +221,27 @@ class FrameDecoder:
         """A large payload begins at data[start:]: hand on or gather what is there. Returns
         where decoding goes on in `data`, or -1 when the payload needs more bytes."""
         self._chunks = []
-        self._have = 0
+        self.buffered_bytes = 0
         self._need = HEADER_SIZE
         if self.large == PARTS:
             items.append(FrameStart(flags, options, stream, length))
-            self._part_left = length
+            self.part_left = length
             rest = self._continue_parts(data[start:], items)
         else:
             self._gathering = Frame(flags, bytearray(length), options, stream)
             self._filled = 0
             rest = self._continue_gather(data[start:], items)
-        if self._part_left or self._gathering is not None:
+        if self.part_left or self._gathering is not None:
             return -1
         return len(data) - len(rest)
 
     # ---- PARTS: a large payload handed on as it arrives ------------------------------
     def _continue_parts(self, data: bytes, items: List[Item]) -> bytes:
         """Hand on up to the rest of the current large payload; return what follows it."""
-        take = min(len(data), self._part_left)
+        take = min(len(data), self.part_left)
         if take:
-            self._part_left -= take
-            items.append(FramePart(data if take == len(data) else data[:take], not self._part_left))
+            self.part_left -= take
+            items.append(FramePart(data if take == len(data) else data[:take], not self.part_left))
         return data[take:] if take < len(data) else b""
 
     # ---- GATHER: a large payload collected in one buffer of its size -------------------

@@ -23,7 +23,7 @@ import socket
 import time
 from typing import Optional, Tuple
 
-from . import forwarded, http11, responses
+from . import forwarded, http11
 from .grammar import target_uri
 from .config import HTTPConfig
 from .connection import Connection
@@ -90,7 +90,7 @@ class Frontend:
     def on_request(self, conn: Connection, request) -> None:
         parser = conn.parser
         finish_request(request, conn.peer, parser.host, self.default_host, self.config.trusted_proxies)
-        now = self.loop.now()
+        now = self.loop.clock()
         job = conn.job = Job(conn, request, not parser.close_requested and not self.stopping, now)
         self.jobs.submit(job, now)
 
@@ -103,7 +103,7 @@ class Frontend:
     def on_closed(self, conn: Connection) -> None:
         job = conn.job
         if job is not None and not job.done:
-            self.jobs.abandon(job, self.loop.now())
+            self.jobs.abandon(job, self.loop.clock())
 
     def on_drain(self, conn: Connection) -> None:
         job = conn.job
@@ -113,10 +113,11 @@ class Frontend:
     # ---- answers -------------------------------------------------------------------------------
     def answer(self, job: Job, head: ResponseHead, body, now: float) -> None:
         """A whole answer in one piece: the usual case, one write."""
-        job.status = head.status
-        data = complete_response(head.http, head.status, body, keep_alive=job.keep_alive,
-                                 head_only=job.head_only, date=self.http_date(), protocol=job.request.protocol)
-        job.body_bytes = 0 if job.head_only or responses.has_no_content(head.status) else len(body)
+        status = job.status = head.status
+        head_only = job.request.method == "HEAD"
+        data = complete_response(head.http, status, body, keep_alive=job.keep_alive, head_only=head_only,
+                                 date=self.dates.get(time.time()), protocol=job.request.protocol)
+        job.body_bytes = 0 if head_only or status == 204 or status == 304 else len(body)
         self.jobs.finished(job, now)
         job.conn.respond(data, job.keep_alive)
 
@@ -126,17 +127,18 @@ class Frontend:
         data = error_response(status, message, date=self.http_date(), keep_alive=job.keep_alive,
                               extra_headers=headers)
         job.body_bytes = len(message) + 1
-        self.jobs.finished(job, self.loop.now())
+        self.jobs.finished(job, self.loop.clock())
         job.conn.respond(data, job.keep_alive)
 
     def begin(self, job: Job, head: ResponseHead, content_length: Optional[int], first: bytes) -> None:
         """The head of an answer whose body is still coming, and its first bytes."""
         job.status = head.status
-        data, job.framing = streamed_head(head.http, head.status, content_length, keep_alive=job.keep_alive,
-                                          date=self.http_date(), protocol=job.request.protocol)
-        if job.framing == "close":
+        reply = job.reply
+        data, reply.framing = streamed_head(head.http, head.status, content_length, keep_alive=job.keep_alive,
+                                            date=self.http_date(), protocol=job.request.protocol)
+        if reply.framing == "close":
             job.keep_alive = False
-        job.length_left = content_length or 0
+        reply.length_left = content_length or 0
         job.streaming = True
         job.conn.start_stream(data + self._body(job, first) if first else data)
 
@@ -145,20 +147,21 @@ class Frontend:
         then broken off)."""
         if data:
             job.conn.write(self._body(job, data))
-        return job.framing != "length" or job.length_left >= 0
+        return job.reply.framing != "length" or job.reply.length_left >= 0
 
     def end(self, job: Job, last: bytes, now: float) -> bool:
         """The last body bytes: the answer is complete. False (and the connection closed)
         if the body did not match the app's Content-Length."""
+        reply = job.reply
         data = self._body(job, last) if last else b""
-        if job.framing == "chunked" and not job.head_only:
+        if reply.framing == "chunked" and not job.head_only:
             data += LAST_CHUNK
-        if job.framing == "length" and job.length_left != 0:
-            self.abort(job, f"the body was {'longer' if job.length_left < 0 else 'shorter'} than its "
+        if reply.framing == "length" and reply.length_left != 0:
+            self.abort(job, f"the body was {'longer' if reply.length_left < 0 else 'shorter'} than its "
                             f"Content-Length", now)
             return False
         self.jobs.finished(job, now)
-        job.conn.respond(data, job.keep_alive and job.framing != "close")
+        job.conn.respond(data, job.keep_alive and reply.framing != "close")
         return True
 
     def abort(self, job: Job, why: str, now: float) -> None:
@@ -172,13 +175,14 @@ class Frontend:
 
     def _body(self, job: Job, data: bytes) -> bytes:
         """Body bytes as the framing wants them (nothing for HEAD)."""
-        if job.head_only or job.framing == "none":
+        reply = job.reply
+        if job.head_only or reply.framing == "none":
             return b""
         job.body_bytes += len(data)
-        if job.framing == "chunked":
+        if reply.framing == "chunked":
             return chunk(data)
-        if job.framing == "length":
-            job.length_left -= len(data)
+        if reply.framing == "length":
+            reply.length_left -= len(data)
         return data
 
     def http_date(self) -> bytes:

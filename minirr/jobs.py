@@ -60,33 +60,46 @@ ANSWERS: Dict[Outcome, Answer] = {
 
 
 class Job:
-    """One request on its way through the pool, and the state of its answer."""
+    """One request on its way through the pool, and what has been answered so far."""
 
-    __slots__ = ("conn", "request", "keep_alive", "head_only", "queued_at", "deadline_at", "worker",
-                 "status", "body_bytes", "framing", "length_left", "head_len", "head_buf", "frame_left",
-                 "frame_streams", "error_frame", "stream_frames", "streaming", "cancelled", "done")
+    __slots__ = ("conn", "request", "keep_alive", "queued_at", "deadline_at", "worker", "status", "body_bytes",
+                 "reply", "streaming", "cancelled", "done")
 
     def __init__(self, conn, request, keep_alive: bool, now: float) -> None:
         self.conn = conn                   # the client connection (connection.Connection)
         self.request = request
         self.keep_alive = keep_alive
-        self.head_only = request.method == "HEAD"
         self.queued_at = now
         self.deadline_at = 0.0             # allocate_timeout, while queued
         self.worker = None                 # pool.Worker, once dispatched
         self.status = 0                    # the answer's status, once its head is sent
         self.body_bytes = 0                # body bytes sent to the client (access log)
-        self.framing = ""                  # "length", "chunked", "close" or "none", once streaming
+        self.reply: Optional[Reply] = None   # an answer that does not come in one frame
+        self.streaming = False             # the head went to the client; the body is on its way
+        self.cancelled = False             # the client left: what the worker still sends is dropped
+        self.done = False                  # the answer is complete (counted and logged)
+
+    @property
+    def head_only(self) -> bool:
+        return self.request.method == "HEAD"
+
+
+class Reply:
+    """An answer under way that did not come in one small frame: several frames (a stream),
+    or one frame too large to hold. The backend reads it, the frontend writes it."""
+
+    __slots__ = ("framing", "length_left", "head_len", "head_buf", "frame_left", "frame_streams", "error_frame",
+                 "stream_frames")
+
+    def __init__(self) -> None:
+        self.framing = ""                  # "length", "chunked", "close" or "none" (frontend)
         self.length_left = 0               # framing "length": body bytes still owed
-        self.head_len = 0                  # a large response frame: its JSON head's length ...
+        self.head_len = 0                  # a large frame: its JSON head's length ...
         self.head_buf = bytearray()        # ... collected until complete
         self.frame_left = 0                # payload bytes of that frame still to come
         self.frame_streams = False         # that frame has the STREAM bit: more frames follow it
         self.error_frame = False           # that frame is an ERROR (a soft error, a long message)
         self.stream_frames = False         # the worker streams (STREAM frames): it understands STOP
-        self.streaming = False             # the head went to the client; the body is on its way
-        self.cancelled = False             # the client left: what the worker still sends is dropped
-        self.done = False                  # the answer is complete (counted and logged)
 
 
 class Jobs:

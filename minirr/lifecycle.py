@@ -8,11 +8,13 @@ Never: touches a socket or reads a clock: connection.py does the I/O and passes 
 Every connection the master accepts — an application client, a status or metrics
 scraper, a control peer — goes through the same phases:
 
-    IDLE ──data──> READING ──request──> WAITING ──respond──> SENDING ──drained──> IDLE
-      └──────────request────────────────┘   │                    │
-                                            └─stream─> STREAMING ─┘ (respond: the last part)
+    IDLE ──data──> READING ──request──> WAITING ──respond──> SENDING ──answered──> IDLE
+      │ └─────────request───────────────┘ │ │                                       ▲
+      │                                   │ └──answered (all of it went out at once)──┤
+      │                                   └─stream─> STREAMING ─respond / answered────┘
     IDLE | READING ──reject──> SENDING                      (a 4xx answer, then the end)
-    SENDING ──linger──> LINGERING                           (half-closed, draining the peer)
+    WAITING | STREAMING | SENDING ──linger──> LINGERING     (the last answer is out: half-closed,
+                                                             draining the peer)
     any ──close──> CLOSED                                   (CLOSED is terminal)
 
 WAITING: a complete request is with the owner (queued for a worker, or at one).
@@ -72,7 +74,11 @@ TRANSITIONS = {
     (WAITING, "respond"): SENDING,
     (WAITING, "stream"): STREAMING,
     (STREAMING, "respond"): SENDING,
-    (SENDING, "drained"): IDLE,
+    (WAITING, "answered"): IDLE,
+    (STREAMING, "answered"): IDLE,
+    (SENDING, "answered"): IDLE,
+    (WAITING, "linger"): LINGERING,
+    (STREAMING, "linger"): LINGERING,
     (SENDING, "linger"): LINGERING,
 }
 for _phase in Phase:

@@ -146,7 +146,7 @@ class Listener(Handler):
 
     # ---- accepting -------------------------------------------------------------------------
     def on_event(self, mask: int) -> None:
-        now = self.loop.now()
+        now = self.loop.clock()
         for _ in range(ACCEPTS_PER_ROUND):
             if len(self.connections) >= self.max_connections and not self._make_room():
                 self.pause()            # resumed by forget() when one of ours closes

@@ -226,7 +226,7 @@ class Operations:
         if handler is None:
             self._answer_error(conn, call, f"unknown method {call.method!r} (known: {', '.join(control.METHODS)})")
             return
-        handler(conn, call, self.loop.now())
+        handler(conn, call, self.loop.clock())
 
     @staticmethod
     def _answer(conn: Connection, call: Call, result: dict) -> None:
@@ -367,7 +367,7 @@ class _HTTPPeers:
                           self.listener, now)
 
     def on_request(self, conn: Connection, request) -> None:
-        status, headers, body = self.ops.answer_http(self.name, request, self.ops.loop.now())
+        status, headers, body = self.ops.answer_http(self.name, request, self.ops.loop.clock())
         keep_alive = not conn.parser.close_requested
         conn.respond(serialize_response(status, headers, body, keep_alive=keep_alive,
                                         head_only=request.method == "HEAD", date=self._http_date(),

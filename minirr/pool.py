@@ -273,6 +273,16 @@ class Pool:
         counted = sum(1 for w in self.workers.values() if w.live and w.reason is None)
         return max(0, self.size + self.surge - counted)
 
+    def surplus(self) -> List[Worker]:
+        """Workers beyond size + surge (a reload's extra one, once it is over), the ready
+        ones of the oldest generation first: these are retired (softly)."""
+        counted = [w for w in self.workers.values() if w.live and w.reason is None]
+        extra = len(counted) - self.size - self.surge
+        if extra <= 0:
+            return []
+        counted.sort(key=lambda w: (w.state is not READY, w.generation, w.id))
+        return counted[:extra]
+
     def can_start(self, now: float) -> bool:
         return now >= self.next_start_at
 

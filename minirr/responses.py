@@ -66,11 +66,13 @@ def response_head(status: int, headers: list) -> bytes:
 def complete_response(head: bytes, status: int, body: bytes, *, keep_alive: bool,
                       head_only: bool = False, date: bytes, protocol: str = "HTTP/1.1") -> bytes:
     """`head` (from response_head) + Date, Content-Length, Connection, blank line, body."""
-    bodiless = has_no_content(status)
+    # has_no_content and _connection, written out: this runs for every answer
+    bodiless = status < 200 or status == 204 or status == 304
     length = b"" if bodiless else b"Content-Length: %d\r\n" % len(body)
     if head_only or bodiless:
         body = b""
-    return b"%sDate: %s\r\n%s%s\r\n%s" % (head, date, length, _connection(keep_alive, protocol), body)
+    connection = b"" if keep_alive and protocol != "HTTP/1.0" else _connection(keep_alive, protocol)
+    return b"%sDate: %s\r\n%s%s\r\n%s" % (head, date, length, connection, body)
 
 
 def streamed_head(head: bytes, status: int, content_length: Optional[int], *, keep_alive: bool,
@@ -182,19 +184,19 @@ def _content_length(headers: List[Tuple[str, str]]) -> Optional[int]:
     return int(values.pop())
 
 
-class ResponseHeads:
+class ResponseHeads(HeadCache):
     """head_from_json, remembered: an app sends the same few heads over and over, so each
     distinct head is checked and turned into HTTP once. Bounded in number and in size,
-    as a head that changes per response (a Set-Cookie) would otherwise grow it."""
+    as a head that changes per response (a Set-Cookie) would otherwise grow it.
+
+        head = heads.get(head_json) or heads.decode(head_json)   # a hit costs no Python call
+    """
 
     CACHE_SIZE = 256
     CACHE_MAX_BYTES = 4096
 
     def __init__(self) -> None:
-        self.kept = HeadCache(self.CACHE_SIZE, self.CACHE_MAX_BYTES)
+        super().__init__(self.CACHE_SIZE, self.CACHE_MAX_BYTES)
 
-    def get(self, head_json: bytes) -> ResponseHead:
-        head = self.kept.get(head_json)
-        if head is None:
-            head = self.kept.keep(head_json, head_from_json(head_json), len(head_json))
-        return head
+    def decode(self, head_json: bytes) -> ResponseHead:
+        return self.keep(head_json, head_from_json(head_json), len(head_json))

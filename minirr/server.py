@@ -126,7 +126,7 @@ class Server:
                 self.bind()
             self.open_operations()
             self._install_signals()
-            self.back.ensure_pool(self.loop.now())
+            self.back.ensure_pool(self.loop.clock())
             self._announce(f"minirr listening on http://{self.address[0]}:{self.address[1]}")
             log.info("serving %s with %d workers", self.config.server.app or " ".join(self.config.server.command),
                      self.pool.size)
@@ -148,9 +148,9 @@ class Server:
             self.stdout.flush()
 
     def _round(self) -> None:
-        now = self.loop.now()
+        now = self.loop.clock()
         self.loop.run_once(max(0.0, self._next_tick_at - now))
-        now = self.loop.now()
+        now = self.loop.clock()
         if now >= self._next_tick_at:
             self._on_tick(now)
             busy = self.front.connections or self.jobs.queue or self.stopping \
@@ -192,7 +192,7 @@ class Server:
         if self.stopping:
             return
         self.ops.reload_started()
-        self.back.begin_reload(self.loop.now())
+        self.back.begin_reload(self.loop.clock())
 
     def begin_shutdown(self, force: bool = False) -> None:
         """SIGTERM/SIGINT: stop accepting, finish in-flight and queued work, stop workers.
@@ -212,7 +212,7 @@ class Server:
             self.back.reload = None
             self.pool.surge = 0
         destroy = self.config.pool.destroy_timeout
-        self._stop_deadline_at = self.loop.now() + destroy if destroy else 0.0
+        self._stop_deadline_at = self.loop.clock() + destroy if destroy else 0.0
         self.front.stop_accepting()
         self._next_tick_at = 0.0
 

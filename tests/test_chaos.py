@@ -127,7 +127,10 @@ def test_twenty_seconds_of_chaos(serve):
     assert chaos.answered > 50
     # The storm is over: the master serves, and has let go of what the storm made it hold.
     wait_until(lambda: srv.request("GET", "/id?after")[2] == b"after", timeout=30, message="a plain answer")
-    wait_until(lambda: len(srv.workers()) == 3, timeout=30, message="three workers again")
+    try:
+        wait_until(lambda: len(srv.workers()) == 3, timeout=30, message="three workers again")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; workers {srv.workers()}\n{srv.log[-6000:]}") from None
     grown = rss_mb(srv.proc.pid) - start_mb
     assert grown < 16, f"the master is {grown:.1f} MB bigger than before the storm"
     assert "Traceback" not in srv.log, srv.log[-3000:]

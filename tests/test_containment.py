@@ -474,6 +474,7 @@ def test_an_idle_operator_peer_is_closed_promptly(serve):
 def test_a_failing_reload_keeps_the_old_workers_and_reset_says_why(serve):
     srv = serve(app_config(2))
     old = srv.wait_workers(2)
+    srv.wait_for_log(r"ready in \d+ms", count=2)          # both bootstraps are done
     (srv.config_path.parent / "fail-bootstrap").write_text("")
     failures = []
 
@@ -492,7 +493,7 @@ def test_a_failing_reload_keeps_the_old_workers_and_reset_says_why(serve):
     assert proc.returncode == 1
     assert "reset failed" in proc.stderr and "the new bootstrap fails: fail-bootstrap exists" in proc.stderr
     assert failures == []
-    assert sorted(srv.workers()) == sorted(old)              # the old workers serve on
+    assert sorted(srv.workers()) == sorted(old), srv.log     # the old workers serve on
     srv.wait_for_log("reload stopped: worker .* failed to start")
     # Fixed: the next reset starts at once, whatever the boot back-off says.
     (srv.config_path.parent / "fail-bootstrap").unlink()
@@ -506,6 +507,7 @@ def test_a_failing_reload_keeps_the_old_workers_and_reset_says_why(serve):
 def test_a_failing_sighup_reload_keeps_the_old_workers(serve):
     srv = serve(app_config(1))
     old = srv.wait_workers(1)
+    srv.wait_for_log(r"ready in \d+ms")
     (srv.config_path.parent / "fail-bootstrap").write_text("")
     srv.send_signal(signal.SIGHUP)
     srv.wait_for_log("reload stopped")

@@ -159,3 +159,21 @@ def test_an_exited_worker_lets_go_of_its_job():
     pool.assign(pool.ready_worker(), object(), 0.0)
     pool.exited(worker, 1.0)
     assert worker.job is None
+
+
+def test_surplus_workers_are_ready_ones_first_then_the_oldest_generation():
+    pool = Pool(2)
+    old = pool.new_worker(0.0)
+    pool.hello(old, 1, 0.0)
+    pool.generation += 1
+    pool.surge = 1
+    first, second = pool.new_worker(0.0), pool.new_worker(0.0)
+    pool.hello(first, 2, 0.0)
+    pool.hello(second, 3, 0.0)
+    assert pool.ready_worker() is old
+    pool.assign(old, "job", 0.0)                          # the old one works: it is not stopped first
+    assert pool.surplus() == []
+    pool.surge = 0
+    assert pool.surplus() == [first]
+    pool.job_done(old, 1.0)
+    assert pool.surplus() == [old]                        # all ready: the oldest generation goes

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import selectors
 import socket
 import sys
 import time
@@ -31,7 +30,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 from minirr import config as config_module, frame  # noqa: E402
-from minirr.backend import Channel  # noqa: E402
+from minirr.channel import WorkerChannel  # noqa: E402
+from minirr.loop import READ  # noqa: E402
 from minirr.server import Server  # noqa: E402
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n"
@@ -55,6 +55,9 @@ class HarnessProcess:
     def fds(self) -> list:
         return [self.to_worker, self.from_worker]
 
+    def kill(self) -> None:
+        pass
+
 
 def build_server() -> Server:
     config = config_module.parse("[server]\napp = x:y\n[http]\naddress = 127.0.0.1:0\n[pool]\nnum_workers = 1\n"
@@ -65,18 +68,19 @@ def build_server() -> Server:
 
 
 def cycle_parts(server: Server):
-    """One idle worker and one client connection, wired to the harness's ends."""
+    """One ready worker and one client connection, wired to the harness's ends."""
     now = time.monotonic()
     worker = server.pool.new_worker(now)
     proc = HarnessProcess()
-    worker.channel = Channel(proc)
+    worker.channel = WorkerChannel(server.loop, worker, proc, server.back, 1 << 30)
+    worker.channel.open()
     server.pool.hello(worker, 1, now)
-    listener = socket.create_server(("127.0.0.1", 0))
-    theirs = socket.create_connection(listener.getsockname())
-    ours, _ = listener.accept()
-    listener.close()
-    server._add_client(ours, "127.0.0.1", now)
-    client = server.clients[ours.fileno()]
+    server.bind()                          # 127.0.0.1, port 0
+    theirs = socket.create_connection(server.address)
+    listener = server.front.listener
+    while not listener.connections:
+        listener.on_event(READ)
+    [client] = listener.connections.values()
     response = frame.encode_header(frame.CODEC_JSON, len(RESPONSE_HEAD) + len(RESPONSE_BODY),
                                    (len(RESPONSE_HEAD),)) + RESPONSE_HEAD + RESPONSE_BODY
     return worker, proc, client, theirs, response
@@ -86,33 +90,32 @@ def run(requests: int, master: bool, close: bool = False) -> float:
     """Seconds of CPU for `requests` cycles; with master=False only the harness's part."""
     server = build_server()
     worker, proc, client, peer, response = cycle_parts(server)
-    on_client = server._on_client_event
-    on_worker = server._on_worker_readable
-    read = selectors.EVENT_READ
-    if close:
-        server.bind()                      # 127.0.0.1, port 0
-        address = server.address
+    listener = server.front.listener
+    on_worker = worker.channel._on_readable
+    read = READ
+    address = server.address
     started = time.process_time()
     for _ in range(requests):
         if close:
             peer = socket.create_connection(address)
             if master:
-                server._on_listener_readable(read)
-                client = next(reversed(server.clients.values()))   # the one just accepted
+                listener.on_event(read)
+                client = next(reversed(listener.connections.values()))   # the one just accepted
             else:
-                client_sock, _ = server.listener.accept()
+                client_sock, _ = listener.sock.accept()
             peer.send(CLOSE_REQUEST)
         else:
             peer.send(REQUEST)
         if master:
-            on_client(client, read)
+            client.on_event(read)
         else:
             (client_sock if close else client.sock).recv(65536)
             os.write(proc.to_worker, b"x" * 120)
         os.read(proc.requests_r, 65536)
         os.write(proc.responses_w, response)
         if master:
-            on_worker(worker, read)
+            on_worker()
+            server.loop.run_soon()
         else:
             os.read(proc.from_worker, 65536)
             (client_sock if close else client.sock).send(b"x" * 120)
@@ -122,9 +125,44 @@ def run(requests: int, master: bool, close: bool = False) -> float:
         if close:
             peer.close()
     elapsed = time.process_time() - started
-    if server.listener is not None:
-        server.listener.close()
+    server.front.close()
     return elapsed
+
+
+def trace_one(close: bool) -> None:
+    """The master's Python calls for one request cycle (after a warm-up one), in order, with
+    the modules they are in: how far a reader must jump to follow one request."""
+    import sys as _sys
+    calls = []
+
+    def profiler(frame_, event, arg):
+        if event == "call":
+            module = frame_.f_globals.get("__name__", "?")
+            if module.startswith("minirr"):
+                calls.append((module, frame_.f_code.co_name))
+    server = build_server()
+    worker, proc, client, peer, response = cycle_parts(server)
+    for traced in (False, True):
+        peer.send(CLOSE_REQUEST if close else REQUEST)
+        if traced:
+            _sys.setprofile(profiler)
+        client.on_event(READ)
+        _sys.setprofile(None)
+        os.read(proc.requests_r, 65536)
+        os.write(proc.responses_w, response)
+        if traced:
+            _sys.setprofile(profiler)
+        worker.channel._on_readable()
+        server.loop.run_soon()
+        _sys.setprofile(None)
+        peer.recv(65536)
+    switches = sum(1 for a, b in zip(calls, calls[1:]) if a[0] != b[0])
+    modules = sorted({module for module, _ in calls})
+    for module, name in calls:
+        print(f"  {module}.{name}")
+    print(f"{len(calls)} calls in {len(modules)} modules ({', '.join(m.split('.')[-1] for m in modules)}), "
+          f"{switches} module switches")
+    server.front.close()
 
 
 def main() -> None:
@@ -133,7 +171,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--close", action="store_true", help="one connection per request")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--trace", action="store_true",
+                        help="list the Python calls the master makes for one request (sys.setprofile)")
     args = parser.parse_args()
+    if args.trace:
+        trace_one(args.close)
+        return
     if args.profile:
         import cProfile
         import pstats

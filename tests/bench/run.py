@@ -78,6 +78,7 @@ class Scenario:
     connections: int = 32
     servers: Tuple[str, ...] = ("minirr", "gunicorn")  # who can run this app
     expect_body: Optional[str] = None  # the probe checks the response body contains this
+    access_log: bool = False  # minirr's [logs] access_log (off everywhere else, so runs compare the path)
 
     @property
     def reports_throughput(self) -> bool:
@@ -88,13 +89,15 @@ SCENARIOS: Dict[str, Scenario] = {s.name: s for s in [
     Scenario("hello-keepalive", "apps:hello_wsgi", expect_body="Hello, world!"),
     Scenario("hello-close", "apps:hello_wsgi", close=True),
     Scenario("hello-native", "apps:hello_minirr", interface="minirr", servers=("minirr",)),
+    # hello-keepalive with the access log on (stderr to a file): what users get by default
+    Scenario("hello-accesslog", "apps:hello_wsgi", servers=("minirr",), access_log=True),
     Scenario("echo-64k", "apps:echo_wsgi", method="POST", body_bytes=64 * 1024),
     # 4 connections, not 32: 32 five-megabyte uploads in flight measure buffering, not the path.
     Scenario("body-5m", "apps:sink_wsgi", method="POST", body_bytes=5 * MIB, connections=4),
     Scenario("demo", "demo_app:create_app", interface="minirr", factory=True, servers=("minirr",),
              expect_body=DEMO_BODY),
 ]}
-DEFAULT_SCENARIOS = "hello-keepalive,hello-close,hello-native,echo-64k,body-5m,demo"
+DEFAULT_SCENARIOS = "hello-keepalive,hello-close,hello-native,hello-accesslog,echo-64k,body-5m,demo"
 
 
 # ---- /proc: CPU, memory, children ---------------------------------------------------------
@@ -267,20 +270,25 @@ def start_time(pid: int) -> Optional[int]:
 
 
 class Server:
-    """A server under test: knows how to start itself for a scenario."""
+    """A server under test: knows how to start itself for a scenario. `kind` is what a
+    scenario's `servers` names (a minirr from another tree is still a minirr)."""
 
     name = ""
+    kind = ""
 
     def start(self, scenario: Scenario, folder: Path) -> Tuple[Service, str, int]:
         raise NotImplementedError
 
 
 class Minirr(Server):
-    name = "minirr"
+    kind = "minirr"
 
-    def __init__(self, workers: int, extra_env: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, workers: int, extra_env: Optional[Dict[str, str]] = None, root: Path = ROOT,
+                 name: str = "minirr") -> None:
         self.workers = workers
         self.extra_env = extra_env or {}
+        self.root = root                      # the tree whose minirr/ runs (--baseline: another one)
+        self.name = name
 
     def config_text(self, scenario: Scenario, folder: Path) -> str:
         return "\n".join([
@@ -294,7 +302,7 @@ class Minirr(Server):
             "[pool]",
             f"num_workers = {self.workers}",
             "[logs]",
-            "access_log = false",
+            f"access_log = {'true' if scenario.access_log else 'false'}",
             "[rpc]",
             f"listen = unix:{folder / 'rpc.sock'}",
             "",
@@ -304,15 +312,16 @@ class Minirr(Server):
         config = folder / "rr.ini"
         config.write_text(self.config_text(scenario, folder))
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(BENCH_DIR), env.get("PYTHONPATH", "")])
+        env["PYTHONPATH"] = os.pathsep.join([str(self.root), str(BENCH_DIR), env.get("PYTHONPATH", "")])
         env.update(self.extra_env)
-        service = Service("minirr", [sys.executable, "-m", "minirr", "serve", "-c", str(config)], folder, env)
+        service = Service(self.name, [sys.executable, "-m", "minirr", "serve", "-c", str(config)], folder, env)
         match = service.wait_for_line(r"minirr listening on http://([\d.]+):(\d+)")
         return service, match.group(1), int(match.group(2))
 
 
 class Gunicorn(Server):
     name = "gunicorn"
+    kind = "gunicorn"
 
     def __init__(self, executable: Path, workers: int) -> None:
         self.executable = executable
@@ -681,13 +690,14 @@ def median_run(runs: List[Run]) -> Run:
         client_cpu_pct=med("client_cpu_pct"), other_cpu_pct=med("other_cpu_pct"))
 
 
-def same_round_ratios(runs: List[Run], scenario: str, figure: Callable[[Run], float]) -> List[float]:
-    """figure(minirr) / figure(gunicorn) for each round in which both ran `scenario`."""
+def same_round_ratios(runs: List[Run], scenario: str, figure: Callable[[Run], float],
+                      other: str = "gunicorn") -> List[float]:
+    """figure(minirr) / figure(other) for each round in which both ran `scenario`."""
     by_round: Dict[int, Dict[str, float]] = {}
     for r in runs:
         if r.scenario == scenario and not r.failed and figure(r):
             by_round.setdefault(r.round, {})[r.server] = figure(r)
-    return [pair["minirr"] / pair["gunicorn"] for pair in by_round.values() if len(pair) == 2]
+    return [pair["minirr"] / pair[other] for pair in by_round.values() if "minirr" in pair and other in pair]
 
 
 def ratio_lines(runs: List[Run], scenarios: List[Scenario]) -> List[str]:
@@ -701,6 +711,14 @@ def ratio_lines(runs: List[Run], scenarios: List[Scenario]) -> List[str]:
             lines.append(f"- {scenario.name}: minirr/gunicorn req/s = {statistics.median(speed):.2f}x "
                          f"(rounds: {', '.join(f'{x:.2f}' for x in speed)}); requests per server CPU-second "
                          f"= {statistics.median(cost):.2f}x (rounds: {', '.join(f'{x:.2f}' for x in cost)})")
+        speed = same_round_ratios(runs, scenario.name, lambda r: r.req_s, "base")
+        master = same_round_ratios(runs, scenario.name, lambda r: r.master_us_req, "base")
+        cost = same_round_ratios(runs, scenario.name, lambda r: r.server_us_req, "base")
+        if speed:
+            rounds = lambda xs: ", ".join(f"{x:.3f}" for x in xs)  # noqa: E731
+            lines.append(f"- {scenario.name}: minirr/base req/s = {statistics.median(speed):.3f}x "
+                         f"(rounds: {rounds(speed)}); master µs/req = {statistics.median(master):.3f}x "
+                         f"(rounds: {rounds(master)}); server µs/req = {statistics.median(cost):.3f}x")
     return lines
 
 
@@ -749,6 +767,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help=f"gunicorn's venv (default {DEFAULT_VENV})")
     parser.add_argument("--json", type=Path, help="also write every run's figures to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (configs, server logs)")
+    parser.add_argument("--baseline", type=Path, metavar="TREE",
+                        help="also run the minirr of another checkout (e.g. a `git worktree` of the commit before a "
+                             "change) in the same rounds, as server `base`, and print new/base ratios")
     args = parser.parse_args(argv)
     unknown = [s for s in args.scenarios.split(",") if s not in SCENARIOS]
     if unknown:
@@ -770,6 +791,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("\n".join(machine_description()))
     print(f"driver: {driver_name}" + ("" if driver_name == "wrk" else " (wrk not on PATH)"))
     servers: List[Server] = [Minirr(args.workers)]
+    if args.baseline is not None:
+        servers.append(Minirr(args.workers, root=args.baseline.resolve(), name="base"))
+        print(f"baseline: {args.baseline.resolve()}")
     if args.against == "gunicorn":
         executable = install_gunicorn(args.venv)
         if executable is not None:
@@ -841,7 +865,7 @@ def _run_rounds(args, scenarios: List[Scenario], servers: List[Server], driver, 
     for round_no in range(1, args.repeat + 1):
         for scenario in scenarios:
             for server in servers:
-                if server.name not in scenario.servers:
+                if server.kind not in scenario.servers:
                     continue
                 folder = work / f"r{round_no}-{scenario.name}-{server.name}"
                 run = measure(server, scenario, round_no, args.duration, driver, folder)
