@@ -20,10 +20,10 @@ from __future__ import annotations
 import ipaddress
 from typing import Iterable, Optional, Sequence, Union
 
-Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
-def parse_address(text: str) -> Optional[Address]:
+def parse_address(text: str) -> Optional[IPAddress]:
     """"10.0.0.1", "10.0.0.1:5678", "::1", "[::1]:80" -> an address; anything else -> None.
 
     An IPv4-mapped IPv6 address (what a dual-stack socket reports) becomes plain IPv4,
@@ -43,7 +43,7 @@ def parse_address(text: str) -> Optional[Address]:
     return address
 
 
-def _in_networks(address: Address, networks: Sequence) -> bool:
+def _in_networks(address: IPAddress, networks: Sequence) -> bool:
     return any(address in network for network in networks)
 
 

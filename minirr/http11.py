@@ -56,6 +56,7 @@ from .grammar import (CHUNK_LINE_RE, EMPTY_LINES_RE, HEAD_RE, MAX_CHUNK_DIGITS, 
                       asks_to_close, check_host, check_single_values, check_trailer_section,
                       check_transfer_coding, content_length, head_error, http_version, split_target)
 from .messages import Request
+from .sections import SectionScan
 
 
 class _Sentinel:
@@ -161,6 +162,7 @@ class RequestParser:
         self._small_head = min(limits.limit_request_line, limits.limit_request_field_size,
                                limits.limit_request_headers)
         self._buf = bytearray()
+        self._scan = SectionScan(limits)   # the head (and trailer) limits, as bytes arrive
         self._state = State.HEAD
         self._eof = False
         self._error: Optional[Tuple[str, int]] = None
@@ -180,15 +182,7 @@ class RequestParser:
         self._body_left = 0            # bytes still owed by Content-Length or the current chunk
         self._body_size = 0            # de-chunked bytes so far, against max_request_size
         self._ext_bytes = 0            # chunk-extension bytes so far
-        self._section_used = 0         # header-section bytes, counted again for trailers
-        self._fields_seen = 0          # field lines, header and trailer sections together
-        self._start_section(request_line=True)
-
-    def _start_section(self, request_line: bool) -> None:
-        """Reset the scan marks for a new head or trailer section at the buffer start."""
-        self._search_at = 0                         # where the next find() may start
-        self._line_at = 0                           # first line not yet limit-checked
-        self._section_at = -1 if request_line else 0  # start of the field lines, -1 = unknown
+        self._scan.new_request()
 
     # --- public API ------------------------------------------------------------------
 
@@ -256,36 +250,37 @@ class RequestParser:
 
     def _step_head(self):
         buf = self._buf
-        if self._line_at == 0 and buf[:1] == b"\r":
+        scan = self._scan
+        if scan.line_at == 0 and buf[:1] == b"\r":
             # RFC 9112 §2.2: a server SHOULD ignore at least one empty line (CRLF)
             # received prior to the request-line. We drop any number of them.
             match = EMPTY_LINES_RE.match(buf)
             if match is not None:
                 del buf[:match.end()]
-                self._search_at = 0
-        end = buf.find(b"\r\n\r\n", self._search_at)
+                scan.search_at = 0
+        end = buf.find(b"\r\n\r\n", scan.search_at)
         if end < 0:
-            self._check_partial_section()
+            scan.check_partial(buf)
             if self._eof:
                 _advance(self, "eof")
                 return CLOSED
-            self._search_at = max(0, len(buf) - 3)
+            scan.search_at = max(0, len(buf) - 3)
             return NEED_DATA
         if end + 4 > self._small_head:
-            self._check_complete_section(end)
+            scan.check_complete(buf, end)
         return self._parse_head(end)
 
     def _parse_head(self, end: int):
         text = self._buf[:end].decode("latin-1")
         match = HEAD_RE.fullmatch(text)
         if match is None:
-            self._check_complete_section(end)  # a limit broken first is reported first
+            self._scan.check_complete(self._buf, end)  # a limit broken first is reported first
             raise head_error(text)
         method, target, path, query, major, minor, fields = match.groups()
         lines = fields.split("\r\n") if fields is not None else []
         if len(lines) > self._limits.limit_request_fields:
             # A line-level limit, so it comes before the syntax checks, as it does when
-            # the head arrives in pieces (a head this small skipped _check_lines).
+            # the head arrives in pieces (a head this small skipped the line checks).
             raise ProtocolError(f"more than {self._limits.limit_request_fields} header fields", 431)
         protocol = http_version(major, minor)
         if path is None or method == "CONNECT":
@@ -310,9 +305,9 @@ class RequestParser:
                         repeated = True
             if repeated:  # rare: only then look for single-value fields that disagree
                 check_single_values(special)
-            self._fields_seen = len(lines)
+            self._scan.fields_seen = len(lines)
         del self._buf[:end + 4]
-        self._section_used = end + 2 - match.end(6)
+        self._scan.section_used = end + 2 - match.end(6)
         return self._start_body(method, target, path, query, protocol, headers, special)
 
     def _start_body(self, method, target, path, query, protocol, headers, special):
@@ -331,7 +326,7 @@ class RequestParser:
         codings = special.get("transfer-encoding")
         if codings is not None:
             check_transfer_coding(codings, protocol, "content-length" in special)
-            self._start_section(request_line=False)
+            self._scan.start_section(request_line=False)
             _advance(self, "chunked")
             return None
         lengths = special.get("content-length")
@@ -348,83 +343,6 @@ class RequestParser:
         self.keep_alive = not (self.close_requested or self._eof)
         _advance(self, event)
         return request
-
-    # --- line-level checks, in stream order (limits and bare LF) -----------------------
-
-    def _check_lines(self, end: int) -> None:
-        """Check every complete line in buf[self._line_at:end] once, in order.
-
-        Within a line the checks run in the order the bytes arrive: the size limits its
-        bytes pass (which a partial read would already have refused, so the one passed
-        first), then its terminator, then the field count."""
-        buf = self._buf
-        limits = self._limits
-        pos = self._line_at
-        while True:
-            nl = buf.find(b"\n", pos, end)
-            if nl < 0:
-                break
-            has_cr = nl > pos and buf[nl - 1] == 13
-            self._check_line_bytes(pos, nl - has_cr)
-            if not has_cr:
-                # RFC 9112 §2.2 lets a recipient accept a bare LF; we do not, because a
-                # front proxy that disagrees about line ends enables request smuggling.
-                raise ProtocolError("bare LF line ending (RFC 9112 §2.2: lines end with CRLF)")
-            if self._section_at < 0:
-                self._section_at = nl + 1
-            else:
-                self._fields_seen += 1
-                if self._fields_seen > limits.limit_request_fields:
-                    raise ProtocolError(f"more than {limits.limit_request_fields} {self._section_name()} fields", 431)
-            pos = nl + 1
-        self._line_at = pos
-
-    def _check_line_bytes(self, start: int, stop: int) -> None:
-        """The bytes buf[start:stop] of one line (without its line end) against the
-        line limit and, for a field line, the section limit. When both are passed the
-        error names the one passed at the earlier byte, as a byte-by-byte feed would."""
-        limits = self._limits
-        if self._section_at < 0:
-            if stop - start > limits.limit_request_line:
-                raise ProtocolError(f"request line exceeds {limits.limit_request_line} bytes", 414)
-            return
-        # The whole line counts (name, colon, whitespace, value; not its CRLF), as in
-        # gunicorn and nginx. Below: the index of the first byte over each limit.
-        line_over_at = start + limits.limit_request_field_size
-        section_over_at = self._section_at + limits.limit_request_headers - self._section_used
-        if stop <= line_over_at and stop <= section_over_at:
-            return
-        if section_over_at < line_over_at:
-            raise self._section_too_large()
-        # The limit is per line, so the message names the section the line is in
-        # rather than the budget header and trailer share.
-        section = "trailer" if self._state is State.TRAILERS else "header"
-        raise ProtocolError(f"{section} field line exceeds {limits.limit_request_field_size} bytes", 431)
-
-    def _check_section_size(self, size: int) -> None:
-        if self._section_used + size > self._limits.limit_request_headers:
-            raise self._section_too_large()
-
-    def _section_too_large(self) -> ProtocolError:
-        limit = self._limits.limit_request_headers
-        return ProtocolError(f"{self._section_name()} section exceeds {limit} bytes", 431)
-
-    def _section_name(self) -> str:
-        """Trailers share the header limits (one budget per request), and say so."""
-        return "header and trailer" if self._state is State.TRAILERS else "header"
-
-    def _check_partial_section(self) -> None:
-        """A head or trailer section without its end yet: refuse it as soon as a limit is passed."""
-        buf = self._buf
-        # A CR at the very end may be half of the CRLF that ends the line: not counted yet.
-        filled = len(buf) - buf.endswith(b"\r")
-        self._check_lines(len(buf))
-        self._check_line_bytes(self._line_at, filled)
-
-    def _check_complete_section(self, end: int) -> None:
-        """The section ends with the CRLF CRLF at `end`: the same checks, all lines."""
-        self._check_lines(end + 2)
-        self._check_section_size(end + 4 - self._section_at)
 
     # --- the message body (RFC 9112 §6, §7.1) -----------------------------------------
 
@@ -454,10 +372,10 @@ class RequestParser:
 
     def _step_chunk_size(self):
         buf = self._buf
-        nl = buf.find(b"\n", self._search_at)
+        nl = buf.find(b"\n", self._scan.search_at)
         if nl < 0:
             self._check_chunk_line_length(len(buf) - buf.endswith(b"\r"))
-            self._search_at = len(buf)
+            self._scan.search_at = len(buf)
             return self._wait_for_body()
         has_cr = nl > 0 and buf[nl - 1] == 13
         self._check_chunk_line_length(nl - has_cr)
@@ -472,9 +390,9 @@ class RequestParser:
         self._count_chunk_extensions(nl - 1 - len(digits))
         size = int(digits, 16)
         del buf[:nl + 1]
-        self._search_at = 0
+        self._scan.search_at = 0
         if size == 0:
-            self._start_section(request_line=False)
+            self._scan.start_section(request_line=False, trailers=True)
             _advance(self, "last_chunk")
             return None
         limit = self._limits.max_request_size
@@ -520,12 +438,13 @@ class RequestParser:
         if buf[:2] == b"\r\n":
             del buf[:2]  # no trailer fields: the last-chunk is followed by the final CRLF
             return self._complete("trailers_complete")
-        end = buf.find(b"\r\n\r\n", self._search_at)
+        scan = self._scan
+        end = buf.find(b"\r\n\r\n", scan.search_at)
         if end < 0:
-            self._check_partial_section()
-            self._search_at = max(0, len(buf) - 3)
+            scan.check_partial(buf)
+            scan.search_at = max(0, len(buf) - 3)
             return self._wait_for_body()
-        self._check_complete_section(end)
+        scan.check_complete(buf, end)
         check_trailer_section(buf[:end].decode("latin-1"))
         del buf[:end + 4]  # trailers are checked, then discarded
         return self._complete("trailers_complete")

@@ -40,22 +40,22 @@ class Outcome(enum.Enum):
     SHUTDOWN = "shutdown"
 
 
-class Answer(NamedTuple):
+class ErrorAnswer(NamedTuple):
     status: int
     message: str
     retry_after: bool                      # a 503 the client may retry: Retry-After is sent
     no_free_worker: bool                   # counted in minirr_no_free_workers_total
 
 
-ANSWERS: Dict[Outcome, Answer] = {
-    Outcome.SOFT_ERROR: Answer(500, "the application raised an error", False, False),
-    Outcome.BAD_RESPONSE: Answer(502, "the worker sent an invalid response", False, False),
-    Outcome.WORKER_DIED: Answer(502, "the worker died while handling the request", False, False),
-    Outcome.EXEC_TTL: Answer(504, "the request exceeded exec_ttl", False, False),
-    Outcome.ALLOCATE_TIMEOUT: Answer(503, "no free worker within allocate_timeout", True, True),
-    Outcome.QUEUE_FULL: Answer(503, "the request queue is full", True, True),
-    Outcome.NO_WORKERS: Answer(503, "no worker is running (workers fail to start)", True, True),
-    Outcome.SHUTDOWN: Answer(503, "the server is shutting down", True, False),
+ANSWERS: Dict[Outcome, ErrorAnswer] = {
+    Outcome.SOFT_ERROR: ErrorAnswer(500, "the application raised an error", False, False),
+    Outcome.BAD_RESPONSE: ErrorAnswer(502, "the worker sent an invalid response", False, False),
+    Outcome.WORKER_DIED: ErrorAnswer(502, "the worker died while handling the request", False, False),
+    Outcome.EXEC_TTL: ErrorAnswer(504, "the request exceeded exec_ttl", False, False),
+    Outcome.ALLOCATE_TIMEOUT: ErrorAnswer(503, "no free worker within allocate_timeout", True, True),
+    Outcome.QUEUE_FULL: ErrorAnswer(503, "the request queue is full", True, True),
+    Outcome.NO_WORKERS: ErrorAnswer(503, "no worker is running (workers fail to start)", True, True),
+    Outcome.SHUTDOWN: ErrorAnswer(503, "the server is shutting down", True, False),
 }
 
 

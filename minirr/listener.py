@@ -31,10 +31,10 @@ log = logging.getLogger("minirr")
 
 ACCEPTS_PER_ROUND = 64                 # bounded, so a flood of connects cannot starve the loop
 ACCEPT_BACKOFF_S = 0.5                 # after EMFILE/ENFILE
-Address = Union[Tuple[str, int], str]  # (host, port), or the path of a unix socket
+BindAddress = Union[Tuple[str, int], str]  # (host, port), or the path of a unix socket
 
 
-def bind(address: Address, shown: str, backlog: int = 1024, nodelay: bool = False) -> socket.socket:
+def bind(address: BindAddress, shown: str, backlog: int = 1024, nodelay: bool = False) -> socket.socket:
     """A listening, non-blocking socket on `address`. Raises MinirrError naming `shown`
     (the address and the config key it came from) when it cannot."""
     if isinstance(address, str):

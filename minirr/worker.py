@@ -40,7 +40,7 @@ EXIT_BOOT_FAILED = 3          # like gunicorn's WORKER_BOOT_ERROR: the master ba
 READ_SIZE = 64 * 1024           # os.read allocates this much per call: keep it modest
 LARGE_BODY_BYTES = 64 * 1024    # a response body this large is written on its own, not copied
 
-Handler = Callable[[Request], Response]
+AppHandler = Callable[[Request], Response]
 
 
 class FramePipe:
@@ -108,7 +108,7 @@ def _write_all(fd: int, data: bytes) -> None:
 # ---- loading the application ------------------------------------------------------------
 
 def load_handler(app: str, factory: bool = False, interface: str = "minirr",
-                 base_dir: Optional[str] = None) -> Handler:
+                 base_dir: Optional[str] = None) -> AppHandler:
     """`module:attr` -> a handler(request) -> Response. Runs once per worker: the bootstrap."""
     obj = import_app(app, base_dir)
     if factory:
@@ -128,7 +128,7 @@ def import_app(app: str, base_dir: Optional[str] = None) -> object:
     return obj
 
 
-def _as_handler(obj: object, interface: str, app: str) -> Handler:
+def _as_handler(obj: object, interface: str, app: str) -> AppHandler:
     if interface == "wsgi":
         from .wsgi import WSGIHandler   # only workers that serve WSGI pay for the import
         return WSGIHandler(obj)
@@ -201,7 +201,7 @@ def short_path(filename: str) -> str:
 
 # ---- the loop ---------------------------------------------------------------------------
 
-def serve(channel: FramePipe, bootstrap: Callable[[], Handler], print_traceback: bool = True) -> int:
+def serve(channel: FramePipe, bootstrap: Callable[[], AppHandler], print_traceback: bool = True) -> int:
     """Handshake, bootstrap, then answer requests until stop or EOF. Returns an exit status.
 
     A failed bootstrap is logged as one headline naming the exception and the app's
@@ -243,7 +243,7 @@ def _is_stop(payload: bytes) -> bool:
         return False
 
 
-def _answer(channel: FramePipe, handler: Handler, heads: ResponseHeadEncoder, request_frame: frame.Frame) -> None:
+def _answer(channel: FramePipe, handler: AppHandler, heads: ResponseHeadEncoder, request_frame: frame.Frame) -> None:
     head_len = request_frame.options[0] if request_frame.options else len(request_frame.payload)
     payload = request_frame.payload
     try:
