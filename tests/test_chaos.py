@@ -17,7 +17,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 
 from serverproc import ROOT, wait_until
 

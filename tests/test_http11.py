@@ -4,8 +4,6 @@ are tests/test_responses.py's, proxy trust tests/test_frontend.py's."""
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
 
 import pytest
 
@@ -521,28 +519,3 @@ def test_asks_to_close(values, protocol, expected):
 
 def test_shown_cuts_long_client_strings():
     assert grammar.shown("x" * 100) == repr("x" * 40 + "...")
-
-
-# --- imports point one way (STYLE.md §3) -----------------------------------------------------
-
-ALLOWED_IMPORTS = {
-    "http11": {"errors", "messages", "grammar", "sections"},
-    "sections": {"errors"},
-    "grammar": {"errors"},
-    "forwarded": set(),
-}
-
-
-@pytest.mark.parametrize("module", sorted(ALLOWED_IMPORTS))
-def test_protocol_modules_import_only_downward(module):
-    source = (Path(http11.__file__).parent / f"{module}.py").read_text()
-    imported = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            imported.add(node.module)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
-            assert not any(n and n.startswith("minirr") for n in names), "use relative imports"
-            for name in names:  # protocol code does no I/O (STYLE.md §1)
-                assert name.split(".")[0] not in {"socket", "select", "selectors", "os", "signal"}
-    assert imported <= ALLOWED_IMPORTS[module]

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from minirr.responses import (LAST_CHUNK, DateCache, ResponseHeads, chunk, complete_response, error_response,
-                              head_from_json, http_date, response_head, serialize_response, streamed_head)
+                              head_from_json, http_date, serialize_response, streamed_head)
 
 DATE = b"Sun, 06 Nov 1994 08:49:37 GMT"
 

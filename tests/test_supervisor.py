@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import os
 
-import pytest
 
 from minirr import procfs, supervisor
-from minirr.pool import READY, STARTING, STOPPING, WORKING, Pool, Reason, WorkerState
+from minirr.pool import Pool, Reason
 from minirr.supervisor import SoftLimits as Limits, exceeded, next_retirement
 from serverproc import RequestLoop, pid_alive, wait_until
 

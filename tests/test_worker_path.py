@@ -5,7 +5,6 @@ import json
 
 import pytest
 
-from minirr import messages
 from minirr.messages import (Request, Response, ResponseHeadEncoder, decode_request, encode_request_head,
                              encode_response_head)
 
