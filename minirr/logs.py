@@ -42,7 +42,7 @@ class LogWriter:
         self.batching = False           # the loop runs: write at flush(), once per round
         self.dropped = 0                # lines dropped since the last notice
         self._pending: Deque[bytes] = collections.deque()
-        self._pending_bytes = 0
+        self.pending_bytes = 0          # bytes waiting for stderr (the loop flushes while any do)
         self._fd = _fileno(stream)
         self._poll = None
         if self._fd is not None:
@@ -56,20 +56,20 @@ class LogWriter:
             self.stream.flush()
             return
         data = text.encode("utf-8", "replace")
-        if self._pending_bytes + len(data) > self.max_pending_bytes:
+        if self.pending_bytes + len(data) > self.max_pending_bytes:
             self.dropped += text.count("\n")
             return
         self._pending.append(data)
-        self._pending_bytes += len(data)
+        self.pending_bytes += len(data)
         if not self.batching:
             self.flush()
 
     def flush(self) -> None:
         """Write what the descriptor takes now; never wait."""
-        if self.dropped and self._pending_bytes < self.max_pending_bytes // 2:
+        if self.dropped and self.pending_bytes < self.max_pending_bytes // 2:
             notice = (f"minirr: {self.dropped} log lines were dropped: stderr was not being read\n").encode()
             self._pending.append(notice)
-            self._pending_bytes += len(notice)
+            self.pending_bytes += len(notice)
             self.dropped = 0
         while self._pending and self._writable():
             data = self._pending.popleft()
@@ -82,16 +82,12 @@ class LogWriter:
                 written = 0
             except OSError:             # stderr is gone (EPIPE, EBADF): nobody will read these lines
                 self._pending.clear()
-                self._pending_bytes = 0
+                self.pending_bytes = 0
                 return
-            self._pending_bytes -= written
+            self.pending_bytes -= written
             if written < len(data):
                 self._pending.appendleft(data[written:])
                 return
-
-    @property
-    def pending(self) -> bool:
-        return bool(self._pending)
 
     def _writable(self) -> bool:
         return bool(self._poll.poll(0))

@@ -103,7 +103,8 @@ class Loop:
                 handler.on_event(mask)
             except Exception as exc:
                 handler.contain(exc)
-        self.run_soon()
+        if self._soon:
+            self.run_soon()
 
     def run_soon(self) -> None:
         soon = self._soon

@@ -156,7 +156,7 @@ class Server:
             busy = self.front.connections or self.jobs.queue or self.stopping \
                 or len(self.pool.workers) != self.pool.size
             self._next_tick_at = min(now + (TICK_BUSY_S if busy else TICK_IDLE_S), self.ops.due_at(now))
-        if self.log_writer.pending:
+        if self.log_writer.pending_bytes:
             self.log_writer.flush()
 
     def _on_tick(self, now: float) -> None:
