@@ -75,3 +75,68 @@ def test_access_log_on_by_default(serve):
     srv = serve(CONFIG)
     assert srv.request("GET", "/pid")[0] == 200
     srv.wait_for_log(r'INFO minirr.access: 127.0.0.1 "GET /pid HTTP/1.1" 200 \d+ [\d.]+ms pid=\d+')
+
+
+def test_the_access_log_counts_body_bytes_not_the_head(serve):
+    """As nginx's $body_bytes_sent: "Hello, world!" is 13 bytes, whatever the head weighs;
+    a HEAD answer sends no body, so 0."""
+    srv = serve(CONFIG)
+    assert srv.request("GET", "/")[2] == b"Hello, world!"
+    assert srv.request("HEAD", "/")[0] == 200
+    srv.wait_for_log(r'"GET / HTTP/1\.1" 200 13 [\d.]+ms')
+    srv.wait_for_log(r'"HEAD / HTTP/1\.1" 200 0 [\d.]+ms')
+    assert srv.stop() == 0
+
+
+def test_a_relayed_line_does_not_repeat_its_level(serve):
+    srv = serve(CONFIG)
+    assert srv.request("GET", "/raise")[0] == 500
+    line = srv.wait_for_log(r"worker \d+ \(pid \d+\): minirr\.worker: request failed")[0]
+    assert " ERROR minirr: worker " in line and "): ERROR " not in line
+    assert srv.stop() == 0
+
+
+def test_the_access_log_line_format_is_unchanged_by_its_fast_path():
+    """logs.AccessLog writes what the logging module's text format would."""
+    import io
+    writer = logs.LogWriter(io.StringIO())
+    access = logs.AccessLog(writer, "text", clock=lambda: 1764251697.25)
+    access.log("10.0.0.1", "GET", "/a?b", "HTTP/1.1", 200, 13, 0.0012, 4242)
+    line = writer.stream.getvalue()
+    assert line.endswith(',250 INFO minirr.access: 10.0.0.1 "GET /a?b HTTP/1.1" 200 13 1.2ms pid=4242\n')
+    json_writer = logs.LogWriter(io.StringIO())
+    logs.AccessLog(json_writer, "json", clock=lambda: 1764251697.25).log(
+        "10.0.0.1", "GET", "/a", "HTTP/1.1", 404, 0, 0.5, "-")
+    entry = json.loads(json_writer.stream.getvalue())
+    assert (entry["logger"], entry["status"], entry["bytes"], entry["duration_ms"], entry["pid"]) == (
+        "minirr.access", 404, 0, 500.0, "-")
+    assert entry["time"] == "2025-11-27T13:54:57.250Z"
+
+
+def test_the_log_writer_never_blocks_on_a_full_pipe_and_counts_what_it_drops():
+    import os
+    read_end, write_end = os.pipe()
+    try:
+        stream = os.fdopen(write_end, "w", closefd=False)
+        writer = logs.LogWriter(stream, max_pending_bytes=64 * 1024)
+        line = "x" * 99 + "\n"
+        for _ in range(5000):                         # 500 KB: far past the pipe and the bound
+            writer.write(line)                        # returns at once every time
+        assert writer.dropped > 0 and writer.pending_bytes <= 64 * 1024
+        received = b""
+        os.set_blocking(read_end, False)
+        for _ in range(1000):                         # the reader wakes up; the loop flushes
+            try:
+                received += os.read(read_end, 1 << 16)
+            except BlockingIOError:
+                pass
+            writer.flush()
+            if b"log lines were dropped" in received:
+                break
+        assert b"log lines were dropped: stderr was not being read" in received
+        import re
+        dropped = int(re.search(rb"minirr: (\d+) log lines were dropped", received).group(1))
+        assert received.count(line.encode()) + dropped == 5000      # every line written or counted
+    finally:
+        os.close(read_end)
+        os.close(write_end)
