@@ -40,7 +40,7 @@ from .responses import DateCache, error_response, serialize_response
 log = logging.getLogger("minirr")
 
 MAX_PEERS = 32                         # per listener; the one idle longest makes room for a new one
-PEER_LIMITS = ConnectionLimits(header_timeout=10.0, body_timeout=10.0, keepalive_timeout=10.0,
+PEER_LIMITS = ConnectionLimits(header_timeout=5.0, body_timeout=10.0, keepalive_timeout=5.0,
                                pipeline_limit=64 * 1024)
 HTTP_LIMITS = http11.RequestLimits(max_request_size=64 * 1024, limit_request_headers=32 * 1024)
 FAR_FUTURE = float("inf")

@@ -342,29 +342,26 @@ def test_a_trickled_body_ends_in_408_below_min_body_rate(serve):
 # ---- 9. slow readers are dropped, and their memory with them -----------------------------------
 
 def test_a_trickle_reader_is_dropped_in_bounded_time(serve):
-    """4 KB every tenth of a second, far below min_send_rate: the connection is closed long
-    before the answer is read, by the send-rate rule or, when the kernel's buffers hide the
-    trickle from the master, by the no-progress rule (both bounded by body_timeout; the
-    rate rule itself is tested with time passed in, in test_lifecycle.py)."""
+    """4 KB every tenth of a second, far below min_send_rate: the master closes the
+    connection long before the answer is read, by the send-rate rule or, when the kernel's
+    buffers hide the trickle from it, by the no-progress rule (both bounded by
+    body_timeout; the rate rule itself is tested with time passed in, in test_lifecycle.py).
+    The kernel still holds megabytes for the client then, so its EOF comes much later:
+    the master's log says when it let go."""
+    import re
     srv = serve(app_config(1, "[http]\nbody_timeout = 1s\nmin_send_rate = 1MB\n"))
+    closed = re.compile(r"127\.0\.0\.1: (response read at \d+ bytes/s, below min_send_rate|response not read for 1s); closed")
     with connect(srv) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.sendall(b"GET /bytes?50000000 HTTP/1.1\r\nHost: x\r\n\r\n")
         sock.settimeout(0.1)
-        received = 0
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + 20
+        while not closed.search(srv.log) and time.monotonic() < deadline:
             try:
-                chunk = sock.recv(4096)
+                sock.recv(4096)
             except socket.timeout:
-                continue
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            received += len(chunk)
-    assert received < 50_000_000
-    srv.wait_for_log(r"127\.0\.0\.1: (response read at \d+ bytes/s, below min_send_rate|response not read for 1s); closed")
+                pass
+    assert closed.search(srv.log), srv.log
     assert get(srv, "/pid")[0] == 200                     # its worker is free again
     assert srv.stop() == 0
 
