@@ -56,6 +56,29 @@ def sink_wsgi(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
     return [received]
 
 
+STREAM_BLOCK = b"s" * 65536
+
+
+def stream_wsgi(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+    """A generator of 64 KiB blocks, `?mb=N` MiB in all (default 200), no Content-Length:
+    a download streamed as it is produced (chunked on HTTP/1.1)."""
+    mebibytes = int(environ.get("QUERY_STRING", "").partition("mb=")[2] or 200)
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return (STREAM_BLOCK for _ in range(mebibytes * 16))
+
+
+def pause_stream_wsgi(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+    """Two blocks a second apart: the first must reach the client at once (PEP 3333)."""
+    import time
+    start_response("200 OK", [("Content-Type", "text/plain")])
+
+    def blocks():
+        yield b"first\n"
+        time.sleep(1.0)
+        yield b"second\n"
+    return blocks()
+
+
 def _read_wsgi_body(environ: dict) -> bytes:
     """PEP 3333: read exactly CONTENT_LENGTH bytes; an absent or empty value means none."""
     try:

@@ -79,10 +79,11 @@ class Scenario:
     servers: Tuple[str, ...] = ("minirr", "gunicorn")  # who can run this app
     expect_body: Optional[str] = None  # the probe checks the response body contains this
     access_log: bool = False  # minirr's [logs] access_log (off everywhere else, so runs compare the path)
+    response_bytes: int = 0  # a large answer: MiB/s is counted from it
 
     @property
     def reports_throughput(self) -> bool:
-        return self.body_bytes >= MIB
+        return self.body_bytes >= MIB or self.response_bytes >= MIB
 
 
 SCENARIOS: Dict[str, Scenario] = {s.name: s for s in [
@@ -94,6 +95,8 @@ SCENARIOS: Dict[str, Scenario] = {s.name: s for s in [
     Scenario("echo-64k", "apps:echo_wsgi", method="POST", body_bytes=64 * 1024),
     # 4 connections, not 32: 32 five-megabyte uploads in flight measure buffering, not the path.
     Scenario("body-5m", "apps:sink_wsgi", method="POST", body_bytes=5 * MIB, connections=4),
+    # a 200 MiB download from a WSGI generator, streamed (chunked), 1 connection at a time
+    Scenario("stream-200m", "apps:stream_wsgi", path="/?mb=200", response_bytes=200 * MIB, connections=1),
     Scenario("demo", "demo_app:create_app", interface="minirr", factory=True, servers=("minirr",),
              expect_body=DEMO_BODY),
 ]}
@@ -118,12 +121,13 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
-def rss_mb(pid: int) -> float:
-    """VmRSS of `pid` in MB (MiB), from /proc/PID/status; 0 if it is gone."""
+def rss_mb(pid: int, field_name: str = "VmRSS:") -> float:
+    """VmRSS (or another field, e.g. VmHWM: the peak) of `pid` in MB (MiB), from
+    /proc/PID/status; 0 if it is gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field_name):
                     return int(line.split()[1]) / 1024
     except FileNotFoundError:
         pass
@@ -503,6 +507,8 @@ class Run:
     server_us_req: float = 0.0  # CPU of master + workers per request
     rss_master_mb: float = 0.0
     rss_workers_mb: List[float] = field(default_factory=list)
+    peak_master_mb: float = 0.0    # VmHWM: the largest RSS the process ever had
+    peak_workers_mb: float = 0.0
     client_cpu_pct: float = 0.0
     other_cpu_pct: float = 0.0  # machine CPU used by neither the server nor the driver: other people's load
     load_avg: str = ""
@@ -570,9 +576,11 @@ def _measure_loaded(run: Run, service: Service, scenario: Scenario, driver: Call
     workers_s = sum(cpu_ticks(pid) - workers_before.get(pid, 0) for pid in workers) / CLK_TCK
     run.rss_master_mb = rss_mb(service.pid)
     run.rss_workers_mb = [rss_mb(pid) for pid in workers]
+    run.peak_master_mb = rss_mb(service.pid, "VmHWM:")
+    run.peak_workers_mb = max([rss_mb(pid, "VmHWM:") for pid in workers] or [0.0])
     requests = max(load.requests, 1)
     run.req_s = load.requests_per_s
-    run.mib_s = run.req_s * scenario.body_bytes / MIB if scenario.reports_throughput else 0.0
+    run.mib_s = run.req_s * max(scenario.body_bytes, scenario.response_bytes) / MIB if scenario.reports_throughput else 0.0
     run.p50_ms, run.p99_ms = load.p50_ms, load.p99_ms
     run.non_2xx, run.errors = load.non_2xx, load.errors
     run.master_us_req = master_s / requests * 1e6
@@ -658,6 +666,7 @@ COLUMNS = [  # header, formatter of a Run
     ("server µs/req", lambda r: f"{r.server_us_req:.0f}"),
     ("RSS master MB", lambda r: f"{r.rss_master_mb:.1f}"),
     ("RSS workers MB", lambda r: " ".join(f"{mb:.1f}" for mb in r.rss_workers_mb)),
+    ("peak RSS m/w MB", lambda r: f"{r.peak_master_mb:.0f}/{r.peak_workers_mb:.0f}"),
     ("client CPU%", lambda r: f"{r.client_cpu_pct:.0f}"),
     ("others CPU%", lambda r: f"{r.other_cpu_pct:.0f}"),
 ]
@@ -685,7 +694,8 @@ def median_run(runs: List[Run]) -> Run:
         ok[0].server, ok[0].scenario, 0, req_s=med("req_s"), mib_s=med("mib_s"), p50_ms=med("p50_ms"),
         p99_ms=med("p99_ms"), non_2xx=sum(r.non_2xx for r in ok), errors=sum(r.errors for r in ok),
         master_us_req=med("master_us_req"), master_cpu_pct=med("master_cpu_pct"), server_us_req=med("server_us_req"),
-        rss_master_mb=med("rss_master_mb"),
+        rss_master_mb=med("rss_master_mb"), peak_master_mb=med("peak_master_mb"),
+        peak_workers_mb=med("peak_workers_mb"),
         rss_workers_mb=[statistics.median(max(r.rss_workers_mb or [0.0]) for r in ok)],
         client_cpu_pct=med("client_cpu_pct"), other_cpu_pct=med("other_cpu_pct"))
 
