@@ -61,6 +61,9 @@ class Backend:
         self.child_descriptors = list
         self.request_heads = RequestHeadEncoder()
         self.replies = Replies(loop, self, pool, jobs, front, config.pool.destroy_timeout)
+        self.trace = config.logs.trace_frames  # log every frame and every worker's moves (for learning)
+        if self.trace:
+            pool.on_move = _log_move
         self.stopping = False
         self.reload: Optional[Reload] = None
 
@@ -89,6 +92,7 @@ class Backend:
             return
         worker.pid = proc.pid
         worker.channel = WorkerChannel(self.loop, worker, proc, self, self.config.pool.max_frame_size)
+        worker.channel.trace = self.trace
         worker.channel.open()
         log.info("%s started", worker)
         worker.channel.write(frame.encode(CONTROL | CODEC_JSON, json.dumps({"pid": os.getpid()}).encode()))
@@ -386,3 +390,7 @@ class Backend:
             channel.proc.reap(1.0)
             channel.close()
 
+
+def _log_move(worker: Worker, event: str, was: WorkerState) -> None:
+    """[logs] trace_frames: one line per move of a worker's state table (pool.TRANSITIONS)."""
+    log.info("worker %d (pid %s): %s --%s--> %s", worker.id, worker.pid or "?", was.name, event, worker.state.name)

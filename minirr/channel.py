@@ -70,6 +70,7 @@ class WorkerChannel(Handler):
         self.closed = False
         self.failure = ""                  # why the master gave up on it (for the exit log line)
         self.last_error = ""               # the last ERROR line it logged (why a start failed)
+        self.trace = False                 # [logs] trace_frames: log every frame both ways
         self._output_tail = b""            # an unfinished line of its output
         self._backlog: Deque[bytes] = deque()   # output lines read but not relayed yet
         self._watches = {name: _Watch(callback, self) for name, callback in (
@@ -96,6 +97,8 @@ class WorkerChannel(Handler):
         the frame header, and a pipe with room takes it whole: one write per header."""
         if self.closed:
             return
+        if self.trace:
+            self._trace("master → %s" % self.worker, frame.describe(bytes(data) + bytes(tail[:64])))
         if not self.out:
             # The usual case: nothing queued, and the pipe takes the whole frame at once.
             try:
@@ -171,7 +174,26 @@ class WorkerChannel(Handler):
             self.backend.on_broken_channel(self.worker, f"broke the frame channel ({exc}); it sent: "
                                                         f"{printable(self.decoder.buffered[:64])}")
             return
+        if self.trace:
+            self._trace_items(items)
         self.backend.on_frames(self.worker, items)
+
+    # ---- watching the wire ([logs] trace_frames) ---------------------------------------------
+    def _trace_items(self, items: list) -> None:
+        source = "%s → master" % self.worker
+        for item in items:
+            if type(item) is frame.Frame:
+                header = frame.encode_header(item.flags, len(item.payload), item.options, item.stream)
+                self._trace(source, frame.describe(header + bytes(item.payload[:4096])))
+            elif type(item) is frame.FrameStart:
+                header = frame.encode_header(item.flags, item.length, item.options, item.stream)
+                self._trace(source, frame.describe(header) + " (a large payload: it follows in parts)")
+            else:
+                self._trace(source, f"  ... {len(item.data)} more payload bytes{' (the last)' if item.last else ''}")
+
+    @staticmethod
+    def _trace(direction: str, text: str) -> None:
+        log.info("frame %s: %s", direction, text)
 
     # ---- its output ------------------------------------------------------------------------
     def _on_output(self) -> None:

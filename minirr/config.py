@@ -215,6 +215,7 @@ class LogsConfig:
     level: str = "info"
     format: str = "text"
     access_log: bool = True
+    trace_frames: bool = False          # log every frame between master and workers, and each worker's moves
 
 
 @dataclass(frozen=True)
@@ -267,7 +268,7 @@ SCHEMA: Dict[str, Tuple[type, Dict[str, Callable[[str], object]]]] = {
     "metrics": (MetricsConfig, {"address": parse_address}),
     "logs": (LogsConfig, {
         "level": parse_choice("debug", "info", "warning", "error"),
-        "format": parse_choice("text", "json"), "access_log": parse_bool,
+        "format": parse_choice("text", "json"), "access_log": parse_bool, "trace_frames": parse_bool,
     }),
 }
 FREE_SECTIONS = {"server.env"}          # any key allowed: environment for external workers

@@ -110,6 +110,33 @@ def names(value: int, table) -> str:
     return "|".join(found) or "-"
 
 
+def describe(data: bytes) -> str:
+    """A frame (or its first bytes) in words, for a reader watching the wire: version,
+    flags and stream bits by name, payload length, whether the CRC checks, the options,
+    the head (the first option's bytes of the payload, as text) and the body's length and
+    first bytes. Never raises."""
+    if len(data) < HEADER_SIZE:
+        return f"{len(data)} bytes, not a whole frame header: {bytes(data)!r}"
+    first, flags, length, crc, stream = _FIXED.unpack_from(data, 0)
+    words = first & 0x0F
+    crc_ok = "ok" if crc == zlib.crc32(bytes(data[:6])) else "BAD"
+    count = max(0, min(words - 3, MAX_OPTIONS, (len(data) - HEADER_SIZE) // 4))
+    options = list(_OPTIONS[count].unpack_from(data, HEADER_SIZE)) if count else []
+    start = 4 * words
+    payload = bytes(data[start:start + min(length, 4096)])
+    head_len = options[0] if options and options[0] <= len(payload) else 0
+    head = payload[:head_len].decode("utf-8", "replace")
+    body = payload[head_len:]
+    body_len = length - head_len
+    text = (f"v{first >> 4} flags={names(flags, FLAG_NAMES)} stream={names(stream, STREAM_NAMES)} "
+            f"length={length} crc={crc_ok} options={options}")
+    if head:
+        text += f" head={head[:300]}{'...' if len(head) > 300 else ''}"
+    if body_len or not head:
+        text += f" body={body_len} bytes {body[:40]!r}{'...' if body_len > 40 else ''}"
+    return text
+
+
 class FrameDecoder:
     """Incremental decoder: `feed(bytes)` returns the frames completed by those bytes.
 

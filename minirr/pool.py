@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 import random
 from collections import deque
-from typing import Deque, Dict, List, Optional
+from typing import Callable, Deque, Dict, List, Optional
 
 from .errors import MinirrError
 
@@ -181,6 +181,15 @@ class Pool:
         self.next_start_at = 0.0           # back-off: no start before this
         self._next_id = 1
         self._ready: Deque[Worker] = deque()
+        self.on_move: Optional[Callable[[Worker, str, WorkerState], None]] = None   # [logs] trace_frames
+
+    def _move(self, worker: Worker, event: str) -> WorkerState:
+        """_advance, and tell `on_move` (worker, event, the state it left) when set."""
+        was = worker.state
+        new = _advance(worker, event)
+        if self.on_move is not None:
+            self.on_move(worker, event, was)
+        return new
 
     # ---- lifecycle -------------------------------------------------------------
     def new_worker(self, now: float) -> Worker:
@@ -196,7 +205,7 @@ class Pool:
 
     def hello(self, worker: Worker, pid: int, now: float) -> None:
         """The worker finished its bootstrap and answered the handshake."""
-        _advance(worker, "hello")
+        self._move(worker, "hello")
         worker.pid = pid or worker.pid
         worker.ready_at = now
         worker.last_done_at = now
@@ -214,7 +223,7 @@ class Pool:
         return None
 
     def assign(self, worker: Worker, job: object, now: float) -> None:
-        _advance(worker, "assign")
+        self._move(worker, "assign")
         worker.job = job
         worker.deadline_at = now + self.exec_ttl_s if self.exec_ttl_s else 0.0
 
@@ -233,14 +242,14 @@ class Pool:
             worker.reason = Reason.MAX_JOBS
         if worker.reason is not None:
             return Fate.STOP
-        _advance(worker, "done")
+        self._move(worker, "done")
         worker.deadline_at = 0.0
         self._ready.append(worker)
         return Fate.KEEP
 
     def retire(self, worker: Worker, reason: Reason, now: float) -> None:
         """Move a worker to STOPPING: the backend has sent it a stop frame or killed it."""
-        _advance(worker, "retire")
+        self._move(worker, "retire")
         worker.reason = worker.reason or reason
         worker.deadline_at = now + self.destroy_timeout_s if self.destroy_timeout_s else 0.0
 
@@ -251,7 +260,7 @@ class Pool:
     def exited(self, worker: Worker, now: float) -> WorkerState:
         """The process is gone. Returns the state it was in when it went."""
         was = worker.state
-        _advance(worker, "exit")
+        self._move(worker, "exit")
         worker.job = None                  # nothing may keep a dead worker's job (and its buffers) alive
         if failed_start(worker, was):
             self._boot_failed(now)

@@ -1,10 +1,12 @@
-"""[logs]: level, format = text | json, access_log; the JSON formatter on its own first."""
+"""[logs]: level, format = text | json, access_log, trace_frames; the JSON formatter, the
+log writer and the access log's fast path on their own first."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
+import re
 
 from minirr import logs
 
@@ -140,3 +142,26 @@ def test_the_log_writer_never_blocks_on_a_full_pipe_and_counts_what_it_drops():
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_trace_frames_shows_every_frame_and_every_worker_move(serve):
+    srv = serve(CONFIG + "trace_frames = true\n")
+    assert srv.request("GET", "/pid")[0] == 200
+    srv.wait_for_log(r"worker 1 \(pid \d+\): WORKING --done--> READY")
+    log = srv.log
+    assert "STARTING --hello--> READY" in log and "READY --assign--> WORKING" in log
+    assert re.search(r"frame master → worker 1 \(pid \d+\): v1 flags=CONTROL\|JSON stream=- length=\d+ crc=ok "
+                     r"options=\[\] body=\d+ bytes b'\{\"pid\"", log)                      # the handshake
+    assert re.search(r'frame master → worker 1 \(pid \d+\): v1 flags=JSON .* head=\{"remoteAddr"', log)
+    assert re.search(r'frame worker 1 \(pid \d+\) → master: v1 flags=JSON stream=- length=\d+ crc=ok '
+                     r'options=\[\d+\] head=\{"status":200', log)
+    assert srv.stop() == 0
+    assert "READY --retire--> STOPPING" in srv.log and "STOPPING --exit--> DEAD" in srv.log
+
+
+def test_without_trace_frames_no_frame_is_logged(serve):
+    srv = serve(CONFIG)
+    assert srv.request("GET", "/pid")[0] == 200
+    srv.wait_for_log(r'"GET /pid HTTP/1\.1" 200')
+    assert srv.stop() == 0
+    assert "frame master" not in srv.log and "--assign-->" not in srv.log
