@@ -324,16 +324,22 @@ def test_a_trickled_body_ends_in_408_below_min_body_rate(serve):
         sock.sendall(b"POST /pid HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
         sock.settimeout(0.1)
         received = b""
+        ending = ""
         deadline = time.monotonic() + 20
-        while not received and time.monotonic() < deadline:
+        while not ending and time.monotonic() < deadline:
             try:
-                sock.sendall(b"x")                        # one byte per tenth of a second
-                received = sock.recv(4096)                # ... and a look for the answer
+                if not received:
+                    sock.sendall(b"x")                    # one byte per tenth of a second ...
+                chunk = sock.recv(4096)                   # ... and a look for the answer
             except socket.timeout:
                 continue
-            except OSError:
+            except OSError as exc:
+                ending = repr(exc)
                 break
-    assert received.startswith(b"HTTP/1.1 408"), received
+            received += chunk
+            if not chunk:
+                ending = "eof"
+    assert received.startswith(b"HTTP/1.1 408"), f"{received!r} {ending}\n{srv.log}"
     assert b"below min_body_rate" in received
     srv.wait_for_log(r"rejected with 408: request body arrived at \d+ bytes/s, below min_body_rate")
     assert srv.stop() == 0
