@@ -17,6 +17,7 @@ Never: fakes the bytes. Tests use real socketpairs and pipes: only waiting and t
 
 from __future__ import annotations
 
+import os
 import select
 import selectors
 import types
@@ -140,3 +141,112 @@ def spin(loop, rounds: int = 20) -> None:
     """Run `rounds` rounds of the loop (timeout 0: nothing waits)."""
     for _ in range(rounds):
         loop.run_once(0)
+
+
+class FakeProcess:
+    """Stands in for launch.WorkerProcess: real pipes (the master's ends non-blocking, as
+    the launcher makes them), no process. The test plays the worker on the other ends:
+    `requests_r` (what the master wrote), `responses_w` (frames for the master),
+    `output_w` (its stdout and stderr) and `exit_w` (write a byte: the "pidfd" is readable)."""
+
+    def __init__(self, pid: int = 4242, output: bool = True, sentinel: bool = True) -> None:
+        self.pid = pid
+        self.requests_r, self.to_worker = os.pipe()
+        self.from_worker, self.responses_w = os.pipe()
+        self.output, self.output_w = os.pipe() if output else (None, None)
+        self.sentinel, self.exit_w = os.pipe() if sentinel else (None, None)
+        for fd in (self.to_worker, self.from_worker, self.output):
+            if fd is not None:
+                os.set_blocking(fd, False)
+        os.set_blocking(self.requests_r, False)
+        self.status = 0                   # what reap() returns
+        self.has_exited = False           # what exited() returns (no pidfd)
+        self.kills = 0
+        self.closed = False
+
+    def fds(self) -> List[int]:
+        return [fd for fd in (self.to_worker, self.from_worker, self.output, self.sentinel) if fd is not None]
+
+    def kill(self) -> None:
+        self.kills += 1
+
+    def reap(self, timeout: float = 1.0):
+        return self.status
+
+    def exited(self) -> bool:
+        return self.has_exited
+
+    def close(self) -> None:
+        self.closed = True
+        for fd in (self.to_worker, self.from_worker, self.output, self.sentinel):
+            _close_quietly(fd)
+
+    # ---- the worker's side ------------------------------------------------------------------
+    def exit(self, status: int = 0) -> None:
+        """The process has exited: its sentinel turns readable."""
+        self.status = status
+        self.has_exited = True
+        if self.exit_w is not None:
+            os.write(self.exit_w, b"x")
+
+    def read_requests(self) -> bytes:
+        """Everything the master has written to the worker so far."""
+        chunks = []
+        while True:
+            try:
+                data = os.read(self.requests_r, 1 << 20)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        return b"".join(chunks)
+
+    def send(self, data: bytes) -> None:
+        os.write(self.responses_w, data)
+
+    def print(self, text: bytes) -> None:
+        os.write(self.output_w, text)
+
+    def finish(self) -> None:
+        """Close the worker's ends (test teardown)."""
+        for fd in (self.requests_r, self.responses_w, self.output_w, self.exit_w):
+            _close_quietly(fd)
+        if not self.closed:
+            self.close()
+
+
+def _close_quietly(fd) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+class FakeLauncher:
+    """launch's launcher interface: start() hands out FakeProcesses (pids 1001, 1002 ...);
+    `fail_with` makes the next start() raise it."""
+
+    def __init__(self) -> None:
+        self.started: List[FakeProcess] = []
+        self.fail_with = None
+        self.close_in_child: list = []
+        self.tracebacks: list = []
+
+    def start(self, close_in_child, print_traceback: bool = True) -> FakeProcess:
+        if self.fail_with is not None:
+            exc, self.fail_with = self.fail_with, None
+            raise exc
+        self.close_in_child.append(list(close_in_child))
+        self.tracebacks.append(print_traceback)
+        proc = FakeProcess(pid=1001 + len(self.started))
+        self.started.append(proc)
+        return proc
+
+    def preflight(self, timeout_s: float) -> None:
+        pass
+
+    def finish(self) -> None:
+        for proc in self.started:
+            proc.finish()
