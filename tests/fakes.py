@@ -158,7 +158,9 @@ class FakeProcess:
         for fd in (self.to_worker, self.from_worker, self.output):
             if fd is not None:
                 os.set_blocking(fd, False)
-        os.set_blocking(self.requests_r, False)
+        for fd in (self.requests_r, self.responses_w, self.output_w):
+            if fd is not None:
+                os.set_blocking(fd, False)   # a test that overfills a pipe fails, it does not hang
         self.status = 0                   # what reap() returns
         self.has_exited = False           # what exited() returns (no pidfd)
         self.kills = 0
@@ -203,10 +205,10 @@ class FakeProcess:
         return b"".join(chunks)
 
     def send(self, data: bytes) -> None:
-        os.write(self.responses_w, data)
+        _write_all(self.responses_w, data, "the frame pipe")
 
     def print(self, text: bytes) -> None:
-        os.write(self.output_w, text)
+        _write_all(self.output_w, text, "the output pipe")
 
     def finish(self) -> None:
         """Close the worker's ends (test teardown)."""
@@ -214,6 +216,15 @@ class FakeProcess:
             _close_quietly(fd)
         if not self.closed:
             self.close()
+
+
+def _write_all(fd: int, data: bytes, what: str) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            raise AssertionError(f"{what} is full: the master does not read it (write less, or run a round)") from None
 
 
 def _close_quietly(fd) -> None:
