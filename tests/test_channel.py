@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 
 import pytest
 
@@ -118,7 +119,6 @@ def test_writing_to_a_worker_that_is_gone_is_quiet(setup):
     s = setup()
     fcntl.fcntl(s.proc.to_worker, F_SETPIPE_SZ, 4096)
     s.channel.write(b"x" * 10000)
-    import os
     os.close(s.proc.requests_r)                  # the worker's end: gone
     s.proc.requests_r = None
     s.round()                                    # EPIPE on flush: the queue is dropped
@@ -180,7 +180,6 @@ def test_a_broken_frame_breaks_the_channel(setup):
 
 def test_eof_on_the_frame_pipe_pauses_reading_and_tells_the_backend(setup):
     s = setup()
-    import os
     os.close(s.proc.responses_w)                 # the worker's end of the frame pipe closes
     s.proc.responses_w = None
     s.round()
@@ -311,7 +310,6 @@ def test_eof_on_the_output_pipe_closes_it_and_relays_the_unfinished_line(setup, 
     fd = s.proc.output
     s.proc.print(b"no newline at the end")
     s.round()
-    import os
     os.close(s.proc.output_w)
     s.proc.output_w = None
     s.round()
