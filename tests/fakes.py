@@ -1,10 +1,13 @@
-"""Stand-ins for the loop's selector and clock, so the master's parts run one step at a time.
+"""Stand-ins for the loop's selector and clock and for worker processes, so the master's
+parts run one step at a time.
 
 Owns: FakeSelector (the selector methods loop.Loop uses, with the events a test scripts,
-      or the readiness of real descriptors asked with a zero timeout) and FakeClock (a
-      clock that moves only when the test says so).
-Never: fakes the bytes. Tests use real socketpairs and pipes: only waiting and time are
-       taken out of the picture, so no test sleeps and none depends on the machine's speed.
+      or the readiness of real descriptors asked with a zero timeout), FakeClock (a clock
+      that moves only when the test says so), FakeProcess (launch.WorkerProcess's
+      attributes over real pipes, no process) and FakeLauncher (hands those out).
+Never: fakes the bytes. Tests use real socketpairs and pipes: only waiting, time and
+       process creation are taken out of the picture, so no test sleeps and none depends
+       on the machine's speed.
 
     loop = Loop(selector=FakeSelector(), clock=FakeClock())
     loop.selector.ready(fd, READ)        # scripted: the next select() returns this event
@@ -13,6 +16,11 @@ Never: fakes the bytes. Tests use real socketpairs and pipes: only waiting and t
 
     FakeSelector(real=True)              # select() asks the kernel (timeout 0) which of the
                                          # registered descriptors are ready
+
+    proc = FakeProcess()                 # the test plays the worker on the other ends:
+    proc.send(frame_bytes)               #   frames for the master
+    proc.read_requests()                 #   what the master wrote
+    proc.exit(3)                         #   its "pidfd" turns readable; reap() -> 3
 """
 
 from __future__ import annotations
