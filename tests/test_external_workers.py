@@ -1,5 +1,6 @@
-"""External workers (`[server] command`): the launcher itself, a PHP worker end to end,
-stray output on the frame channel, and the environment a worker is started with.
+"""External workers (`[server] command`): a PHP worker end to end, stray output on the
+frame channel, and the environment a worker is started with. The launcher on its own
+(CommandLauncher, its argv and environment) is tests/test_launch.py's.
 
 test_server.py runs the whole core list with `command = python -m minirr.worker ...`;
 this file covers what only external workers have.
@@ -7,22 +8,16 @@ this file covers what only external workers have.
 
 from __future__ import annotations
 
-import json
 import os
-import select
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, Optional
 
 import pytest
 
-from minirr import config as config_module, frame
-from minirr.errors import ConfigError
-from minirr.launch import CommandLauncher, resolve_command, worker_environment
 from serverproc import pid_alive, wait_until
 
 WORKERS = Path(__file__).resolve().parent / "workers"
@@ -57,87 +52,7 @@ def pid_of(srv) -> int:
     return int(body)
 
 
-# ---- the launcher on its own -------------------------------------------------------------
-
-def launcher_config(tmp_path: Path, command: str):
-    root = Path(__file__).resolve().parent.parent
-    text = f"[server]\ncommand = {command}\n[server.env]\nPYTHONPATH = {root}\n"
-    return config_module.parse(text, base_dir=str(tmp_path))
-
-
-def read_frame(fd: int, decoder: frame.FrameDecoder, timeout: float = 10.0) -> frame.Frame:
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, "no frame from the worker in time"
-        if select.select([fd], [], [], remaining)[0]:
-            try:
-                data = os.read(fd, 65536)
-            except BlockingIOError:
-                continue
-            assert data, "the worker closed its stdout"
-            frames = decoder.feed(data)
-            if frames:
-                return frames[0]
-
-
-def test_launcher_gives_non_blocking_pipes_a_pidfd_sentinel_and_a_reapable_process(tmp_path):
-    launcher = CommandLauncher(launcher_config(tmp_path, LEAKY_WORKER))
-    proc = launcher.start([])
-    try:
-        assert len(set(proc.fds())) == 4          # to_worker, from_worker, output, sentinel
-        for fd in (proc.to_worker, proc.from_worker, proc.output):
-            assert not os.get_blocking(fd)
-        os.write(proc.to_worker, frame.encode(frame.CONTROL | frame.CODEC_JSON, b'{"pid":1}'))
-        hello = read_frame(proc.from_worker, frame.FrameDecoder())
-        assert hello.flags == frame.CONTROL and json.loads(hello.payload) == {"pid": proc.pid}
-        assert os.getsid(proc.pid) == proc.pid     # own session: Ctrl-C reaches the master only
-        assert select.select([proc.sentinel], [], [], 0)[0] == []
-        proc.kill()
-        assert select.select([proc.sentinel], [], [], 10)[0] == [proc.sentinel]
-        assert proc.reap(10) == -signal.SIGKILL
-    finally:
-        proc.kill()
-        proc.reap(10)
-        proc.close()
-    for fd in proc.fds():
-        with pytest.raises(OSError):
-            os.fstat(fd)
-
-
-def test_launcher_reports_the_exit_status_of_a_stopped_worker(tmp_path):
-    proc = CommandLauncher(launcher_config(tmp_path, LEAKY_WORKER)).start([])
-    try:
-        os.write(proc.to_worker, frame.encode(frame.CONTROL | frame.CODEC_JSON, b'{"pid":1}'))
-        read_frame(proc.from_worker, frame.FrameDecoder())
-        os.write(proc.to_worker, frame.encode(frame.CONTROL | frame.CODEC_JSON, b'{"stop":true}'))
-        assert select.select([proc.sentinel], [], [], 10)[0] == [proc.sentinel]
-        assert proc.reap(10) == 0
-    finally:
-        proc.kill()
-        proc.reap(10)
-        proc.close()
-
-
-def test_relative_paths_resolve_against_the_config_folder(tmp_path):
-    (tmp_path / "worker.php").write_text("<?php\n")
-    argv = resolve_command(("php", "worker.php", "-d", "missing.php", "/abs/x.php"), str(tmp_path))
-    assert argv == ["php", str(tmp_path / "worker.php"), "-d", "missing.php", "/abs/x.php"]
-
-
-def test_environment_adds_server_env_and_the_roadrunner_variables():
-    env = worker_environment({"HOME": "/root", "RR_MODE": "jobs"}, [("APP_ENV", "test")], "unix:minirr.sock")
-    assert env == {"HOME": "/root", "APP_ENV": "test", "RR_RELAY": "pipes", "RR_MODE": "http"}
-    env = worker_environment({}, [], "tcp://127.0.0.1:6001")
-    assert env["RR_RPC"] == "tcp://127.0.0.1:6001"
-
-
-def test_a_missing_program_is_a_config_error_at_startup(tmp_path):
-    with pytest.raises(ConfigError) as info:
-        CommandLauncher(launcher_config(tmp_path, "no-such-program-minirr worker.php"))
-    assert (info.value.section, info.value.key) == ("server", "command")
-    assert "no-such-program-minirr" in str(info.value)
-
+# ---- start-up ---------------------------------------------------------------------------------
 
 def test_a_missing_program_stops_minirr_with_one_line(tmp_path):
     (tmp_path / "rr.ini").write_text("[server]\ncommand = no-such-program-minirr worker.php\n")

@@ -1,6 +1,9 @@
-"""[status] /health and /ready, [metrics] /metrics: the pure parts, then a live server.
+"""[status] /health and /ready, [metrics] /metrics against a live server. The pure parts
+are tests/test_metrics.py's (the registry, the text format) and tests/test_operations.py's
+(the probes, the routes).
 
-The metrics text is checked line by line against the text exposition format 0.0.4:
+The metrics text is checked line by line against the text exposition format 0.0.4
+(parse_exposition, in test_metrics.py):
 https://prometheus.io/docs/instrumenting/exposition_formats/#text-format-details
 """
 
@@ -8,134 +11,13 @@ from __future__ import annotations
 
 import http.client
 import json
-import math
 import os
 import re
 import signal
 import socket
 import threading
 
-import pytest
-
-from minirr import metrics
-from minirr.metrics import Counter, Gauge, Histogram, ServerMetrics, format_value
-from minirr.operations import probe
-
-# ---- the exposition grammar ------------------------------------------------------------------
-
-NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
-VALUE = r"(?:[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]Inf|NaN)"
-HELP_RE = re.compile(rf"^# HELP ({NAME}) ((?:[^\\\n]|\\[\\n])*)$")
-TYPE_RE = re.compile(rf"^# TYPE ({NAME}) (counter|gauge|histogram|summary|untyped)$")
-SAMPLE_RE = re.compile(rf"^({NAME})(\{{{LABEL}(?:,{LABEL})*,?\}})? ({VALUE})(?: -?\d+)?$")
-LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
-
-
-def parse_exposition(text: str) -> dict:
-    """Check every line against the grammar and the family rules; return
-    {family: {"type": t, "help": h, "samples": [(name, {label: value}, float)]}}."""
-    assert text.endswith("\n"), "the text ends with a line feed"
-    families: dict = {}
-    current = None
-    for number, line in enumerate(text[:-1].split("\n"), 1):
-        where = f"line {number}: {line!r}"
-        if m := HELP_RE.match(line):
-            assert m.group(1) not in families or "help" not in families[m.group(1)], f"second HELP, {where}"
-            current = families.setdefault(m.group(1), {"samples": []})
-            current["help"] = m.group(2)
-            current["name"] = m.group(1)
-        elif m := TYPE_RE.match(line):
-            family = families.setdefault(m.group(1), {"samples": [], "name": m.group(1)})
-            assert "type" not in family and not family["samples"], f"TYPE after samples or twice, {where}"
-            family["type"] = m.group(2)
-            current = family
-        elif m := SAMPLE_RE.match(line):
-            assert current is not None, f"sample before any HELP/TYPE, {where}"
-            name, base = m.group(1), current["name"]
-            allowed = {base} | ({base + s for s in ("_bucket", "_sum", "_count")}
-                               if current.get("type") == "histogram" else set())
-            assert name in allowed, f"sample {name} outside its family {base}, {where}"
-            labels = dict(LABEL_RE.findall(m.group(2) or ""))
-            current["samples"].append((name, labels, float(m.group(3))))
-        else:
-            raise AssertionError(f"not in the exposition grammar, {where}")
-    for name, family in families.items():
-        keys = [(s[0], tuple(sorted(s[1].items()))) for s in family["samples"]]
-        assert len(keys) == len(set(keys)), f"{name}: a label set appears twice"
-        assert "help" in family and "type" in family, f"{name}: HELP and TYPE both present"
-    return families
-
-
-def check_histogram(family: dict) -> None:
-    buckets = [(s[1]["le"], s[2]) for s in family["samples"] if s[0].endswith("_bucket")]
-    bounds = [float(le) for le, _ in buckets]
-    counts = [count for _, count in buckets]
-    assert bounds == sorted(bounds) and math.isinf(bounds[-1]), "le ascending, ending with +Inf"
-    assert counts == sorted(counts), "bucket counts are cumulative"
-    (count,) = [s[2] for s in family["samples"] if s[0].endswith("_count")]
-    assert counts[-1] == count
-
-
-# ---- pure: the registry and the probes ----------------------------------------------------------
-
-def test_format_value():
-    assert [format_value(v) for v in (3, 0.25, float("inf"), float("-inf"), 1e20)] == \
-        ["3", "0.25", "+Inf", "-Inf", "1e+20"]
-    assert format_value(float("nan")) == "NaN"
-
-
-def test_escaping_and_families_parse():
-    c = Counter("x_total", 'help with \\ and\nnewline', ("path",))
-    c.inc(('a"b\\c\nd',), 2)
-    g = Gauge("y", "a gauge")
-    g.set(1.5)
-    h = Histogram("z_seconds", "a histogram", (0.1, 1))
-    for v in (0.05, 0.5, 5):
-        h.observe(v)
-    text = metrics.render([c, g, h])
-    families = parse_exposition(text)
-    assert families["x_total"]["help"] == "help with \\\\ and\\nnewline"
-    assert families["x_total"]["samples"] == [("x_total", {"path": 'a\\"b\\\\c\\nd'}, 2.0)]
-    check_histogram(families["z_seconds"])
-    assert 'z_seconds_bucket{le="1"} 2' in text and "z_seconds_sum 5.55" in text
-
-
-def test_server_metrics_render():
-    m = ServerMetrics()
-    m.request_answered(200, 0.003)
-    m.request_answered(503, 20.0)
-    m.worker_restarted("ttl")
-    m.no_free_worker()
-    text = m.render({"ready": 2, "working": 1}, 4, {4121: 2048}, 12.5)
-    families = parse_exposition(text)
-    samples = {(s[0], tuple(s[1].items())): s[2] for f in families.values() for s in f["samples"]}
-    assert samples[("minirr_requests_total", (("status", "503"),))] == 1
-    assert samples[("minirr_workers", (("state", "working"),))] == 1
-    assert samples[("minirr_workers", (("state", "stopping"),))] == 0
-    assert samples[("minirr_worker_memory_bytes", (("pid", "4121"),))] == 2048
-    assert samples[("minirr_worker_restarts_total", (("reason", "ttl"),))] == 1
-    assert samples[("minirr_worker_restarts_total", (("reason", "crash"),))] == 0
-    assert samples[("minirr_queue_length", ())] == 4
-    assert samples[("minirr_no_free_workers_total", ())] == 1
-    assert samples[("minirr_uptime_seconds", ())] == 12.5
-    check_histogram(families["minirr_request_duration_seconds"])
-    with pytest.raises(ValueError):
-        m.requests.inc(())                       # a label is required
-
-
-@pytest.mark.parametrize("counts, stopping, health, ready", [
-    ({"ready": 1}, False, 200, 200),
-    ({"working": 2}, False, 200, 503),           # all busy: alive, but not ready for more
-    ({"ready": 1, "working": 1}, True, 200, 503),  # draining for a stop: ready goes first
-    ({"starting": 2}, False, 503, 503),
-    ({}, True, 503, 503),
-])
-def test_probes(counts, stopping, health, ready):
-    assert probe("health", counts, stopping, 0)[0] == health
-    status, body = probe("ready", counts, stopping, 3)
-    assert status == ready
-    assert set(body["workers"]) == {"ready", "working", "starting", "stopping"} and body["queue"] == 3
+from test_metrics import check_histogram, parse_exposition
 
 
 # ---- against a live server ----------------------------------------------------------------------

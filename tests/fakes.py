@@ -1,0 +1,271 @@
+"""Stand-ins for the loop's selector and clock and for worker processes, so the master's
+parts run one step at a time.
+
+Owns: FakeSelector (the selector methods loop.Loop uses, with the events a test scripts,
+      or the readiness of real descriptors asked with a zero timeout), FakeClock (a clock
+      that moves only when the test says so), FakeProcess (launch.WorkerProcess's
+      attributes over real pipes, no process) and FakeLauncher (hands those out).
+Never: fakes the bytes. Tests use real socketpairs and pipes: only waiting, time and
+       process creation are taken out of the picture, so no test sleeps and none depends
+       on the machine's speed.
+
+    loop = Loop(selector=FakeSelector(), clock=FakeClock())
+    loop.selector.ready(fd, READ)        # scripted: the next select() returns this event
+    loop.run_once(0)                     # one round: the handler of fd runs
+    loop.clock.advance(10.0)             # ten seconds pass, at once
+
+    FakeSelector(real=True)              # select() asks the kernel (timeout 0) which of the
+                                         # registered descriptors are ready
+
+    proc = FakeProcess()                 # the test plays the worker on the other ends:
+    proc.send(frame_bytes)               #   frames for the master
+    proc.read_requests()                 #   what the master wrote
+    proc.exit(3)                         #   its "pidfd" turns readable; reap() -> 3
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import selectors
+import types
+from typing import Dict, List, Tuple
+
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+
+
+def fd_of(fileobj) -> int:
+    return fileobj if isinstance(fileobj, int) else fileobj.fileno()
+
+
+class FakeSelector(selectors.BaseSelector):
+    """A selector whose select() never waits. Events come from `ready()` (scripted, used
+    once), or, with `real=True` and nothing scripted, from select.select(..., 0) on the
+    registered descriptors. `timeouts` records what each select() was asked to wait."""
+
+    def __init__(self, real: bool = False) -> None:
+        self.real = real
+        self._keys: Dict[int, selectors.SelectorKey] = {}
+        self._scripted: List[Tuple[int, int]] = []
+        self.timeouts: List[float] = []
+        self.closed = False
+
+    @property
+    def _fd_to_key(self) -> Dict[int, selectors.SelectorKey]:
+        """The name CPython's selectors keep their fd -> key dict under (loop.Loop reads it)."""
+        return self._keys
+
+    # ---- the selector interface ------------------------------------------------------------
+    def register(self, fileobj, events, data=None):
+        fd = fd_of(fileobj)
+        if not events or events & ~(READ | WRITE):
+            raise ValueError(f"invalid events {events!r}")
+        if fd in self._keys:
+            raise KeyError(f"{fileobj!r} (fd {fd}) is already registered")
+        key = selectors.SelectorKey(fileobj, fd, events, data)
+        self._keys[fd] = key
+        return key
+
+    def unregister(self, fileobj):
+        return self._keys.pop(fd_of(fileobj))
+
+    def modify(self, fileobj, events, data=None):
+        # A new key, as CPython's selectors make one: the loop tells keys apart by identity.
+        self.unregister(fileobj)
+        return self.register(fileobj, events, data)
+
+    def get_key(self, fileobj):
+        return self._keys[fd_of(fileobj)]
+
+    def get_map(self):
+        return types.MappingProxyType(self._keys)   # live, as CPython's mapping is
+
+    def select(self, timeout=None):
+        self.timeouts.append(timeout)
+        if self._scripted:
+            scripted, self._scripted = self._scripted, []
+            return [(self._keys[fd], mask & self._keys[fd].events) for fd, mask in scripted
+                    if fd in self._keys and mask & self._keys[fd].events]
+        if self.real:
+            return self._real_events()
+        return []
+
+    def close(self):
+        self.closed = True
+        self._keys.clear()
+
+    # ---- for tests --------------------------------------------------------------------------
+    def ready(self, fileobj, mask: int = READ) -> None:
+        """The next select() reports `mask` for `fileobj` (if it is registered for it then)."""
+        self._scripted.append((fd_of(fileobj), mask))
+
+    def events_of(self, fileobj) -> int:
+        """What `fileobj` is registered for (0: not registered)."""
+        key = self._keys.get(fd_of(fileobj))
+        return key.events if key is not None else 0
+
+    def handler_of(self, fileobj):
+        return self._keys[fd_of(fileobj)].data
+
+    def _real_events(self) -> list:
+        reads = [fd for fd, key in self._keys.items() if key.events & READ]
+        writes = [fd for fd, key in self._keys.items() if key.events & WRITE]
+        if not reads and not writes:
+            return []
+        readable, writable, _ = select.select(reads, writes, [], 0)
+        masks: Dict[int, int] = {}
+        for fd in readable:
+            masks[fd] = masks.get(fd, 0) | READ
+        for fd in writable:
+            masks[fd] = masks.get(fd, 0) | WRITE
+        return [(self._keys[fd], mask) for fd, mask in masks.items()]
+
+
+class MapOnlySelector(FakeSelector):
+    """A FakeSelector without `_fd_to_key` (a selector of another make): the loop falls
+    back to get_map()."""
+
+    @property
+    def _fd_to_key(self):
+        raise AttributeError("_fd_to_key")
+
+
+class FakeClock:
+    """The loop's clock: `clock()` is the time now; `advance(seconds)` moves it."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+def spin(loop, rounds: int = 20) -> None:
+    """Run `rounds` rounds of the loop (timeout 0: nothing waits)."""
+    for _ in range(rounds):
+        loop.run_once(0)
+
+
+class FakeProcess:
+    """Stands in for launch.WorkerProcess: real pipes (the master's ends non-blocking, as
+    the launcher makes them), no process. The test plays the worker on the other ends:
+    `requests_r` (what the master wrote), `responses_w` (frames for the master),
+    `output_w` (its stdout and stderr) and `exit_w` (write a byte: the "pidfd" is readable)."""
+
+    def __init__(self, pid: int = 4242, output: bool = True, sentinel: bool = True) -> None:
+        self.pid = pid
+        self.requests_r, self.to_worker = os.pipe()
+        self.from_worker, self.responses_w = os.pipe()
+        self.output, self.output_w = os.pipe() if output else (None, None)
+        self.sentinel, self.exit_w = os.pipe() if sentinel else (None, None)
+        for fd in (self.to_worker, self.from_worker, self.output):
+            if fd is not None:
+                os.set_blocking(fd, False)
+        for fd in (self.requests_r, self.responses_w, self.output_w):
+            if fd is not None:
+                os.set_blocking(fd, False)   # a test that overfills a pipe fails, it does not hang
+        self.status = 0                   # what reap() returns
+        self.has_exited = False           # what exited() returns (no pidfd)
+        self.kills = 0
+        self.closed = False
+
+    def fds(self) -> List[int]:
+        return [fd for fd in (self.to_worker, self.from_worker, self.output, self.sentinel) if fd is not None]
+
+    def kill(self) -> None:
+        self.kills += 1
+
+    def reap(self, timeout: float = 1.0):
+        return self.status
+
+    def exited(self) -> bool:
+        return self.has_exited
+
+    def close(self) -> None:
+        self.closed = True
+        for fd in (self.to_worker, self.from_worker, self.output, self.sentinel):
+            _close_quietly(fd)
+
+    # ---- the worker's side ------------------------------------------------------------------
+    def exit(self, status: int = 0) -> None:
+        """The process has exited: its sentinel turns readable."""
+        self.status = status
+        self.has_exited = True
+        if self.exit_w is not None:
+            os.write(self.exit_w, b"x")
+
+    def read_requests(self) -> bytes:
+        """Everything the master has written to the worker so far."""
+        chunks = []
+        while True:
+            try:
+                data = os.read(self.requests_r, 1 << 20)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        return b"".join(chunks)
+
+    def send(self, data: bytes) -> None:
+        _write_all(self.responses_w, data, "the frame pipe")
+
+    def print(self, text: bytes) -> None:
+        _write_all(self.output_w, text, "the output pipe")
+
+    def finish(self) -> None:
+        """Close the worker's ends (test teardown)."""
+        for fd in (self.requests_r, self.responses_w, self.output_w, self.exit_w):
+            _close_quietly(fd)
+        if not self.closed:
+            self.close()
+
+
+def _write_all(fd: int, data: bytes, what: str) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            raise AssertionError(f"{what} is full: the master does not read it (write less, or run a round)") from None
+
+
+def _close_quietly(fd) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+class FakeLauncher:
+    """launch's launcher interface: start() hands out FakeProcesses (pids 1001, 1002 ...);
+    `fail_with` makes the next start() raise it."""
+
+    def __init__(self) -> None:
+        self.started: List[FakeProcess] = []
+        self.fail_with = None
+        self.close_in_child: list = []
+        self.tracebacks: list = []
+
+    def start(self, close_in_child, print_traceback: bool = True) -> FakeProcess:
+        if self.fail_with is not None:
+            exc, self.fail_with = self.fail_with, None
+            raise exc
+        self.close_in_child.append(list(close_in_child))
+        self.tracebacks.append(print_traceback)
+        proc = FakeProcess(pid=1001 + len(self.started))
+        self.started.append(proc)
+        return proc
+
+    def preflight(self, timeout_s: float) -> None:
+        pass
+
+    def finish(self) -> None:
+        for proc in self.started:
+            proc.finish()

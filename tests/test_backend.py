@@ -1,0 +1,476 @@
+"""Worker lifecycle in the master (minirr.backend): starts and handshakes, fate through
+retire(), release after max_jobs, exits, timeouts and the reload; a fake launcher whose
+processes are real pipes played by the test (tests/backrig.py), a fake selector and clock."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import pytest
+
+from backrig import BackRig
+from fakes import READ
+from minirr import frame
+from minirr.frame import CODEC_JSON, CONTROL
+from minirr.pool import BOOT_BACKOFF_FIRST_S, DEAD, READY, STARTING, STOPPING, WORKING, Reason
+
+STOP_FRAME_PAYLOAD = b'{"stop": true}'
+
+
+@pytest.fixture
+def rig():
+    made = []
+
+    def make(**kwargs) -> BackRig:
+        made.append(BackRig(**kwargs))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.finish()
+
+
+def control_frames(proc) -> list:
+    return [item.payload for item in frame.FrameDecoder().feed(proc.read_requests()) if item.flags & CONTROL]
+
+
+# ---- starting ---------------------------------------------------------------------------------------
+
+def test_ensure_pool_starts_workers_and_sends_each_the_handshake(rig):
+    r = rig(num_workers=2)
+    r.back.ensure_pool(r.clock())
+    assert len(r.launcher.started) == 2
+    first, second = r.launcher.started
+    [item] = frame.FrameDecoder().feed(first.read_requests())
+    assert item.flags == CONTROL | CODEC_JSON and json.loads(item.payload) == {"pid": os.getpid()}
+    # the second child is told to close the first one's pipes (STYLE.md §5)
+    assert r.launcher.close_in_child[0] == [] and set(first.fds()) <= set(r.launcher.close_in_child[1])
+    assert [w.state for w in r.pool.workers.values()] == [STARTING, STARTING]
+    r.back.ensure_pool(r.clock())
+    assert len(r.launcher.started) == 2                   # starting ones count
+
+
+def test_the_handshake_answer_makes_the_worker_ready(rig, caplog):
+    caplog.set_level(logging.INFO, logger="minirr")
+    r = rig()
+    r.back.ensure_pool(r.clock())
+    [proc] = r.launcher.started
+    r.clock.advance(0.25)
+    r.hello(proc, json.dumps({"pid": 777}).encode())
+    worker = r.worker_of(proc)
+    assert worker.state is READY and worker.pid == 777
+    assert r.ops.calls == [("ready", worker)]
+    assert "worker 1 (pid 777) ready in 250ms" in caplog.text
+
+
+@pytest.mark.parametrize("answer", [b"not json", b'{"pid": "x"}', b'{"pid": true}', b"[1]", b'{"nopid": 1}'])
+def test_a_bad_handshake_answer_kills_the_worker_and_counts_as_a_failed_start(rig, caplog, answer):
+    r = rig()
+    r.back.ensure_pool(r.clock())
+    [proc] = r.launcher.started
+    r.hello(proc, answer)
+    worker = r.worker_of(proc)
+    assert proc.kills == 1 and worker.state is STOPPING and worker.reason is Reason.BROKEN_CHANNEL
+    assert "answered the handshake with" in caplog.text
+    proc.exit(-9)
+    r.round()
+    assert r.pool.boot_failures == 1 and r.pool.next_start_at == r.clock() + BOOT_BACKOFF_FIRST_S
+
+
+def test_a_start_that_raises_is_a_failed_start_with_back_off(rig, caplog):
+    r = rig()
+    r.launcher.fail_with = OSError(24, "Too many open files")
+    r.back.ensure_pool(r.clock())
+    assert r.pool.workers == {} and r.pool.boot_failures == 1
+    assert "worker 1 (pid ?) could not be started: [Errno 24] Too many open files; next start in 0.5s" in caplog.text
+    r.back.ensure_pool(r.clock())
+    assert r.launcher.started == []                       # the back-off holds
+    r.clock.advance(BOOT_BACKOFF_FIRST_S)
+    r.back.expire(r.clock())
+    assert len(r.launcher.started) == 1
+
+
+def test_only_the_first_failure_of_a_run_prints_its_traceback(rig):
+    r = rig()
+    r.back.ensure_pool(r.clock())
+    r.launcher.started[0].exit(3)
+    r.round()
+    r.clock.advance(10.0)
+    r.back.ensure_pool(r.clock())
+    assert r.launcher.tracebacks == [True, False]
+
+
+# ---- jobs and release ------------------------------------------------------------------------------------
+
+def test_release_after_max_jobs_stops_the_worker_and_starts_its_replacement(rig):
+    r = rig(max_jobs=2)
+    [proc] = r.start()
+    worker = r.worker_of(proc)
+    assert worker.max_jobs == 2
+    for _ in range(2):
+        r.submit()
+        r.reply(proc, 200, b"ok")
+    assert worker.state is STOPPING and worker.reason is Reason.MAX_JOBS
+    assert STOP_FRAME_PAYLOAD in control_frames(proc)
+    assert len(r.launcher.started) == 2
+
+
+def test_release_moves_the_queue(rig):
+    r = rig()
+    [proc] = r.start()
+    r.submit("/1")
+    second = r.submit("/2")
+    proc.read_requests()
+    r.reply(proc, 200, b"one")
+    assert second.worker is r.worker_of(proc)
+
+
+# ---- retire(): fate ----------------------------------------------------------------------------------------
+
+def test_retire_a_ready_worker_for_a_soft_reason_stops_it_now(rig):
+    r = rig()
+    [proc] = r.start()
+    worker = r.worker_of(proc)
+    r.back.retire(worker, Reason.TTL, r.clock())
+    assert worker.state is STOPPING and worker.reason is Reason.TTL and proc.kills == 0
+    assert control_frames(proc)[-1] == STOP_FRAME_PAYLOAD
+    assert len(r.launcher.started) == 2                   # replaced at once
+
+
+def test_retire_a_working_worker_for_a_soft_reason_waits_until_it_is_free(rig):
+    r = rig()
+    [proc] = r.start()
+    worker = r.worker_of(proc)
+    job = r.submit()
+    proc.read_requests()
+    r.back.retire(worker, Reason.MEMORY, r.clock())
+    assert worker.state is WORKING and worker.reason is Reason.MEMORY
+    assert control_frames(proc) == [] and proc.kills == 0
+    assert len(r.launcher.started) == 2                   # its replacement starts now
+    r.reply(proc, 200, b"ok")
+    assert r.front.calls[0][:3] == ("answer", job, 200)  # the answer goes out first
+    assert worker.state is STOPPING and control_frames(proc) == [STOP_FRAME_PAYLOAD]
+
+
+@pytest.mark.parametrize("state", ["starting", "ready", "working"])
+def test_retire_for_a_fault_kills_whatever_the_state(rig, state):
+    r = rig()
+    if state == "starting":
+        r.back.ensure_pool(r.clock())
+        proc = r.launcher.started[0]
+    else:
+        [proc] = r.start()
+        if state == "working":
+            r.submit()
+    worker = r.worker_of(proc)
+    r.back.retire(worker, Reason.EXEC_TTL, r.clock(), "why")
+    assert proc.kills == 1 and worker.state is STOPPING and worker.channel.failure == "why"
+
+
+def test_retire_a_starting_worker_for_a_soft_reason_kills_it(rig):
+    r = rig()
+    r.back.ensure_pool(r.clock())
+    [proc] = r.launcher.started
+    r.back.retire(r.worker_of(proc), Reason.SHUTDOWN, r.clock())
+    assert proc.kills == 1
+
+
+def test_retire_a_stopping_worker_for_a_soft_reason_does_nothing_more(rig):
+    r = rig()
+    [proc] = r.start()
+    worker = r.worker_of(proc)
+    r.back.retire(worker, Reason.TTL, r.clock())
+    proc.read_requests()
+    r.back.retire(worker, Reason.RESET, r.clock())
+    assert worker.reason is Reason.TTL and control_frames(proc) == [] and proc.kills == 0
+
+
+def test_eof_on_the_frame_pipe_kills_a_worker_not_stopping(rig):
+    r = rig()
+    [proc] = r.start()
+    r.back.on_channel_eof(r.worker_of(proc))
+    assert proc.kills == 1
+
+
+def test_eof_on_the_frame_pipe_of_a_stopping_worker_waits_for_its_exit(rig):
+    r = rig()
+    [proc] = r.start()
+    worker = r.worker_of(proc)
+    r.back.retire(worker, Reason.TTL, r.clock())
+    r.back.on_channel_eof(worker)
+    assert proc.kills == 0
+
+
+def test_a_failure_of_our_own_code_on_a_channel_kills_the_worker_and_answers_502(rig, caplog):
+    r = rig()
+    [proc] = r.start()
+    worker = r.worker_of(proc)
+    job = r.submit()
+    r.back.on_channel_failed(worker, RuntimeError("master bug"))
+    assert r.front.calls == [("error", job, 502, "the worker sent an invalid response")]
+    assert proc.kills == 1 and "handling its channel failed; killing it" in caplog.text
+
+
+# ---- exits ------------------------------------------------------------------------------------------------
+
+def test_exit_while_busy_answers_502_logs_and_replaces(rig, caplog):
+    r = rig()
+    [proc] = r.start()
+    worker = r.worker_of(proc)
+    job = r.submit()
+    proc.exit(7)
+    r.round()
+    assert r.front.calls == [("error", job, 502, "the worker died while handling the request")]
+    assert "worker 1 (pid 1001) exited with status 7 while busy; request answered 502" in caplog.text
+    assert worker.state is DEAD and worker.channel is None and proc.closed
+    assert r.ops.calls[-1] == ("gone", worker, WORKING)
+    assert len(r.launcher.started) == 2
+
+
+def test_exit_of_a_streaming_worker_aborts_the_answer(rig):
+    r = rig()
+    [proc] = r.start()
+    job = r.submit()
+    r.reply(proc, 200, b"a", stream=frame.STREAM)
+    proc.exit(-9)
+    r.round()
+    assert r.front.calls[-1] == ("abort", job, "the worker died")
+
+
+def test_exit_while_idle_is_logged_as_an_error(rig, caplog):
+    r = rig()
+    [proc] = r.start()
+    proc.exit(0)
+    r.round()
+    assert [rec for rec in caplog.records
+            if rec.levelname == "ERROR" and rec.getMessage() == "worker 1 (pid 1001) exited with status 0 while idle"]
+    assert r.pool.boot_failures == 0                       # it had been ready: not a failed start
+
+
+def test_exit_before_ready_backs_off_and_fails_queued_jobs_when_nothing_serves(rig, caplog):
+    r = rig()
+    r.back.ensure_pool(r.clock())
+    [proc] = r.launcher.started
+    job = r.submit()
+    assert r.jobs.waiting == 1
+    proc.print(b"ERROR ImportError: no module named app\n")
+    proc.exit(3)
+    r.round()
+    assert "worker 1 (pid 1001) exited with status 3 before it was ready; next start in 0.5s" in caplog.text
+    assert r.pool.boot_failures == 1 and r.pool.workers == {}
+    assert r.front.calls == [("error", job, 503, "no worker is running (workers fail to start)")]
+    assert len(r.launcher.started) == 1                    # the back-off holds
+    r.clock.advance(BOOT_BACKOFF_FIRST_S)
+    r.back.expire(r.clock())
+    assert len(r.launcher.started) == 2
+
+
+def test_a_stopped_worker_exits_quietly(rig, caplog):
+    caplog.set_level(logging.INFO, logger="minirr")
+    r = rig()
+    [proc] = r.start()
+    worker = r.worker_of(proc)
+    r.back.retire(worker, Reason.TTL, r.clock())
+    proc.exit(0)
+    r.round()
+    assert "worker 1 (pid 1001) stopped (ttl)" in caplog.text
+    assert r.ops.calls[-1] == ("gone", worker, STOPPING)
+
+
+def test_a_killed_worker_exits_with_its_failure_in_the_log(rig, caplog):
+    r = rig()
+    [proc] = r.start()
+    r.reply(proc, 200, b"unasked")                         # broken: killed
+    proc.exit(-9)
+    r.round()
+    assert ("worker 1 (pid 1001) was killed by signal 9 after sent a frame with no request in flight"
+            in caplog.text)
+
+
+def test_the_exit_relays_what_is_left_of_the_output(rig, caplog):
+    caplog.set_level(logging.INFO, logger="minirr")
+    r = rig()
+    [proc] = r.start()
+    proc.print(b"last words")
+    proc.exit(1)
+    r.back.on_exit(r.worker_of(proc))
+    assert "worker 1 (pid 1001): last words" in caplog.text
+
+
+# ---- time --------------------------------------------------------------------------------------------------
+
+def test_exec_ttl_answers_504_and_kills_the_worker(rig, caplog):
+    r = rig(exec_ttl=10.0)
+    [proc] = r.start()
+    worker = r.worker_of(proc)
+    job = r.submit()
+    r.clock.advance(9.99)
+    r.back.expire(r.clock())
+    assert proc.kills == 0
+    r.clock.advance(0.01)
+    r.back.expire(r.clock())
+    assert r.front.calls == [("error", job, 504, "the request exceeded exec_ttl (10s)")]
+    assert proc.kills == 1 and worker.reason is Reason.EXEC_TTL
+    assert "worker 1 (pid 1001) exceeded exec_ttl (10s); killing it" in caplog.text
+
+
+def test_exec_ttl_of_a_stream_aborts_it(rig):
+    r = rig(exec_ttl=10.0)
+    [proc] = r.start()
+    job = r.submit()
+    r.reply(proc, 200, b"a", stream=frame.STREAM)
+    r.clock.advance(10.0)
+    r.back.expire(r.clock())
+    assert r.front.calls[-1] == ("abort", job, "exec_ttl")
+
+
+def test_a_start_past_allocate_timeout_is_killed(rig, caplog):
+    r = rig(allocate_timeout=5.0)
+    r.back.ensure_pool(r.clock())
+    [proc] = r.launcher.started
+    r.clock.advance(5.0)
+    r.back.expire(r.clock())
+    assert proc.kills == 1 and r.worker_of(proc).reason is Reason.START_TIMEOUT
+    assert "did not finish its start within allocate_timeout (5s); killing it" in caplog.text
+    proc.exit(-9)
+    r.round()
+    assert r.pool.boot_failures == 1
+
+
+def test_a_worker_that_does_not_stop_within_destroy_timeout_is_killed(rig, caplog):
+    r = rig(destroy_timeout=3.0)
+    [proc] = r.start()
+    worker = r.worker_of(proc)
+    r.back.retire(worker, Reason.TTL, r.clock())
+    r.clock.advance(3.0)
+    r.back.expire(r.clock())
+    assert proc.kills == 1 and worker.channel.failure == "destroy_timeout"
+    assert "did not stop within destroy_timeout (3s); killing it" in caplog.text
+
+
+def test_a_worker_going_on_after_its_client_left_is_killed_after_destroy_timeout(rig, caplog):
+    r = rig(destroy_timeout=3.0, exec_ttl=100.0)
+    [proc] = r.start()
+    job = r.submit()
+    r.reply(proc, 200, b"a", stream=frame.STREAM)
+    r.jobs.abandon(job, r.clock())
+    r.clock.advance(3.0)
+    r.back.expire(r.clock())
+    assert proc.kills == 1 and r.worker_of(proc).reason is Reason.DESTROY_TIMEOUT
+    assert "went on after its client left, past destroy_timeout (3s); killing it" in caplog.text
+
+
+def test_without_a_pidfd_expire_polls_for_the_exit(rig):
+    r = rig()
+    r.back.ensure_pool(r.clock())
+    [proc] = r.launcher.started
+    r.loop.unregister(proc.sentinel)                       # as if there were no pidfd
+    proc.sentinel = None
+    r.hello(proc)
+    worker = r.worker_of(proc)
+    r.back.expire(r.clock())
+    assert worker.state is READY
+    proc.has_exited = True
+    r.back.expire(r.clock())
+    assert worker.state is DEAD and len(r.launcher.started) == 2
+
+
+# ---- the reload ------------------------------------------------------------------------------------------------
+
+def live(r) -> dict:
+    return {w.id: (w.state, w.generation, w.reason) for w in r.pool.workers.values()}
+
+
+def test_reload_replaces_one_worker_at_a_time_retiring_each_old_one_when_its_replacement_is_ready(rig):
+    r = rig(num_workers=2)
+    old = r.start()
+    started = len(r.launcher.started)
+    assert r.back.begin_reload(r.clock()) == 2 and r.back.reloading
+    [new1] = r.new_procs(old)                              # one replacement at a time
+    assert all(r.worker_of(p).state is READY and r.worker_of(p).reason is None for p in old)
+    r.clock.advance(1.0)
+    r.hello(new1)
+    retired = [p for p in old if r.worker_of(p).state is STOPPING]
+    assert len(retired) == 1 and r.worker_of(retired[0]).reason is Reason.RESET
+    [new2] = r.new_procs(old + [new1])                     # the next replacement
+    assert len(r.launcher.started) == started + 2
+    assert r.ops.calls[-1][0] == "ready"                   # not done yet
+    r.clock.advance(1.0)
+    r.hello(new2)
+    assert all(r.worker_of(p).state is STOPPING for p in old)
+    assert r.ops.calls[-1] == ("reload_done", 2, 2.0, "")
+    assert not r.back.reloading and r.pool.surge == 0
+    assert {r.worker_of(p).generation for p in (new1, new2)} == {1}
+
+
+def test_a_failing_replacement_ends_the_reload_and_keeps_the_old_workers(rig, caplog):
+    r = rig(num_workers=2)
+    old = r.start()
+    r.back.begin_reload(r.clock())
+    [new1] = r.new_procs(old)
+    new1.print(b"ERROR SyntaxError: invalid syntax\n")
+    new1.exit(1)
+    r.round()
+    [done] = [c for c in r.ops.calls if c[0] == "reload_done"]
+    assert done[1] == 0 and done[3] == "worker 3 (pid 1003) failed to start: SyntaxError: invalid syntax (exit status 1)"
+    assert not r.back.reloading and r.pool.surge == 0
+    assert all(r.worker_of(p).state is READY and r.worker_of(p).reason is None for p in old)
+    assert "reload stopped: worker 3 (pid 1003) failed to start" in caplog.text
+    assert r.new_procs(old) == [new1]                      # no further replacement is started
+
+
+def test_a_reload_of_a_busy_pool_retires_the_working_old_worker_when_it_is_free(rig):
+    r = rig(num_workers=1)
+    [old] = r.start()
+    job = r.submit()
+    old.read_requests()
+    r.back.begin_reload(r.clock())
+    [new] = r.new_procs([old])
+    r.hello(new)
+    worker = r.worker_of(old)
+    assert worker.state is WORKING and worker.reason is Reason.RESET
+    assert r.ops.calls[-1][0] == "reload_done"
+    r.reply(old, 200, b"done")
+    assert r.front.calls[0][:3] == ("answer", job, 200) and worker.state is STOPPING
+
+
+def test_ensure_pool_retires_a_worker_beyond_the_pools_size(rig):
+    r = rig(num_workers=2)
+    procs = r.start()
+    r.pool.size = 1                                        # e.g. a reload's extra one, once it is over
+    r.back.ensure_pool(r.clock())
+    stopping = [p for p in procs if r.worker_of(p).state is STOPPING]
+    assert len(stopping) == 1 and r.worker_of(stopping[0]).id == 1
+    assert r.worker_of(stopping[0]).reason is Reason.RESET
+
+
+# ---- shutdown ------------------------------------------------------------------------------------------------
+
+def test_stop_idle_stops_ready_workers_and_kills_starting_ones(rig):
+    r = rig(num_workers=1)
+    [ready] = r.start()
+    r.pool.size = 2
+    r.back.ensure_pool(r.clock())
+    starting = r.launcher.started[-1]
+    r.back.stopping = True
+    r.back.stop_idle(r.clock())
+    assert r.worker_of(ready).state is STOPPING and STOP_FRAME_PAYLOAD in control_frames(ready)
+    assert starting.kills == 1
+    assert len(r.launcher.started) == 2                    # nothing new while stopping
+
+
+def test_close_kills_reaps_and_closes_every_worker(rig):
+    r = rig(num_workers=2)
+    procs = r.start()
+    r.back.close()
+    assert all(p.kills == 1 and p.closed for p in procs)
+    r.back.kill_all()
+
+
+def test_descriptors_lists_every_workers_pipes(rig):
+    r = rig(num_workers=2)
+    procs = r.start()
+    assert sorted(r.back.descriptors()) == sorted(fd for p in procs for fd in p.fds())
+    assert r.loop.selector.events_of(procs[0].from_worker) == READ

@@ -1,0 +1,274 @@
+"""How a worker process is started (minirr.launch): the handle the master keeps
+(WorkerProcess: its descriptors, kill, reap, exited), the pidfd and life without one,
+CommandLauncher's program, argv and environment, and ForkLauncher's start-up check of
+the app (preflight). Real processes; every wait is a poll with a deadline."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import select
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from minirr import config as config_module, frame
+from minirr.errors import AppLoadError, ConfigError
+from minirr.launch import (CommandLauncher, ForkLauncher, WorkerProcess, open_pidfd, resolve_command,
+                           worker_environment)
+from serverproc import pid_alive, wait_until
+
+WORKERS = Path(__file__).resolve().parent / "workers"
+APPS = Path(__file__).resolve().parent / "apps"
+LEAKY_WORKER = f"{sys.executable} {WORKERS / 'leaky_worker.py'}"
+
+
+# ---- CommandLauncher -------------------------------------------------------------------------------
+
+def launcher_config(tmp_path: Path, command: str):
+    root = Path(__file__).resolve().parent.parent
+    text = f"[server]\ncommand = {command}\n[server.env]\nPYTHONPATH = {root}\n"
+    return config_module.parse(text, base_dir=str(tmp_path))
+
+
+def read_frame(fd: int, decoder: frame.FrameDecoder, timeout: float = 10.0) -> frame.Frame:
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, "no frame from the worker in time"
+        if select.select([fd], [], [], remaining)[0]:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            assert data, "the worker closed its stdout"
+            frames = decoder.feed(data)
+            if frames:
+                return frames[0]
+
+
+def test_launcher_gives_non_blocking_pipes_a_pidfd_sentinel_and_a_reapable_process(tmp_path):
+    launcher = CommandLauncher(launcher_config(tmp_path, LEAKY_WORKER))
+    proc = launcher.start([])
+    try:
+        assert len(set(proc.fds())) == 4          # to_worker, from_worker, output, sentinel
+        for fd in (proc.to_worker, proc.from_worker, proc.output):
+            assert not os.get_blocking(fd)
+        os.write(proc.to_worker, frame.encode(frame.CONTROL | frame.CODEC_JSON, b'{"pid":1}'))
+        hello = read_frame(proc.from_worker, frame.FrameDecoder())
+        assert hello.flags == frame.CONTROL and json.loads(hello.payload) == {"pid": proc.pid}
+        assert os.getsid(proc.pid) == proc.pid     # own session: Ctrl-C reaches the master only
+        assert select.select([proc.sentinel], [], [], 0)[0] == []
+        proc.kill()
+        assert select.select([proc.sentinel], [], [], 10)[0] == [proc.sentinel]
+        assert proc.reap(10) == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.reap(10)
+        proc.close()
+    for fd in proc.fds():
+        with pytest.raises(OSError):
+            os.fstat(fd)
+
+
+def test_launcher_reports_the_exit_status_of_a_stopped_worker(tmp_path):
+    proc = CommandLauncher(launcher_config(tmp_path, LEAKY_WORKER)).start([])
+    try:
+        os.write(proc.to_worker, frame.encode(frame.CONTROL | frame.CODEC_JSON, b'{"pid":1}'))
+        read_frame(proc.from_worker, frame.FrameDecoder())
+        os.write(proc.to_worker, frame.encode(frame.CONTROL | frame.CODEC_JSON, b'{"stop":true}'))
+        assert select.select([proc.sentinel], [], [], 10)[0] == [proc.sentinel]
+        assert proc.reap(10) == 0
+    finally:
+        proc.kill()
+        proc.reap(10)
+        proc.close()
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path):
+    (tmp_path / "worker.php").write_text("<?php\n")
+    argv = resolve_command(("php", "worker.php", "-d", "missing.php", "/abs/x.php"), str(tmp_path))
+    assert argv == ["php", str(tmp_path / "worker.php"), "-d", "missing.php", "/abs/x.php"]
+
+
+def test_environment_adds_server_env_and_the_roadrunner_variables():
+    env = worker_environment({"HOME": "/root", "RR_MODE": "jobs"}, [("APP_ENV", "test")], "unix:minirr.sock")
+    assert env == {"HOME": "/root", "APP_ENV": "test", "RR_RELAY": "pipes", "RR_MODE": "http"}
+    env = worker_environment({}, [], "tcp://127.0.0.1:6001")
+    assert env["RR_RPC"] == "tcp://127.0.0.1:6001"
+
+
+def test_a_missing_program_is_a_config_error_at_startup(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        CommandLauncher(launcher_config(tmp_path, "no-such-program-minirr worker.php"))
+    assert (info.value.section, info.value.key) == ("server", "command")
+    assert "no-such-program-minirr" in str(info.value)
+
+
+# ---- WorkerProcess -------------------------------------------------------------------------------
+
+class Child:
+    """A launcher's handle on a process, as WorkerProcess sees it."""
+
+    def __init__(self, extra=(), status=None) -> None:
+        self.extra = list(extra)
+        self.status = status
+        self.waits = []
+        self.released = False
+
+    def wait(self, timeout):
+        self.waits.append(timeout)
+        return self.status
+
+    def extra_fds(self):
+        return self.extra
+
+    def release(self):
+        self.released = True
+
+
+def test_fds_lists_each_descriptor_once_without_the_missing_ones():
+    proc = WorkerProcess(10, 3, 4, None, 5, Child(extra=[5, 7]))
+    assert proc.fds() == [3, 4, 5, 7]
+    proc = WorkerProcess(10, 3, 4, 6, None, Child())
+    assert proc.fds() == [3, 4, 6]
+
+
+def test_reap_and_exited_ask_the_child():
+    child = Child(status=None)
+    proc = WorkerProcess(10, 3, 4, None, None, child)
+    assert proc.exited() is False and child.waits == [0]      # WNOHANG: never waits
+    child.status = -9
+    assert proc.exited() is True and proc.reap(2.5) == -9 and child.waits[-1] == 2.5
+
+
+def test_close_closes_the_masters_ends_and_releases_the_child():
+    fds = [os.pipe()[0] for _ in range(3)]
+    child = Child()
+    WorkerProcess(10, fds[0], fds[1], fds[2], None, child).close()
+    assert child.released
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+
+
+# ---- the pidfd, and life without one ---------------------------------------------------------------
+
+def refuse_pidfd(monkeypatch, errno_value):
+    def pidfd_open(pid, flags=0):
+        raise OSError(errno_value, os.strerror(errno_value))
+    monkeypatch.setattr(os, "pidfd_open", pidfd_open, raising=False)
+
+
+@pytest.mark.parametrize("errno_value", [errno.ENOSYS, errno.EPERM])
+def test_open_pidfd_is_none_where_the_kernel_has_none(monkeypatch, errno_value):
+    refuse_pidfd(monkeypatch, errno_value)
+    assert open_pidfd(os.getpid()) is None
+
+
+def test_open_pidfd_is_none_where_python_has_none(monkeypatch):
+    monkeypatch.delattr(os, "pidfd_open", raising=False)
+    assert open_pidfd(os.getpid()) is None
+
+
+def test_open_pidfd_raises_when_descriptors_run_out(monkeypatch):
+    refuse_pidfd(monkeypatch, errno.EMFILE)
+    with pytest.raises(OSError):
+        open_pidfd(os.getpid())
+
+
+def test_without_a_pidfd_there_is_no_sentinel_and_exited_polls(tmp_path, monkeypatch):
+    refuse_pidfd(monkeypatch, errno.ENOSYS)
+    proc = CommandLauncher(launcher_config(tmp_path, LEAKY_WORKER)).start([])
+    try:
+        assert proc.sentinel is None and len(proc.fds()) == 3
+        assert not proc.exited()
+        proc.kill()                                         # os.kill on the pid
+        wait_until(proc.exited, timeout=10, message="the worker to exit")
+        assert proc.reap(10) == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.reap(10)
+        proc.close()
+
+
+def test_kill_goes_through_the_pidfd(tmp_path, monkeypatch):
+    proc = CommandLauncher(launcher_config(tmp_path, LEAKY_WORKER)).start([])
+    sent = []
+    real = signal.pidfd_send_signal
+    monkeypatch.setattr(signal, "pidfd_send_signal", lambda fd, sig: (sent.append((fd, sig)), real(fd, sig)))
+    monkeypatch.setattr(os, "kill", lambda pid, sig: pytest.fail("kill() by pid while a pidfd exists"))
+    try:
+        proc.kill()
+        assert sent == [(proc.sentinel, signal.SIGKILL)]
+        assert select.select([proc.sentinel], [], [], 10)[0] == [proc.sentinel]
+        assert proc.reap(10) == -signal.SIGKILL
+        proc.kill()                                         # reaped: ProcessLookupError is swallowed
+        assert len(sent) == 2
+    finally:
+        monkeypatch.undo()
+        proc.kill()
+        proc.reap(10)
+        proc.close()
+
+
+# ---- ForkLauncher -----------------------------------------------------------------------------------------
+
+def fork_launcher(app: str, base_dir) -> ForkLauncher:
+    return ForkLauncher(app, factory=False, interface="minirr", base_dir=str(base_dir))
+
+
+def test_a_forked_worker_answers_the_handshake_and_dies_by_its_pidfd():
+    proc = fork_launcher("hello_app:app", WORKERS).start([])
+    try:
+        assert proc.sentinel is not None and {proc.to_worker, proc.from_worker, proc.output} <= set(proc.fds())
+        for fd in (proc.to_worker, proc.from_worker, proc.output):
+            assert not os.get_blocking(fd)
+        os.write(proc.to_worker, frame.encode(frame.CONTROL | frame.CODEC_JSON, b'{"pid":1}'))
+        hello = read_frame(proc.from_worker, frame.FrameDecoder())
+        assert json.loads(hello.payload) == {"pid": proc.pid}
+        proc.kill()
+        assert select.select([proc.sentinel], [], [], 10)[0] == [proc.sentinel]
+        assert proc.reap(10) == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.reap(10)
+        proc.close()
+    assert not pid_alive(proc.pid)
+
+
+def test_preflight_of_an_app_that_imports_passes():
+    fork_launcher("hello_app:app", WORKERS).preflight(30.0)
+
+
+@pytest.mark.parametrize("source,app,message", [
+    (None, "no_such_module_minirr:app", "ModuleNotFoundError: No module named 'no_such_module_minirr'"),
+    ("app = 1\n", "preflight_app:missing", "AttributeError: module 'preflight_app' has no attribute 'missing'"),
+    ("def broken(:\n", "preflight_app:app", "SyntaxError: invalid syntax (preflight_app.py, line 1)"),
+    ("raise RuntimeError('no database')\n", "preflight_app:app",
+     "RuntimeError: no database (at preflight_app.py:1 in <module>)"),
+    ("import sys\nsys.exit('bye')\n", "preflight_app:app", "the import called sys.exit('bye')"),
+    ("import os\nos._exit(3)\n", "preflight_app:app", "importing it ended the process (exit status 3)"),
+])
+def test_preflight_of_a_bad_app_says_why(tmp_path, source, app, message):
+    if source is not None:
+        (tmp_path / "preflight_app.py").write_text(source)
+    with pytest.raises(AppLoadError) as info:
+        fork_launcher(app, tmp_path).preflight(30.0)
+    assert info.value.msg == message
+    assert (info.value.section, info.value.key) == ("server", "app")
+
+
+def test_preflight_of_an_import_that_hangs_is_stopped_and_the_start_goes_on(tmp_path, caplog):
+    (tmp_path / "preflight_app.py").write_text("import time\ntime.sleep(60)\napp = 1\n")
+    with caplog.at_level(logging.WARNING, logger="minirr"):
+        fork_launcher("preflight_app:app", tmp_path).preflight(0.2)
+    [record] = caplog.records
+    assert "took longer than 0.2s ([pool] allocate_timeout); stopped the check (pid" in record.getMessage()
+    pid = int(record.getMessage().split("(pid ")[1].split(")")[0])
+    assert not pid_alive(pid)                               # killed and reaped
