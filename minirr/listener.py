@@ -148,8 +148,9 @@ class Listener(Handler):
     def on_event(self, mask: int) -> None:
         now = self.loop.clock()
         for _ in range(ACCEPTS_PER_ROUND):
-            if len(self.connections) >= self.max_connections and not self._make_room():
-                self.pause()            # resumed by forget() when one of ours closes
+            full = len(self.connections) >= self.max_connections
+            if full and (self.when_full == "wait" or self._idle_longest() is None):
+                self.pause()            # the newcomer waits in the backlog: forget() or expire() resume
                 return
             try:
                 sock, addr = self.sock.accept()
@@ -162,6 +163,8 @@ class Listener(Handler):
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue            # the peer gave up while in the backlog
                 raise
+            if full:
+                self._make_room()       # "evict": a newcomer is here, so the one idle longest goes
             self._add(sock, addr, now)
 
     def _add(self, sock: socket.socket, addr, now: float) -> None:
@@ -175,18 +178,15 @@ class Listener(Handler):
         self.connections[conn.fd] = conn
         conn.start()
 
-    def _make_room(self) -> bool:
-        """"evict": close the connection idle longest, if one is idle. -> room was made."""
-        if self.when_full != "evict":
-            return False
-        idle = [conn for conn in self.connections.values() if conn.phase is IDLE]
-        if not idle:
-            return False
-        oldest = min(idle, key=lambda conn: conn.idle_since)
+    def _make_room(self) -> None:
+        """"evict": close the connection that has been idle longest (there is one)."""
         log.info("%s: %d connections open, the most allowed; closing the one idle longest", self,
                  len(self.connections))
-        oldest.close()
-        return True
+        self._idle_longest().close()
+
+    def _idle_longest(self):
+        idle = [conn for conn in self.connections.values() if conn.phase is IDLE]
+        return min(idle, key=lambda conn: conn.idle_since) if idle else None
 
     def _on_exhausted(self, exc: OSError, now: float) -> None:
         """Out of descriptors: the connection stays in the backlog, and the listener
@@ -223,6 +223,9 @@ class Listener(Handler):
             self.paused_until = 0.0
             if len(self.connections) < self.max_connections:
                 self.resume()
+        if not self.listening and not self.paused_until and self.when_full == "evict" \
+                and self._idle_longest() is not None:
+            self.resume()               # a peer has gone idle: room can be made for a newcomer
 
     # ---- the end -------------------------------------------------------------------------
     def close(self) -> None:

@@ -77,8 +77,10 @@ class Replies:
         if job.cancelled:
             pass                               # the client left: drop it
         elif job.streaming:                    # a later piece: its head repeats the first one's
-            if not self._forward(worker, job, bytes(body), now):
-                return
+            if streams:
+                self._forward(worker, job, bytes(body), now)
+            else:
+                self.front.end(job, bytes(body), now)   # the piece without STREAM ends the answer
         else:
             head_json = bytes(item.payload[:head_len])
             try:
@@ -95,10 +97,10 @@ class Replies:
                 self._reply(job)
                 self.front.begin(job, head, head.content_length, bytes(body))
                 self._hold_back(worker, job)
-        if streams:
-            self.pool.extend_deadline(worker, now)
-        else:
+        if not streams:
             self._end_reply(worker, job, now, more)
+        elif worker.channel.reading:           # (not while the client holds the worker back)
+            self.pool.extend_deadline(worker, now)
 
     def _on_large_start(self, worker: Worker, job: Job, start: FrameStart) -> None:
         """A response frame too large to hold: its head is collected, its body passed on."""
@@ -145,12 +147,12 @@ class Replies:
                     return
                 data = b""
         if data and not job.cancelled:
-            if not self._forward(worker, job, data, now):
-                return
+            self._forward(worker, job, data, now)
         if not part.last:
             return
         if reply.frame_streams:
-            self.pool.extend_deadline(worker, now)
+            if worker.channel.reading:
+                self.pool.extend_deadline(worker, now)
         elif job.cancelled:
             self._end_reply(worker, job, now, more)
         else:
@@ -175,15 +177,17 @@ class Replies:
         self._hold_back(worker, job)
         return True
 
-    def _forward(self, worker: Worker, job: Job, data: bytes, now: float) -> bool:
-        """Body bytes for a client whose answer is under way; False if that broke it off."""
+    def _forward(self, worker: Worker, job: Job, data: bytes, now: float) -> None:
+        """Body bytes for a client whose answer is under way. More than the app's own
+        Content-Length breaks the answer off; the rest of it is dropped (the worker is fine:
+        its frames are; its app miscounted)."""
         if not self.front.part(job, data):
             self.front.abort(job, "the body was longer than its Content-Length", now)
-            self.backend.retire(worker, Reason.BROKEN_CHANNEL, now, "sent more body than its Content-Length")
-            return False
+            job.cancelled = True
+            self.abandon(job, now)             # a stream is told to STOP
+            return
         self.pool.extend_deadline(worker, now)
         self._hold_back(worker, job)
-        return True
 
     def _hold_back(self, worker: Worker, job: Job) -> None:
         """Backpressure: while the client has HIGH_WATER_BYTES unsent, the worker's pipe is

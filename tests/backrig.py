@@ -85,9 +85,9 @@ class Front:
         return [call[0] for call in self.calls]
 
     def body(self) -> bytes:
-        """The body bytes of a begun answer: the first bytes and every part."""
+        """The body bytes of a begun answer: the first bytes, every part, the last bytes."""
         return b"".join(call[4] if call[0] == "begin" else call[2] for call in self.calls
-                        if call[0] in ("begin", "part"))
+                        if call[0] in ("begin", "part", "end"))
 
 
 class Ops:

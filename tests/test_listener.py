@@ -228,17 +228,12 @@ def test_when_full_evict_closes_the_connection_idle_longest(setup):
     assert len(s.accepted) == 3 and s.accepted[2].phase is IDLE and s.listening
 
 
-@pytest.mark.xfail(strict=True, reason="Listener.on_event checks for room before each accept: once a newcomer "
-                                       "is accepted the next iteration evicts another idle peer before accept() "
-                                       "finds the backlog empty, so one newcomer evicts two")
 def test_when_full_evict_closes_one_connection_per_newcomer(setup):
     s, older, newer = full_of_idle_peers(setup)
     assert older.phase is IDLE
     assert set(s.listener.connections.values()) == {older, s.accepted[2]}
 
 
-@pytest.mark.xfail(strict=True, reason="the same check: with no newcomer waiting, an idle peer of a full "
-                                       "evict listener is still evicted (here the one just accepted)")
 def test_when_full_evict_keeps_the_connection_it_just_accepted(setup):
     s = setup(max_connections=1, when_full="evict")
     s.connect(1)
@@ -258,9 +253,6 @@ def test_when_full_evict_without_an_idle_connection_pauses(setup):
     assert len(s.accepted) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="an evict listener paused while every peer was busy is resumed only "
-                                       "when one closes: peers that go idle then lock out a probe until a "
-                                       "keep-alive timeout closes one")
 def test_when_full_evict_paused_while_busy_makes_room_once_a_peer_is_idle(setup):
     s = setup(max_connections=1, when_full="evict")
     s.new_phase = WAITING
