@@ -26,7 +26,7 @@ from . import frame
 from .channel import printable
 from .frame import ERROR, PING, PONG, STOP, STREAM, Frame, FrameStart
 from .jobs import Job, Outcome, Reply
-from .pool import Pool, Reason, Worker
+from .pool import Pool, Worker
 from .responses import ResponseHeads
 
 log = logging.getLogger("minirr")
