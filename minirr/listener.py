@@ -106,12 +106,13 @@ def _unlink_quietly(path: str) -> None:
 
 
 def file_identity(path: str) -> Optional[tuple]:
-    """(device, inode) of `path`, to recognise our own socket file later."""
+    """(device, inode, change time) of `path`, to recognise our own socket file later (an
+    inode number alone may be reused by a file made after ours was removed)."""
     try:
         st = os.lstat(path)
     except OSError:
         return None
-    return (st.st_dev, st.st_ino)
+    return (st.st_dev, st.st_ino, st.st_ctime_ns)
 
 
 def remove_own_socket(path: str, identity: Optional[tuple]) -> None:
