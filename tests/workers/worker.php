@@ -8,9 +8,10 @@
  * the log go to STDERR.
  *
  * Routes: /  /echo  /crash  /error  /pid  /env?NAME
- *         /stream?n=N[&delay_ms=M][&marker=PATH]   N chunks from a Generator, streamed as
- *         RoadRunner's HttpWorker::respond(200, $generator) does (roadrunner-http 3.5):
- *         STREAM frames, PING on every fifth, a look for STOP between chunks.
+ *         /stream?n=N[&delay_ms=M][&marker=PATH][&ignore_stop=1]   N chunks from a Generator,
+ *         streamed as RoadRunner's HttpWorker::respond(200, $generator) does (roadrunner-http
+ *         3.5): STREAM frames, PING on every fifth, a look for STOP between chunks
+ *         (`ignore_stop`: none, a worker that goes on after its client left).
  */
 
 declare(strict_types=1);
@@ -146,7 +147,7 @@ function wait_for_pong(): bool
 /** Send $body's chunks as STREAM frames, each repeating the head (the master keeps the
  *  first one's), a PING on every fifth; between chunks, look for STOP. On STOP: throw
  *  into the generator (its `finally` runs) and answer with an empty final frame. */
-function respond_stream(int $status, array $headers, Generator $body): void
+function respond_stream(int $status, array $headers, Generator $body, bool $ignoreStop = false): void
 {
     $head = json_encode(['status' => $status, 'headers' => (object) $headers]);
     $sent = 0;
@@ -157,7 +158,7 @@ function respond_stream(int $status, array $headers, Generator $body): void
         $ping = $sent % PING_EVERY === 0;
         send_frame(CODEC_JSON, $head . $chunk, [strlen($head)], STREAM | ($ping ? PING : 0));
         $stopped = ($ping && wait_for_pong()) || stop_requested();
-        if ($stopped) {
+        if ($stopped && !$ignoreStop) {
             try {
                 $body->throw(new StreamStopped('the client went away'));
             } catch (StreamStopped $e) {
@@ -232,7 +233,8 @@ function handle(array $options, string $payload): void
         case '/stream':
             parse_str($query, $args);
             $n = (int) ($args['n'] ?? 12);
-            respond_stream(200, $text, chunks($n, (int) ($args['delay_ms'] ?? 0), (string) ($args['marker'] ?? '')));
+            $chunks = chunks($n, (int) ($args['delay_ms'] ?? 0), (string) ($args['marker'] ?? ''));
+            respond_stream(200, $text, $chunks, ($args['ignore_stop'] ?? '') === '1');
             return;
         case '/env':
             $value = getenv($query);
