@@ -294,7 +294,7 @@ def _answer(channel: FramePipe, handler: Handler, heads: ResponseHeadEncoder, st
             stream.end()
             return
         # A soft error: this request failed, the worker is fine and carries on.
-        log.error("request failed:\n%s", traceback.format_exc().rstrip())
+        log.error("request failed%s:\n%s", stream.failed_when(), traceback.format_exc().rstrip())
         stream.fail(exc)
         return
     body = response.body
@@ -319,6 +319,12 @@ class ResponseStream:
     ClientDisconnected, the body is closed and the final frame goes out at once. A STOP
     reaches a body that is producing slowly at its next block.
 
+    One exception: a first block as long as the response's own Content-Length is the
+    whole body (a framework's response, Flask's or Django's, is such an iterable of one
+    block). It goes out at once as one ordinary frame, as a list would; the body is still
+    run to its end and closed, but nothing more is sent for it: more bytes are dropped,
+    and a failure is only logged, since the client already has its whole answer.
+
     One per worker, made before its first request and reused for each response."""
 
     def __init__(self, channel: FramePipe, heads: ResponseHeadEncoder) -> None:
@@ -326,16 +332,25 @@ class ResponseStream:
         self.heads = heads
         self.started = False             # a STREAM frame of the current response went out
         self.stopped = False             # the master said STOP for the current response
+        self.complete = False            # the whole response went out in one frame
+        self.surplus_bytes = 0           # ... and the body went on past its Content-Length
 
     def send(self, response: Response, block: bytes) -> None:
         """`block` as the next STREAM frame (the first also carries `response`'s status and
         headers). Raises ClientDisconnected once the master has said STOP."""
         if self.stopped:
             raise ClientDisconnected("the client went away: the response was stopped")
+        if self.complete:
+            self.surplus_bytes += len(block)
+            return
         if self.started:
             self.channel.send(CODEC_JSON, b"", (0,), block, STREAM)
         else:
             head = self.heads.encode(response)
+            if len(block) == _declared_length(response):
+                self.channel.send(CODEC_JSON, head, (len(head),), block)
+                self.complete = True
+                return
             self.channel.send(CODEC_JSON, head, (len(head),), block, STREAM)
             self.started = True
         if self.channel.stop_requested():
@@ -372,26 +387,52 @@ class ResponseStream:
         except Exception as exc:
             if os.getpid() != self.channel.pid:
                 leave_forked_child(self.channel.pid)
-            log.error("request failed%s:\n%s", " while its response was streamed" if self.started else "",
-                      traceback.format_exc().rstrip())
+            log.error("request failed%s:\n%s", self.failed_when(), traceback.format_exc().rstrip())
             return exc
         return None
+
+    def failed_when(self) -> str:
+        """Words for a log line: at what point of the response the request failed."""
+        if self.complete:
+            return " after its whole answer was sent (the client has it; nothing more is sent)"
+        return " while its response was streamed" if self.started else ""
 
     def end(self, response: Optional[Response] = None) -> None:
         """The frame that ends the response: empty and without STREAM after STREAM frames,
         or, if none went out, the whole (empty-bodied) response in one ordinary frame."""
-        if self.started:
+        if self.complete:
+            if self.surplus_bytes:
+                log.error("the response body went on past its Content-Length: %d more bytes dropped",
+                          self.surplus_bytes)
+        elif self.started:
             self.channel.send(CODEC_JSON, b"", (0,))
         else:
             head = self.heads.encode(response)
             self.channel.send(CODEC_JSON, head, (len(head),))
-        self.started = self.stopped = False
+        self._reset()
 
     def fail(self, exc: BaseException) -> None:
         """A soft error: an ERROR frame. Before any STREAM frame the client gets 500; after
-        some, its answer is broken off. Either way the worker carries on."""
-        self.channel.send(ERROR, f"{type(exc).__name__}: {exc}".encode("utf-8", "replace"))
-        self.started = self.stopped = False
+        some, its answer is broken off. Either way the worker carries on. (After a
+        complete answer nothing is sent: the master expects nothing more.)"""
+        if not self.complete:
+            self.channel.send(ERROR, f"{type(exc).__name__}: {exc}".encode("utf-8", "replace"))
+        self._reset()
+
+    def _reset(self) -> None:
+        self.started = self.stopped = self.complete = False
+        self.surplus_bytes = 0
+
+
+def _declared_length(response: Response) -> int:
+    """The response's own Content-Length, or -1 (none, or not a number)."""
+    for name, value in response.headers:
+        if len(name) == 14 and name.lower() == "content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return -1
+    return -1
 
 
 def _close_body(body: object) -> Optional[Exception]:

@@ -197,6 +197,79 @@ def test_a_native_block_of_another_type_fails_the_request_by_name(master, caplog
     assert frames[1].payload == b"TypeError: a response body's blocks must be bytes, bytearray, memoryview or str, not int"
 
 
+# ---- a first block that is the whole body its Content-Length announces --------------------------
+
+def test_a_first_block_that_fills_its_content_length_is_one_ordinary_frame(master, caplog):
+    """A framework's response (Flask's, Django's) is an iterable of one block with its length."""
+    events = []
+
+    def body():
+        try:
+            yield b"whole"
+        finally:
+            events.append("finally")
+
+    m = master(routes({"/one": lambda request: Response(200, {"Content-Length": "5"}, body())}))
+    frames = m.response("/one")
+    assert len(frames) == 1 and frames[0].stream == 0 and head_and_body(frames[0])[1] == b"whole"
+    assert blocks_of(m.response("/next")) == [b"plain"] and m.nothing_more()
+    assert events == ["finally"] and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_body_going_on_past_a_complete_first_block_is_dropped_and_logged(master, caplog):
+    closed = []
+
+    class Body:
+        def __iter__(self):
+            return iter([b"12345", b"678", b"9"])
+
+        def close(self):
+            closed.append(True)
+
+    m = master(routes({"/long": lambda request: Response(200, [("content-length", "5")], Body())}))
+    frames = m.response("/long")
+    assert len(frames) == 1 and head_and_body(frames[0])[1] == b"12345"
+    assert blocks_of(m.response("/next")) == [b"plain"] and m.nothing_more()   # nothing stray in between
+    assert closed == [True]
+    assert "went on past its Content-Length: 4 more bytes dropped" in caplog.text
+
+
+@pytest.mark.parametrize("fails_in", ["iteration", "close"])
+def test_a_failure_after_a_complete_first_block_is_logged_and_nothing_more_is_sent(master, caplog, fails_in):
+    class Body:
+        def __iter__(self):
+            yield b"12345"
+            if fails_in == "iteration":
+                raise ValueError("after the whole body")
+
+        def close(self):
+            if fails_in == "close":
+                raise ValueError("in close")
+
+    m = master(routes({"/one": lambda request: Response(200, {"Content-Length": "5"}, Body())}))
+    frames = m.response("/one")
+    assert len(frames) == 1 and frames[0].flags == CODEC_JSON and head_and_body(frames[0])[1] == b"12345"
+    assert blocks_of(m.response("/next")) == [b"plain"] and m.nothing_more()
+    assert "ValueError" in caplog.text
+    if fails_in == "iteration":
+        assert "request failed after its whole answer was sent" in caplog.text
+
+
+@pytest.mark.parametrize("length", ["6", "4", "x", None])
+def test_a_first_block_that_does_not_fill_its_content_length_is_streamed(master, length):
+    headers = {"Content-Length": length} if length else {}
+    frames = master(lambda request: Response(200, headers, iter([b"12345"]))).response()
+    assert [f.stream for f in frames] == [STREAM, 0] and is_final(frames[1])
+
+
+def test_a_wsgi_app_with_one_block_and_its_length_is_one_frame_as_a_list_would_be(master):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+        return iter([b"hello"])
+    frames = master(WSGIHandler(app)).response()
+    assert len(frames) == 1 and frames[0].stream == 0 and head_and_body(frames[0])[1] == b"hello"
+
+
 # ---- the master says STOP -------------------------------------------------------------------------
 
 class Watched:
