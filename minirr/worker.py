@@ -330,9 +330,9 @@ class ResponseStream:
     def __init__(self, channel: FramePipe, heads: ResponseHeadEncoder) -> None:
         self.channel = channel
         self.heads = heads
-        self.started = False             # a STREAM frame of the current response went out
+        self.started = False             # a frame of the current response went out
         self.stopped = False             # the master said STOP for the current response
-        self.complete = False            # the whole response went out in one frame
+        self.complete = False            # ... and it was the whole response, in one frame
         self.surplus_bytes = 0           # ... and the body went on past its Content-Length
 
     def send(self, response: Response, block: bytes) -> None:
@@ -349,7 +349,7 @@ class ResponseStream:
             head = self.heads.encode(response)
             if len(block) == _declared_length(response):
                 self.channel.send(CODEC_JSON, head, (len(head),), block)
-                self.complete = True
+                self.started = self.complete = True
                 return
             self.channel.send(CODEC_JSON, head, (len(head),), block, STREAM)
             self.started = True

@@ -147,16 +147,10 @@ class _Call:
         self.stream.send(self.head, _block(data))
 
     def whole(self, result) -> Response:
-        """A list or tuple: the whole body, joined (close() too, should a subclass have one)."""
-        chunks = self.written
-        try:
-            for chunk in result:
-                if chunk:
-                    self.sent = True
-                    chunks.append(chunk)
-        finally:
-            _close(result)
-        return self.response(b"".join(chunks))
+        """A list or tuple (it has no close() to call): the whole body, joined."""
+        if self.written:
+            result = self.written + list(result)
+        return self.response(b"".join(result))
 
     def streamed(self, result: Iterable[bytes]) -> Response:
         """Any other iterable: run it up to its first non-empty block (by then the app
@@ -171,30 +165,36 @@ class _Call:
                 _close(result)
                 return self.response(b"".join(self.written))
             self.sent = True
-            blocks = self.written + [_block(first)]
-            self.written = []
-            return self.response(_blocks(blocks, iterator, result))
+            return self.response(self._blocks(_block(first), iterator, result))
         except BaseException:
             _close(result)
             raise
+
+    def _blocks(self, first: bytes, iterator: Iterator[bytes], result) -> Iterator[bytes]:
+        """The blocks of a streamed body, in the order the app made them: the first, then
+        the rest as it yields them (and, with no stream attached, what it gave write()
+        meanwhile). However it ends (exhausted, failed, or closed by the worker when the
+        client left), the app's close() is called (PEP 3333)."""
+        try:
+            yield from self._take_written()
+            yield first
+            for block in iterator:
+                if self.written:
+                    yield from self._take_written()
+                if block:
+                    yield _block(block)
+            yield from self._take_written()
+        finally:
+            _close(result)
+
+    def _take_written(self) -> List[bytes]:
+        written, self.written = self.written, []
+        return written
 
     def response(self, body) -> Response:
         if self.status is None:
             raise RuntimeError("WSGI application did not call start_response")
         return Response(int(self.status.split(" ", 1)[0]), list(self.headers), body)
-
-
-def _blocks(first: List[bytes], iterator: Iterator[bytes], result) -> Iterator[bytes]:
-    """The blocks of a streamed body: those already at hand, then the rest as the app
-    yields them. However it ends (exhausted, failed, or closed by the worker when the
-    client left), the app's close() is called (PEP 3333)."""
-    try:
-        yield from first
-        for block in iterator:
-            if block:
-                yield _block(block)
-    finally:
-        _close(result)
 
 
 def _block(block: bytes) -> bytes:

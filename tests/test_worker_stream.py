@@ -492,6 +492,19 @@ def test_wsgi_write_then_a_list_is_streamed_too(master):
     assert blocks_of(frames) == [b"a", b"b", b""] and is_final(frames[-1])
 
 
+def test_wsgi_write_of_the_whole_body_then_an_empty_list_is_one_frame_and_nothing_more(master):
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/next":
+            start_response("200 OK", [])
+            return [b"next"]
+        start_response("200 OK", [("Content-Length", "5")])(b"hello")
+        return []
+    m = master(WSGIHandler(app))
+    frames = m.response()
+    assert len(frames) == 1 and frames[0].stream == 0 and head_and_body(frames[0])[1] == b"hello"
+    assert blocks_of(m.response("/next")) == [b"next"] and m.nothing_more()
+
+
 def test_wsgi_generator_may_call_start_response_as_it_begins(master):
     def app(environ, start_response):
         yield b""

@@ -96,3 +96,25 @@ def test_no_body_gives_an_empty_content_length():
         assert env["CONTENT_LENGTH"] == ""
         assert env["wsgi.input_terminated"] is True and env["wsgi.input"].read() == b""
 
+
+
+def test_without_a_stream_blocks_written_during_iteration_keep_their_place():
+    def app(environ, start_response):
+        write = start_response("200 OK", [])
+        write(b"a")
+        yield b"b"
+        write(b"c")
+        yield b""
+        yield b"d"
+        write(b"e")
+
+    assert body_of(WSGIHandler(app)(request())) == b"abcde"
+
+
+def test_a_list_after_write_without_a_stream_is_joined_after_the_written_blocks():
+    def app(environ, start_response):
+        start_response("200 OK", [])(b"a")
+        return [b"b", b"", b"c"]
+
+    response = WSGIHandler(app)(request())
+    assert response.body == b"abc"
