@@ -14,8 +14,8 @@ Never: sees HTTP bytes or sockets; only frames on two descriptors and Request ob
       |<------------- ERROR "message" ---------|  (the handler raised: client gets 500)
       |-- CONTROL|JSON {"stop": true} -------->|  exit 0
 
-A body given as an iterable (a generator) is streamed: each block leaves as a frame of
-its own as soon as it is produced (wire-protocol.md §2.7):
+A body given as an iterable (a generator) is streamed (stream.py): each block leaves as a
+frame of its own as soon as it is produced (wire-protocol.md §2.7):
 
       |<--- STREAM [head_len] head‖block 1 ----|  status and headers go with the first block
       |<--- STREAM [0] block 2 ----------------|  (between blocks: a look for STOP, no wait)
@@ -40,9 +40,9 @@ import traceback
 from typing import Callable, Optional
 
 from . import frame
-from .errors import ClientDisconnected
-from .frame import CODEC_JSON, CONTROL, ERROR, PONG, STOP, STREAM, FrameDecoder
-from .messages import Request, Response, ResponseHeadEncoder, body_block, decode_request
+from .frame import CODEC_JSON, CONTROL, PONG, STOP, FrameDecoder
+from .messages import Request, Response, ResponseHeadEncoder, decode_request
+from .stream import ResponseStream
 
 log = logging.getLogger("minirr.worker")
 
@@ -86,6 +86,12 @@ class FramePipe:
                 return None
             self._pending.extend(decoder.feed(data))
         return self._pending.pop(0)
+
+    def leave_if_forked(self) -> None:
+        """Called where the app's code may have forked: a child that has come back into
+        minirr's code leaves at once (see leave_forked_child)."""
+        if os.getpid() != self.pid:
+            leave_forked_child(self.pid)
 
     def stop_requested(self) -> bool:
         """Without waiting: has the master sent STOP for the response under way (its
@@ -288,8 +294,7 @@ def _answer(channel: FramePipe, handler: Handler, heads: ResponseHeadEncoder, st
         if not isinstance(response, Response):
             raise TypeError(f"handler returned {type(response).__name__}, expected minirr.Response")
     except Exception as exc:
-        if os.getpid() != channel.pid:     # a child the handler forked, raising on its way out
-            leave_forked_child(channel.pid)
+        channel.leave_if_forked()          # a child the handler forked, raising on its way out
         if stream.stopped:                 # its write() said the client left, and it let that through
             stream.end()
             return
@@ -303,150 +308,6 @@ def _answer(channel: FramePipe, handler: Handler, heads: ResponseHeadEncoder, st
         channel.send(CODEC_JSON, head, (len(head),), body)
         return
     stream.send_body(response)
-
-
-class ResponseStream:
-    """The frames of a response whose body comes in blocks (wire-protocol.md §2.7).
-
-        first block   STREAM  [head_len] head‖block     status and headers go with it
-        next blocks   STREAM  [0] block
-        the end               [0] (empty)               no STREAM: the response is complete
-        a failure     ERROR   "message"                 the client's answer is broken off
-
-    Each block is one frame, sent as it is produced, never held back to be joined with
-    the next (PEP 3333: a server must not delay a block). After each frame it looks,
-    without waiting, for the master's STOP (the client left): from then on send() raises
-    ClientDisconnected, the body is closed and the final frame goes out at once. A STOP
-    reaches a body that is producing slowly at its next block.
-
-    One exception: a first block as long as the response's own Content-Length is the
-    whole body (a framework's response, Flask's or Django's, is such an iterable of one
-    block). It goes out at once as one ordinary frame, as a list would; the body is still
-    run to its end and closed, but nothing more is sent for it: more bytes are dropped,
-    and a failure is only logged, since the client already has its whole answer.
-
-    One per worker, made before its first request and reused for each response."""
-
-    def __init__(self, channel: FramePipe, heads: ResponseHeadEncoder) -> None:
-        self.channel = channel
-        self.heads = heads
-        self.started = False             # a frame of the current response went out
-        self.stopped = False             # the master said STOP for the current response
-        self.complete = False            # ... and it was the whole response, in one frame
-        self.surplus_bytes = 0           # ... and the body went on past its Content-Length
-
-    def send(self, response: Response, block: bytes) -> None:
-        """`block` as the next STREAM frame (the first also carries `response`'s status and
-        headers). Raises ClientDisconnected once the master has said STOP."""
-        if self.stopped:
-            raise ClientDisconnected("the client went away: the response was stopped")
-        if self.complete:
-            self.surplus_bytes += len(block)
-            return
-        if self.started:
-            self.channel.send(CODEC_JSON, b"", (0,), block, STREAM)
-        else:
-            head = self.heads.encode(response)
-            if len(block) == _declared_length(response):
-                self.channel.send(CODEC_JSON, head, (len(head),), block)
-                self.started = self.complete = True
-                return
-            self.channel.send(CODEC_JSON, head, (len(head),), block, STREAM)
-            self.started = True
-        if self.channel.stop_requested():
-            self.stopped = True
-            raise ClientDisconnected("the client went away: the master stopped the response")
-
-    def send_body(self, response: Response) -> None:
-        """Send `response`'s body block by block, close it, then end the response: the
-        empty final frame, an ERROR frame if the body raised, or, if it produced nothing,
-        one ordinary frame. The body's close() is called however it ends (PEP 3333)."""
-        body = response.body
-        try:
-            failure = self._send_blocks(response, body)
-        finally:
-            failure = _close_body(body) or failure
-        if failure is not None and not self.stopped:
-            self.fail(failure)
-        else:
-            self.end(response)
-
-    def _send_blocks(self, response: Response, body) -> Optional[Exception]:
-        """-> None, or the exception the body raised (its traceback logged here)."""
-        try:
-            if isinstance(body, bytes):  # the rest of a body whose first blocks write() sent
-                if body:
-                    self.send(response, body)
-                return None
-            for item in body:
-                block = item if type(item) is bytes else body_block(item)
-                if block:
-                    self.send(response, block)
-        except ClientDisconnected:
-            return None
-        except Exception as exc:
-            if os.getpid() != self.channel.pid:
-                leave_forked_child(self.channel.pid)
-            log.error("request failed%s:\n%s", self.failed_when(), traceback.format_exc().rstrip())
-            return exc
-        return None
-
-    def failed_when(self) -> str:
-        """Words for a log line: at what point of the response the request failed."""
-        if self.complete:
-            return " after its whole answer was sent (the client has it; nothing more is sent)"
-        return " while its response was streamed" if self.started else ""
-
-    def end(self, response: Optional[Response] = None) -> None:
-        """The frame that ends the response: empty and without STREAM after STREAM frames,
-        or, if none went out, the whole (empty-bodied) response in one ordinary frame."""
-        if self.complete:
-            if self.surplus_bytes:
-                log.error("the response body went on past its Content-Length: %d more bytes dropped",
-                          self.surplus_bytes)
-        elif self.started:
-            self.channel.send(CODEC_JSON, b"", (0,))
-        else:
-            head = self.heads.encode(response)
-            self.channel.send(CODEC_JSON, head, (len(head),))
-        self._reset()
-
-    def fail(self, exc: BaseException) -> None:
-        """A soft error: an ERROR frame. Before any STREAM frame the client gets 500; after
-        some, its answer is broken off. Either way the worker carries on. (After a
-        complete answer nothing is sent: the master expects nothing more.)"""
-        if not self.complete:
-            self.channel.send(ERROR, f"{type(exc).__name__}: {exc}".encode("utf-8", "replace"))
-        self._reset()
-
-    def _reset(self) -> None:
-        self.started = self.stopped = self.complete = False
-        self.surplus_bytes = 0
-
-
-def _declared_length(response: Response) -> int:
-    """The response's own Content-Length, or -1 (none, or not a number)."""
-    for name, value in response.headers:
-        if len(name) == 14 and name.lower() == "content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return -1
-    return -1
-
-
-def _close_body(body: object) -> Optional[Exception]:
-    """Call the body's close(), if it has one (a generator does: its `finally` runs now).
-    -> None, or the exception close() raised (its traceback logged here)."""
-    close = getattr(body, "close", None)
-    if close is None:
-        return None
-    try:
-        close()
-    except Exception as exc:
-        log.error("closing the response body failed:\n%s", traceback.format_exc().rstrip())
-        return exc
-    return None
 
 
 class LevelPerLineFormatter(logging.Formatter):

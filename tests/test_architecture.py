@@ -55,7 +55,7 @@ def test_leaf_modules_import_only_the_standard_library_and_errors(name):
 
 
 def test_worker_side_never_sees_http():
-    for name in ("worker", "wsgi"):
+    for name in ("worker", "stream", "wsgi"):
         internal, external = imports_of(name)
         assert not internal & {"http11", "grammar", "frontend", "server"}
         assert "socket" not in external
