@@ -3,8 +3,9 @@
 
     /gate?file=P            "first\\n", then (once file P exists) "second\\n"
     /blocks?n=N[&length=L]  N blocks "block i\\n"; with `length`, that Content-Length (right or not)
-    /endless?marker=P[&pause_ms=M][&size=S]
+    /endless?marker=P[&pause_ms=M][&size=S][&started=F&gate=G]
                             blocks of S bytes without end, M ms apart; its `finally` writes P
+                            (with `gate`: it writes F, then waits for G before its first block)
     /closing?marker=P       endless too, from an iterable whose close() writes P
     /raise?after=N          N blocks, then RuntimeError("boom mid-stream")
     /list?n=N               N blocks in a list: a whole body
@@ -52,9 +53,12 @@ def blocks(n: int) -> Iterator[bytes]:
         yield f"block {i}\n".encode()
 
 
-def endless(marker: str, pause_s: float, size: int) -> Iterator[bytes]:
+def endless(marker: str, pause_s: float, size: int, started: str = "", gate: str = "") -> Iterator[bytes]:
     block = b"x" * (size - 1) + b"\n"
     try:
+        if gate:
+            touch(started)
+            wait_for_file(gate)
         while True:
             yield block
             if pause_s:
@@ -97,7 +101,8 @@ def route(path: str, args: dict) -> Tuple[int, List[Tuple[str, str]], object]:
         headers = text + ([("Content-Length", args["length"])] if "length" in args else [])
         return 200, headers, blocks(int(args.get("n", "3")))
     if path == "/endless":
-        return 200, text, endless(args["marker"], int(args.get("pause_ms", "10")) / 1000, int(args.get("size", "64")))
+        return 200, text, endless(args["marker"], int(args.get("pause_ms", "10")) / 1000, int(args.get("size", "64")),
+                                  args.get("started", ""), args.get("gate", ""))
     if path == "/closing":
         return 200, text, Closing(args["marker"])
     if path == "/raise":
