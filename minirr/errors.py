@@ -8,6 +8,8 @@ Never: imports anything of minirr; performs I/O.
         AppLoadError(msg, origin)              [server] app cannot be imported; exit 3
       ProtocolError(msg, status=400)   bad client bytes; answered with `status`, then closed
       FrameError(msg)                  broken worker channel; worker killed, client gets 502
+      ClientDisconnected(msg)          (also an OSError) a streamed response's client left;
+                                       raised in a worker, by a WSGI app's write()
 """
 
 from __future__ import annotations
@@ -54,3 +56,10 @@ class ProtocolError(MinirrError):
 
 class FrameError(MinirrError):
     """The byte stream from (or to) a worker is not a valid Goridge frame stream."""
+
+
+class ClientDisconnected(MinirrError, OSError):
+    """The client of a response being streamed went away: the master said STOP
+    (wire-protocol.md §2.7). Raised in a worker by a WSGI app's write() callable, so an
+    app that writes in a loop stops there; an OSError, as a broken socket is in servers
+    where the app's process writes to the client itself."""

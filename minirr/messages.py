@@ -64,12 +64,13 @@ class Request:
 
 class Response:
     """What a handler returns. `headers` may be a dict or a list of pairs; the body is
-    bytes, bytearray, memoryview or str (sent as UTF-8): see response_body()."""
+    bytes, bytearray, memoryview, str (sent as UTF-8), or an iterable of those, sent as
+    it is produced: see response_body()."""
 
     __slots__ = ("status", "headers", "body")
 
     def __init__(self, status: int = 200, headers: Union[None, dict, Iterable[Tuple[str, str]]] = None,
-                 body: Union[bytes, bytearray, memoryview, str] = b"") -> None:
+                 body: Union[bytes, bytearray, memoryview, str, Iterable[Union[bytes, str]]] = b"") -> None:
         self.status = int(status)
         if headers is None:
             self.headers: HeaderList = []
@@ -80,20 +81,49 @@ class Response:
         self.body = response_body(body)
 
     def __repr__(self) -> str:
-        return f"<Response {self.status} {len(self.body)} bytes>"
+        if isinstance(self.body, bytes):
+            return f"<Response {self.status} {len(self.body)} bytes>"
+        return f"<Response {self.status} streamed from {type(self.body).__name__}>"
 
 
-def response_body(body: object) -> bytes:
-    """The one place that says what a response body may be: bytes, bytearray, memoryview
-    (taken as they are) or str (sent as UTF-8). Anything else is refused here, by name,
-    rather than turned into something surprising: bytes(5) is five zero bytes."""
+def response_body(body: object) -> Union[bytes, Iterable]:
+    """The one place that says what a response body may be.
+
+    - bytes, bytearray, memoryview (taken as they are) or str (sent as UTF-8): the whole
+      body, returned as bytes and sent in one frame;
+    - a list or tuple of such blocks: also whole, joined here into bytes;
+    - any other iterable (a generator, a file, an object with __iter__): returned as it
+      is, and streamed by the worker, each block leaving as soon as it is produced; the
+      worker calls its close() (if it has one) when it ends, fails or the client leaves.
+      Its blocks go through body_block().
+
+    Anything else is refused here, by name, rather than turned into something surprising:
+    bytes(5) is five zero bytes, and a dict would stream its keys."""
     if isinstance(body, bytes):
         return body
     if isinstance(body, str):
         return body.encode("utf-8")
     if isinstance(body, (bytearray, memoryview)):
         return bytes(body)
-    raise TypeError(f"a response body must be bytes, bytearray, memoryview or str, not {type(body).__name__}")
+    if isinstance(body, (list, tuple)):
+        return b"".join([body_block(block) for block in body])
+    if isinstance(body, dict) or not hasattr(body, "__iter__"):
+        raise TypeError(f"a response body must be bytes, bytearray, memoryview, str or an iterable of them, "
+                        f"not {type(body).__name__}")
+    return body
+
+
+def body_block(block: object) -> bytes:
+    """One block of a body given in pieces: bytes as they are, bytearray and memoryview
+    copied, str encoded as UTF-8 (as a whole str body is); anything else is a TypeError."""
+    if isinstance(block, bytes):
+        return block
+    if isinstance(block, str):
+        return block.encode("utf-8")
+    if isinstance(block, (bytearray, memoryview)):
+        return bytes(block)
+    raise TypeError(f"a response body's blocks must be bytes, bytearray, memoryview or str, "
+                    f"not {type(block).__name__}")
 
 
 def _group(headers: Iterable[Tuple[str, str]]) -> Dict[str, List[str]]:

@@ -1,8 +1,9 @@
 """Inside a worker process: load the app once, then answer request frames until told to stop.
 
-Owns: the worker side of the wire (handshake, request loop, soft errors), loading the
-      application (`module:attr`, factory, interface), saying in one line why it did not
-      load (the exception and the app's own file:line), and `python -m minirr.worker`.
+Owns: the worker side of the wire (handshake, request loop, soft errors, streamed
+      responses and the master's STOP), loading the application (`module:attr`,
+      factory, interface), saying in one line why it did not load (the exception and the
+      app's own file:line), and `python -m minirr.worker`.
 Never: sees HTTP bytes or sockets; only frames on two descriptors and Request objects.
 
     master                                    worker
@@ -12,6 +13,14 @@ Never: sees HTTP bytes or sockets; only frames on two descriptors and Request ob
       |<------------- JSON [head_len] head‖body|
       |<------------- ERROR "message" ---------|  (the handler raised: client gets 500)
       |-- CONTROL|JSON {"stop": true} -------->|  exit 0
+
+A body given as an iterable (a generator) is streamed (stream.py): each block leaves as a
+frame of its own as soon as it is produced (wire-protocol.md §2.7):
+
+      |<--- STREAM [head_len] head‖block 1 ----|  status and headers go with the first block
+      |<--- STREAM [0] block 2 ----------------|  (between blocks: a look for STOP, no wait)
+      |<------------- [0] (empty) -------------|  no STREAM: the response is complete
+      |-- STOP (the client left) ------------->|  close the body, then the empty final frame
 
 The same loop serves a forked worker (pipes created by the master) and an external one
 started as a command (`python -m minirr.worker app:attr`, frames on stdin/stdout).
@@ -24,14 +33,16 @@ import importlib
 import json
 import logging
 import os
+import select
 import sys
 import sysconfig
 import traceback
 from typing import Callable, Optional
 
 from . import frame
-from .frame import CODEC_JSON, CONTROL, ERROR, FrameDecoder
+from .frame import CODEC_JSON, CONTROL, PONG, STOP, FrameDecoder
 from .messages import Request, Response, ResponseHeadEncoder, decode_request
+from .stream import ResponseStream
 
 log = logging.getLogger("minirr.worker")
 
@@ -56,6 +67,8 @@ class FramePipe:
         self.pid = os.getpid()
         self._decoder = FrameDecoder()
         self._pending: list = []
+        self._poll = select.poll()          # for stop_requested(): a look at the pipe that never waits
+        self._poll.register(read_fd, select.POLLIN)
 
     def receive(self) -> Optional[frame.Frame]:
         """The next frame, or None at EOF (the master has gone)."""
@@ -74,13 +87,34 @@ class FramePipe:
             self._pending.extend(decoder.feed(data))
         return self._pending.pop(0)
 
-    def send(self, flags: int, payload: bytes, options=(), body: bytes = b"") -> None:
+    def leave_if_forked(self) -> None:
+        """Called where the app's code may have forked: a child that has come back into
+        minirr's code leaves at once (see leave_forked_child)."""
+        if os.getpid() != self.pid:
+            leave_forked_child(self.pid)
+
+    def stop_requested(self) -> bool:
+        """Without waiting: has the master sent STOP for the response under way (its
+        client left), or closed the pipe? Whatever is waiting on the pipe is decoded; STOP
+        and PONG frames are taken out, any other frame is kept, in order, for receive()."""
+        if self._poll.poll(0):
+            data = os.read(self.read_fd, READ_SIZE)
+            if not data:
+                return True                 # EOF: the master is gone, nobody reads the rest
+            self._pending.extend(self._decoder.feed(data))
+        if not self._pending:
+            return False
+        stop = any(item.stream & STOP for item in self._pending)
+        self._pending = [item for item in self._pending if not item.stream & (STOP | PONG)]
+        return stop
+
+    def send(self, flags: int, payload: bytes, options=(), body: bytes = b"", stream: int = 0) -> None:
         """One frame whose payload is `payload` followed by `body`. The header always goes
         out in one write with what follows it; a large body is written from where it
         lies instead of being copied into the frame."""
         if os.getpid() != self.pid:
             leave_forked_child(self.pid)
-        data = frame.encode_header(flags, len(payload) + len(body), options) + payload
+        data = frame.encode_header(flags, len(payload) + len(body), options, stream) + payload
         if len(body) < LARGE_BODY_BYTES:
             _write_all(self.write_fd, data + body)
         else:
@@ -225,6 +259,10 @@ def serve(channel: FramePipe, bootstrap: Callable[[], AppHandler], print_traceba
         return EXIT_BOOT_FAILED
     channel.send(CONTROL, json.dumps({"pid": os.getpid()}).encode())
     heads = ResponseHeadEncoder()
+    stream = ResponseStream(channel, heads)
+    attach = getattr(handler, "attach_stream", None)
+    if attach is not None:
+        attach(stream)                   # the WSGI adapter: write() sends each block at once through it
     while True:
         request_frame = channel.receive()
         if request_frame is None:
@@ -233,7 +271,9 @@ def serve(channel: FramePipe, bootstrap: Callable[[], AppHandler], print_traceba
             if _is_stop(request_frame.payload):
                 return EXIT_OK
             continue
-        _answer(channel, handler, heads, request_frame)
+        if request_frame.stream:
+            continue                     # a STOP (or PONG) that crossed the end of its stream: it is over
+        _answer(channel, handler, heads, stream, request_frame)
 
 
 def _is_stop(payload: bytes) -> bool:
@@ -243,7 +283,8 @@ def _is_stop(payload: bytes) -> bool:
         return False
 
 
-def _answer(channel: FramePipe, handler: AppHandler, heads: ResponseHeadEncoder, request_frame: frame.Frame) -> None:
+def _answer(channel: FramePipe, handler: AppHandler, heads: ResponseHeadEncoder, stream: ResponseStream,
+            request_frame: frame.Frame) -> None:
     head_len = request_frame.options[0] if request_frame.options else len(request_frame.payload)
     payload = request_frame.payload
     try:
@@ -253,14 +294,20 @@ def _answer(channel: FramePipe, handler: AppHandler, heads: ResponseHeadEncoder,
         if not isinstance(response, Response):
             raise TypeError(f"handler returned {type(response).__name__}, expected minirr.Response")
     except Exception as exc:
-        if os.getpid() != channel.pid:     # a child the handler forked, raising on its way out
-            leave_forked_child(channel.pid)
+        channel.leave_if_forked()          # a child the handler forked, raising on its way out
+        if stream.stopped:                 # its write() said the client left, and it let that through
+            stream.end()
+            return
         # A soft error: this request failed, the worker is fine and carries on.
-        log.error("request failed:\n%s", traceback.format_exc().rstrip())
-        channel.send(ERROR, f"{type(exc).__name__}: {exc}".encode("utf-8", "replace"))
+        log.error("request failed%s:\n%s", stream.failed_when(), traceback.format_exc().rstrip())
+        stream.fail(exc)
         return
-    head = heads.encode(response)
-    channel.send(CODEC_JSON, head, (len(head),), response.body)
+    body = response.body
+    if type(body) is bytes and not stream.started:    # the usual case: the whole answer in one frame
+        head = heads.encode(response)
+        channel.send(CODEC_JSON, head, (len(head),), body)
+        return
+    stream.send_body(response)
 
 
 class LevelPerLineFormatter(logging.Formatter):

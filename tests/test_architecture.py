@@ -100,7 +100,7 @@ def test_protocol_and_decision_modules_do_no_io(name):
 
 
 def test_worker_side_never_sees_http():
-    for name in ("worker", "wsgi"):
+    for name in ("worker", "stream", "wsgi"):
         internal, external = imports_of(name)
         assert not internal & {"http11", "grammar", "responses", "frontend", "server"}
         assert "socket" not in external

@@ -19,6 +19,7 @@ from typing import Dict, Optional
 import pytest
 
 from serverproc import pid_alive, wait_until
+from wire import StreamClient, assert_answer_completed, chunked_body, head_of
 
 WORKERS = Path(__file__).resolve().parent / "workers"
 PHP_WORKER = (WORKERS / "worker.php").read_text()
@@ -139,6 +140,84 @@ def test_php_workers_stop_gracefully_on_sigterm(serve):
     assert srv.stop(signal.SIGTERM) == 0
     assert srv.log.count("stopped (shutdown)") == 2
     assert not [p for p in workers if pid_alive(p)]
+
+
+# ---- a PHP worker streaming, as RoadRunner's HttpWorker::respond(200, $generator) does -------
+
+PHP_CHUNKS_12 = b"".join(f"chunk {i}\n".encode() for i in range(12))
+
+
+def body_so_far(buf: bytes) -> bytes:
+    found = chunked_body(buf, complete=False)
+    return found[0] if found else b""
+
+
+def php_stream_left_by_its_client(srv, query: str) -> int:
+    """Start a stream, take its first chunk, leave. -> the pid of the worker streaming it."""
+    pid = pid_of(srv)
+    with StreamClient(srv) as client:
+        client.get(f"/stream?{query}")
+        client.read_until(lambda buf: chunked_body(buf, complete=False), what="the first chunk")
+        client.leave()
+    return pid
+
+
+@needs_php
+@pytest.mark.xfail(strict=True, reason="master: the final frame of a stream never ends the answer "
+                                       "(backend._on_reply_frame does not call front.end)")
+def test_php_streams_a_generator_twice_then_answers_plainly_on_the_same_worker(serve):
+    """12 chunks: STREAM frames, each repeating the head, PING on the 5th and 10th (the
+    worker blocks until PONG), then a final frame without STREAM."""
+    srv = serve_php(serve)
+    pid = pid_of(srv)
+    for _ in range(2):
+        with StreamClient(srv) as client:
+            client.get("/stream?n=12")
+            assert_answer_completed(srv, "/stream?n=12")
+            body, ended = client.read_until(chunked_body, what="the whole chunked body")
+            status, headers, _ = head_of(client.buf)
+            assert status == 200 and headers["content-type"] == "text/plain"
+            assert headers["transfer-encoding"] == "chunked"
+            assert body == PHP_CHUNKS_12 and ended
+    assert srv.request("GET", "/")[2] == b"Hello from PHP"
+    assert pid_of(srv) == pid
+
+
+@needs_php
+def test_php_stream_reaches_the_client_chunk_by_chunk_through_its_pings(serve):
+    """The master answers each PING with a PONG: a worker that waits for it goes on, and
+    all 12 chunks arrive (whether the answer then ends is the test above)."""
+    srv = serve_php(serve)
+    with StreamClient(srv) as client:
+        client.get("/stream?n=12")
+        client.read_until(lambda buf: body_so_far(buf) == PHP_CHUNKS_12, what="all 12 chunks")
+
+
+@needs_php
+def test_php_client_leaving_mid_stream_stops_the_generator_and_frees_the_worker(serve, tmp_path):
+    srv = serve_php(serve)
+    marker = tmp_path / "finally"
+    pid = php_stream_left_by_its_client(srv, f"n=100000&delay_ms=10&marker={marker}")
+    wait_until(lambda: marker.exists() and marker.read_text(), timeout=10, message="the generator's finally")
+    assert int(marker.read_text()) == pid
+    assert srv.request("GET", "/")[2] == b"Hello from PHP"
+    assert pid_of(srv) == pid
+
+
+@needs_php
+@pytest.mark.parametrize("exec_ttl", [
+    "0",
+    pytest.param("60s", marks=pytest.mark.xfail(strict=True, reason=(
+        "master: a STREAM frame after STOP extends the deadline by exec_ttl (backend._on_reply_frame calls "
+        "pool.extend_deadline for a cancelled job too), so destroy_timeout never comes"))),
+])
+def test_php_worker_that_streams_on_after_stop_is_killed_after_destroy_timeout(serve, exec_ttl):
+    """It ignores STOP and would stream for 5 s more (1000 chunks, 5 ms apart): the master
+    kills it destroy_timeout (1 s) after the STOP, and the next request goes to a new one."""
+    srv = serve_php(serve, f"destroy_timeout = 1s\n[supervisor]\nexec_ttl = {exec_ttl}\n")
+    old = php_stream_left_by_its_client(srv, "n=1000&delay_ms=5&ignore_stop=1")
+    assert pid_of(srv) != old                   # queued until then: a new worker, or the old one once free
+    srv.wait_for_log(r"went on after its client left, past destroy_timeout \(1s\); killing it")
 
 
 # ---- process hygiene -----------------------------------------------------------------------

@@ -21,11 +21,22 @@ def request(**kw):
     return Request(**base)
 
 
+def body_of(response):
+    """The body as the worker sends it: a whole one as it is; a streamed one read to its
+    end, then closed."""
+    if isinstance(response.body, bytes):
+        return response.body
+    try:
+        return b"".join(response.body)
+    finally:
+        response.body.close()
+
+
 def test_validator_finds_nothing_to_complain_about():
     handler = WSGIHandler(wsgiref.validate.validator(simple_app))
     response = handler(request())
     assert response.status == 200
-    assert response.body == "POST /cafÃ©?a=1 abc 1,2".encode()
+    assert body_of(response) == "POST /cafÃ©?a=1 abc 1,2".encode()
 
 
 def test_environ_fields():
@@ -52,7 +63,7 @@ def test_close_is_called_and_write_callable_works():
         return Body()
 
     response = WSGIHandler(app)(request())
-    assert (response.status, response.body, closed) == (201, b"ab", [True])
+    assert (response.status, body_of(response), closed) == (201, b"ab", [True])
 
 
 def test_scheme_host_port():
@@ -85,3 +96,25 @@ def test_no_body_gives_an_empty_content_length():
         assert env["CONTENT_LENGTH"] == ""
         assert env["wsgi.input_terminated"] is True and env["wsgi.input"].read() == b""
 
+
+
+def test_without_a_stream_blocks_written_during_iteration_keep_their_place():
+    def app(environ, start_response):
+        write = start_response("200 OK", [])
+        write(b"a")
+        yield b"b"
+        write(b"c")
+        yield b""
+        yield b"d"
+        write(b"e")
+
+    assert body_of(WSGIHandler(app)(request())) == b"abcde"
+
+
+def test_a_list_after_write_without_a_stream_is_joined_after_the_written_blocks():
+    def app(environ, start_response):
+        start_response("200 OK", [])(b"a")
+        return [b"b", b"", b"c"]
+
+    response = WSGIHandler(app)(request())
+    assert response.body == b"abc"

@@ -1,18 +1,24 @@
-"""Raw-socket helpers for the HTTP process tests (test_http_limits, test_http_flood).
+"""Raw-socket helpers for the HTTP process tests (test_http_limits, test_http_flood,
+test_streaming, test_external_workers).
 
     data, ending = exchange(srv, b"GET / HTTP/1.1\\r\\n...")   # read until the server closes
     [(status, headers, body), ...] = parse_responses(data)
 
+    with StreamClient(srv) as client:                         # a streamed answer, as it arrives
+        client.get("/stream")
+        body, ended = client.read_until(chunked_body)
+
 A server that keeps the connection open past the deadline fails the test: every
-exchange here must end with the server closing the connection.
+`exchange` must end with the server closing the connection.
 """
 
 from __future__ import annotations
 
 import re
 import socket
+import struct
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from serverproc import ServerProcess, pid_alive, wait_until
 
@@ -117,3 +123,116 @@ def stop_module_server(srv: ServerProcess) -> None:
     status = srv.stop(timeout=30)
     wait_until(lambda: not [p for p in kids if pid_alive(p)], timeout=10, message="workers to exit")
     assert status == 0, srv.log[-2000:]
+
+
+# ---- streamed answers: a client that shows what arrived when ---------------------------------
+
+class StreamClient:
+    """One connection; `buf` holds every byte received so far."""
+
+    def __init__(self, srv, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection((srv.host, srv.port), timeout=timeout)
+        self.buf = b""
+        self.eof = False
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def get(self, target: str, method: str = "GET", protocol: str = "HTTP/1.1") -> None:
+        self.send(f"{method} {target} {protocol}\r\nHost: test\r\n\r\n".encode())
+
+    def read_until(self, predicate: Callable[[bytes], object], timeout: float = 10.0, what: str = ""):
+        """Receive until predicate(buf) is truthy (-> its value) or the server closes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = predicate(self.buf)
+            if found:
+                return found
+            if self.eof:
+                raise AssertionError(f"the server closed before {what or predicate}; got {self.buf[:500]!r}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"timed out waiting for {what or predicate}; got {self.buf[:500]!r}")
+            self.sock.settimeout(remaining)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except ConnectionResetError:
+                chunk = b""
+            self.eof = not chunk
+            self.buf += chunk
+
+    def read_to_eof(self, timeout: float = 10.0) -> bytes:
+        self.read_until(lambda buf: self.eof, timeout, "the server to close the connection")
+        return self.buf
+
+    def leave(self) -> None:
+        """Go away at once: a reset, not a polite close, as a browser tab that is shut.
+        (A server sees a plain close only when it next writes, or not at all if the
+        answer is complete; a reset it sees at once.)"""
+        if self.sock.fileno() >= 0:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.sock.close()
+
+    def __enter__(self) -> "StreamClient":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.leave()        # whatever the test saw, the server is left with no connection to finish
+
+
+def head_of(buf: bytes) -> Optional[Tuple[int, Dict[str, str], int]]:
+    """-> (status, lower-cased headers, where the body starts), once the head is in."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = buf[:end].decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers, end + 4
+
+
+def dechunk(data: bytes) -> Tuple[bytes, bool, int]:
+    """A chunked body -> (the body so far, whether its last chunk came, bytes used)."""
+    body = b""
+    pos = 0
+    while True:
+        line_end = data.find(b"\r\n", pos)
+        if line_end < 0:
+            return body, False, pos
+        size = int(data[pos:line_end].split(b";")[0], 16)
+        if size == 0:
+            if data[line_end + 2:line_end + 4] == b"\r\n":
+                return body, True, line_end + 4
+            return body, False, pos
+        if len(data) < line_end + 2 + size + 2:
+            return body, False, pos
+        body += data[line_end + 2:line_end + 2 + size]
+        pos = line_end + 2 + size + 2
+
+
+def chunked_body(buf: bytes, complete: bool = True):
+    """A predicate for read_until: the dechunked body, once complete (or once non-empty)."""
+    head = head_of(buf)
+    if head is None:
+        return None
+    body, ended, _ = dechunk(buf[head[2]:])
+    return (body, ended) if ended or (not complete and body) else None
+
+
+def assert_answer_completed(srv, target: str) -> None:
+    """Fail at once, rather than after a deadline, if the streamed answer to `target`
+    never completed. The only worker answers a request on another connection only after
+    its stream's final frame; the master logs an answer in the access log when it is
+    complete; its log lines come in order. So the answer's line must come before the
+    next request's."""
+    marker = f"/pid?after={time.monotonic_ns()}"
+    assert srv.request("GET", marker)[0] == 200
+    srv.wait_for_log(re.escape(f'"GET {marker} '))
+    lines = srv.log.splitlines()
+    before = lines[:next(i for i, line in enumerate(lines) if f'"GET {marker} ' in line)]
+    assert [line for line in before if f'"GET {target} ' in line or f'"HEAD {target} ' in line], \
+        f"the answer to {target} was not complete when the worker answered the next request"

@@ -8,6 +8,10 @@
  * the log go to STDERR.
  *
  * Routes: /  /echo  /crash  /error  /pid  /env?NAME
+ *         /stream?n=N[&delay_ms=M][&marker=PATH][&ignore_stop=1]   N chunks from a Generator,
+ *         streamed as RoadRunner's HttpWorker::respond(200, $generator) does (roadrunner-http
+ *         3.5): STREAM frames, PING on every fifth, a look for STOP between chunks
+ *         (`ignore_stop`: none, a worker that goes on after its client left).
  */
 
 declare(strict_types=1);
@@ -15,6 +19,12 @@ declare(strict_types=1);
 const CONTROL = 0x01;
 const CODEC_JSON = 0x08;
 const ERROR_FLAG = 0x40;
+// byte 10 of a frame: the stream byte
+const STREAM = 0x01;
+const STOP = 0x02;
+const PING = 0x04;
+const PONG = 0x08;
+const PING_EVERY = 5;          // frames: RoadRunner's PHP worker pings on every fifth
 const HEADER_SIZE = 12;
 const MAX_OPTIONS = 10;
 
@@ -35,7 +45,7 @@ function read_exactly($stream, int $n): ?string
     return $data;
 }
 
-/** The next frame as [flags, options, payload], or null at EOF. Dies on a broken frame. */
+/** The next frame as [flags, options, payload, stream byte], or null at EOF. Dies on a broken frame. */
 function read_frame($stream): ?array
 {
     $header = read_exactly($stream, HEADER_SIZE);
@@ -62,21 +72,21 @@ function read_frame($stream): ?array
     if ($payload === null) {
         return null;
     }
-    return [$h['flags'], $options, $payload];
+    return [$h['flags'], $options, $payload, $h['stream']];
 }
 
-/** One whole frame: header (version 1, header length 3 + options), CRC, options, payload. */
-function encode_frame(int $flags, string $payload, array $options = []): string
+/** One whole frame: header (version 1, header length 3 + options), CRC, stream byte, options, payload. */
+function encode_frame(int $flags, string $payload, array $options = [], int $stream = 0): string
 {
     $head = pack('CCV', 0x10 | (3 + count($options)), $flags, strlen($payload));
     $optionBytes = $options ? pack('V*', ...$options) : '';
-    return $head . pack('V', crc32($head)) . "\x00\x00" . $optionBytes . $payload;
+    return $head . pack('V', crc32($head)) . pack('CC', $stream, 0) . $optionBytes . $payload;
 }
 
 /** Write a frame with one fwrite (the header must never be split); finish a partial write. */
-function send_frame(int $flags, string $payload, array $options = []): void
+function send_frame(int $flags, string $payload, array $options = [], int $stream = 0): void
 {
-    $frame = encode_frame($flags, $payload, $options);
+    $frame = encode_frame($flags, $payload, $options, $stream);
     $written = fwrite(STDOUT, $frame);
     while ($written !== false && $written > 0 && $written < strlen($frame)) {
         $frame = substr($frame, $written);
@@ -91,6 +101,94 @@ function respond(int $status, array $headers, string $body): void
 {
     $head = json_encode(['status' => $status, 'headers' => (object) $headers]);
     send_frame(CODEC_JSON, $head . $body, [strlen($head)]);
+}
+
+// ---- streamed responses (wire-protocol.md §2.7) --------------------------------------------
+
+final class StreamStopped extends Exception
+{
+}
+
+/** Without waiting: did the master send STOP (the client left)? Reads what is waiting on
+ *  STDIN; the master writes each frame whole, so a waiting frame is read to its end. */
+function stop_requested(): bool
+{
+    $stop = false;
+    while (true) {
+        $read = [STDIN];
+        $write = $except = null;
+        if (stream_select($read, $write, $except, 0) < 1) {   // PHP counts its own buffer too
+            return $stop;
+        }
+        $frame = read_frame(STDIN);
+        if ($frame === null) {
+            exit(0);                                           // the master has gone
+        }
+        $stop = $stop || ($frame[3] & STOP) !== 0;             // a PONG that comes late is dropped
+    }
+}
+
+/** After a PING: block until the master's PONG. -> whether a STOP came meanwhile. */
+function wait_for_pong(): bool
+{
+    $stop = false;
+    while (true) {
+        $frame = read_frame(STDIN);
+        if ($frame === null) {
+            exit(0);
+        }
+        if ($frame[3] & PONG) {
+            return $stop;
+        }
+        $stop = $stop || ($frame[3] & STOP) !== 0;
+    }
+}
+
+/** Send $body's chunks as STREAM frames, each repeating the head (the master keeps the
+ *  first one's), a PING on every fifth; between chunks, look for STOP. On STOP: throw
+ *  into the generator (its `finally` runs) and answer with an empty final frame. */
+function respond_stream(int $status, array $headers, Generator $body, bool $ignoreStop = false): void
+{
+    $head = json_encode(['status' => $status, 'headers' => (object) $headers]);
+    $sent = 0;
+    $stopped = false;
+    while ($body->valid()) {
+        $chunk = (string) $body->current();
+        $sent++;
+        $ping = $sent % PING_EVERY === 0;
+        send_frame(CODEC_JSON, $head . $chunk, [strlen($head)], STREAM | ($ping ? PING : 0));
+        $stopped = ($ping && wait_for_pong()) || stop_requested();
+        if ($stopped && !$ignoreStop) {
+            try {
+                $body->throw(new StreamStopped('the client went away'));
+            } catch (StreamStopped $e) {
+                // the generator did not catch it: it is finished, its `finally` has run
+            }
+            send_frame(CODEC_JSON, '', [0]);                   // the end; no STREAM
+            return;
+        }
+        $body->next();
+    }
+    $rest = (string) $body->getReturn();
+    send_frame(CODEC_JSON, $head . $rest, [strlen($head)]);   // the last frame: no STREAM
+}
+
+/** The chunks of /stream: "chunk i\n", $delayMs apart; $marker (if any) is written when
+ *  the generator ends, however it ends. */
+function chunks(int $n, int $delayMs, string $marker): Generator
+{
+    try {
+        for ($i = 0; $i < $n; $i++) {
+            if ($i > 0 && $delayMs > 0) {
+                usleep($delayMs * 1000);
+            }
+            yield "chunk $i\n";
+        }
+    } finally {
+        if ($marker !== '') {
+            file_put_contents($marker, (string) getmypid());
+        }
+    }
 }
 
 function fail(string $message): void
@@ -132,6 +230,12 @@ function handle(array $options, string $payload): void
         case '/pid':
             respond(200, $text, (string) getmypid());
             return;
+        case '/stream':
+            parse_str($query, $args);
+            $n = (int) ($args['n'] ?? 12);
+            $chunks = chunks($n, (int) ($args['delay_ms'] ?? 0), (string) ($args['marker'] ?? ''));
+            respond_stream(200, $text, $chunks, ($args['ignore_stop'] ?? '') === '1');
+            return;
         case '/env':
             $value = getenv($query);
             respond($value === false ? 404 : 200, $text, $value === false ? "$query is not set" : $value);
@@ -159,12 +263,15 @@ while (true) {
     if ($frame === null) {
         exit(0);
     }
-    [$flags, $options, $payload] = $frame;
+    [$flags, $options, $payload, $stream] = $frame;
     if ($flags & CONTROL) {
         if (is_stop($payload)) {
             exit(0);
         }
         continue;
+    }
+    if ($stream !== 0) {
+        continue;          // a STOP that crossed the end of its stream: that stream is over
     }
     handle($options, $payload);
 }
