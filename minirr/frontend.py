@@ -130,36 +130,46 @@ class Frontend:
         self.jobs.finished(job, self.loop.clock())
         job.conn.respond(data, job.keep_alive)
 
-    def begin(self, job: Job, head: ResponseHead, content_length: Optional[int], first: bytes) -> None:
-        """The head of an answer whose body is still coming, and its first bytes."""
+    def begin(self, job: Job, head: ResponseHead, content_length: Optional[int], first: bytes) -> bool:
+        """The head of an answer whose body is still coming, and its first bytes. False if
+        those bytes already pass the app's own Content-Length: then only the head goes out,
+        and the answer is broken off (the client sees a body shorter than announced)."""
         job.status = head.status
         reply = job.reply
         data, reply.framing = streamed_head(head.http, head.status, content_length, keep_alive=job.keep_alive,
                                             date=self.http_date(), protocol=job.request.protocol)
+        job.streaming = True
         if reply.framing == "close":
             job.keep_alive = False
         reply.length_left = content_length or 0
-        job.streaming = True
+        if reply.framing == "length" and len(first) > content_length:
+            job.conn.start_stream(data)
+            self.abort(job, "the body was longer than its Content-Length", self.loop.clock())
+            return False
         job.conn.start_stream(data + self._body(job, first) if first else data)
+        return True
 
     def part(self, job: Job, data: bytes) -> bool:
-        """More body. False if the app sent more than its Content-Length (the answer is
-        then broken off)."""
+        """More body. False, and nothing of it written, if it would pass the app's own
+        Content-Length (the caller breaks the answer off)."""
+        reply = job.reply
+        if reply.framing == "length" and len(data) > reply.length_left:
+            return False
         if data:
             job.conn.write(self._body(job, data))
-        return job.reply.framing != "length" or job.reply.length_left >= 0
+        return True
 
     def end(self, job: Job, last: bytes, now: float) -> bool:
         """The last body bytes: the answer is complete. False (and the connection closed)
         if the body did not match the app's Content-Length."""
         reply = job.reply
+        if reply.framing == "length" and len(last) != reply.length_left:
+            self.abort(job, f"the body was {'longer' if len(last) > reply.length_left else 'shorter'} than its "
+                            f"Content-Length", now)
+            return False
         data = self._body(job, last) if last else b""
         if reply.framing == "chunked" and not job.head_only:
             data += LAST_CHUNK
-        if reply.framing == "length" and reply.length_left != 0:
-            self.abort(job, f"the body was {'longer' if reply.length_left < 0 else 'shorter'} than its "
-                            f"Content-Length", now)
-            return False
         self.jobs.finished(job, now)
         job.conn.respond(data, job.keep_alive and reply.framing != "close")
         return True

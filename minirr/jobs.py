@@ -89,7 +89,7 @@ class Reply:
     or one frame too large to hold. The backend reads it, the frontend writes it."""
 
     __slots__ = ("framing", "length_left", "head_len", "head_buf", "frame_left", "frame_streams", "error_frame",
-                 "stream_frames")
+                 "stream_frames", "stop_sent")
 
     def __init__(self) -> None:
         self.framing = ""                  # "length", "chunked", "close" or "none" (frontend)
@@ -100,6 +100,7 @@ class Reply:
         self.frame_streams = False         # that frame has the STREAM bit: more frames follow it
         self.error_frame = False           # that frame is an ERROR (a soft error, a long message)
         self.stream_frames = False         # the worker streams (STREAM frames): it understands STOP
+        self.stop_sent = False             # STOP went to the worker (the client left)
 
 
 class Jobs:

@@ -62,6 +62,8 @@ class Replies:
         streams = item.stream & STREAM
         if streams:
             self._reply(job).stream_frames = True
+            if job.cancelled:                  # the client left before we knew it streams
+                self._stop_stream(worker, job, now)
         if item.stream & PING:
             worker.channel.write(PONG_FRAME)   # wire-protocol.md §2.7: answer every PING, at once
         if item.flags & ERROR:
@@ -95,12 +97,14 @@ class Replies:
                 self.front.answer(job, head, body, now)
             else:
                 self._reply(job)
-                self.front.begin(job, head, head.content_length, bytes(body))
-                self._hold_back(worker, job)
+                if self.front.begin(job, head, head.content_length, bytes(body)):
+                    self._hold_back(worker, job)
+                else:
+                    self._drop_rest(worker, job, now)
         if not streams:
             self._end_reply(worker, job, now, more)
-        elif worker.channel.reading:           # (not while the client holds the worker back)
-            self.pool.extend_deadline(worker, now)
+        elif worker.channel.reading and not job.cancelled:   # not while the client holds it back,
+            self.pool.extend_deadline(worker, now)            # nor once it is told to STOP
 
     def _on_large_start(self, worker: Worker, job: Job, start: FrameStart) -> None:
         """A response frame too large to hold: its head is collected, its body passed on."""
@@ -118,6 +122,8 @@ class Replies:
         reply.frame_streams = bool(start.stream & STREAM)
         reply.stream_frames = reply.stream_frames or reply.frame_streams
         reply.error_frame = bool(start.flags & ERROR)
+        if reply.frame_streams and job.cancelled:
+            self._stop_stream(worker, job, self.loop.clock())
 
     @staticmethod
     def _reply(job: Job) -> Reply:
@@ -151,7 +157,7 @@ class Replies:
         if not part.last:
             return
         if reply.frame_streams:
-            if worker.channel.reading:
+            if worker.channel.reading and not job.cancelled:
                 self.pool.extend_deadline(worker, now)
         elif job.cancelled:
             self._end_reply(worker, job, now, more)
@@ -173,8 +179,10 @@ class Replies:
             self._on_bad_response(worker, job, "a stop request with a body")
             return False
         length = head.content_length if reply.frame_streams else reply.frame_left + len(first)
-        self.front.begin(job, head, length, first)
-        self._hold_back(worker, job)
+        if self.front.begin(job, head, length, first):
+            self._hold_back(worker, job)
+        else:
+            self._drop_rest(worker, job, self.loop.clock())
         return True
 
     def _forward(self, worker: Worker, job: Job, data: bytes, now: float) -> None:
@@ -183,11 +191,16 @@ class Replies:
         its frames are; its app miscounted)."""
         if not self.front.part(job, data):
             self.front.abort(job, "the body was longer than its Content-Length", now)
-            job.cancelled = True
-            self.abandon(job, now)             # a stream is told to STOP
+            self._drop_rest(worker, job, now)
             return
         self.pool.extend_deadline(worker, now)
         self._hold_back(worker, job)
+
+    def _drop_rest(self, worker: Worker, job: Job, now: float) -> None:
+        """The client's answer was broken off (the app miscounted its Content-Length): the
+        rest of it is dropped, a stream told to STOP; the worker is fine."""
+        job.cancelled = True
+        self.abandon(job, now)
 
     def _hold_back(self, worker: Worker, job: Job) -> None:
         """Backpressure: while the client has HIGH_WATER_BYTES unsent, the worker's pipe is
@@ -228,16 +241,23 @@ class Replies:
         self.backend.on_broken_channel(worker, f"sent an invalid response: {why}")
 
     def abandon(self, job: Job, now: float) -> None:
-        """The client left while its job was at a worker. A stream is told to STOP; what the
-        worker still sends is dropped until its final frame, and then it is free again. A
-        worker that goes on past destroy_timeout is killed (wire-protocol.md §2.7)."""
+        """The client left while its job was at a worker. A stream is told to STOP (now, or
+        when its first STREAM frame shows it streams); what the worker still sends is
+        dropped until its final frame, and then it is free again. A worker that goes on
+        past destroy_timeout is killed (wire-protocol.md §2.7)."""
         worker = job.worker
         if worker is None or worker.job is not job or worker.channel is None:
             return
         if job.reply is not None and job.reply.stream_frames:
-            worker.channel.write(STOP_STREAM_FRAME)
-            worker.deadline_at = now + self.destroy_timeout_s if self.destroy_timeout_s else 0.0
+            self._stop_stream(worker, job, now)
         else:
             self.pool.extend_deadline(worker, now)
         worker.channel.resume_reading()
 
+    def _stop_stream(self, worker: Worker, job: Job, now: float) -> None:
+        """STOP, once per job; destroy_timeout from now on bounds what the worker still sends."""
+        reply = self._reply(job)
+        if not reply.stop_sent:
+            reply.stop_sent = True
+            worker.channel.write(STOP_STREAM_FRAME)
+            worker.deadline_at = now + self.destroy_timeout_s if self.destroy_timeout_s else 0.0

@@ -62,10 +62,11 @@ class Front:
         self.calls.append(("error", job, status, message))
         self.jobs.finished(job, self.loop.clock())
 
-    def begin(self, job, head, content_length, first) -> None:
+    def begin(self, job, head, content_length, first) -> bool:
         job.status = head.status
         job.streaming = True
         self.calls.append(("begin", job, head.status, content_length, bytes(first)))
+        return True
 
     def part(self, job, data) -> bool:
         job.body_bytes += len(data)

@@ -163,8 +163,6 @@ def php_stream_left_by_its_client(srv, query: str) -> int:
 
 
 @needs_php
-@pytest.mark.xfail(strict=True, reason="master: the final frame of a stream never ends the answer "
-                                       "(backend._on_reply_frame does not call front.end)")
 def test_php_streams_a_generator_twice_then_answers_plainly_on_the_same_worker(serve):
     """12 chunks: STREAM frames, each repeating the head, PING on the 5th and 10th (the
     worker blocks until PONG), then a final frame without STREAM."""
@@ -207,9 +205,7 @@ def test_php_client_leaving_mid_stream_stops_the_generator_and_frees_the_worker(
 @needs_php
 @pytest.mark.parametrize("exec_ttl", [
     "0",
-    pytest.param("60s", marks=pytest.mark.xfail(strict=True, reason=(
-        "master: a STREAM frame after STOP extends the deadline by exec_ttl (backend._on_reply_frame calls "
-        "pool.extend_deadline for a cancelled job too), so destroy_timeout never comes"))),
+    "60s",
 ])
 def test_php_worker_that_streams_on_after_stop_is_killed_after_destroy_timeout(serve, exec_ttl):
     """It ignores STOP and would stream for 5 s more (1000 chunks, 5 ms apart): the master

@@ -24,12 +24,6 @@ CONFIGS = {
 }
 POOL = "[pool]\nnum_workers = 1\n"
 
-# The master ends a stream's answer at the worker's final frame (the one without STREAM)
-# only through front.end(); backend._on_reply_frame forwards that frame's body as one
-# more piece instead, so a streamed answer never ends: no last chunk, no close for
-# HTTP/1.0, no Content-Length check, and the connection serves nothing more.
-MASTER_NO_END = pytest.mark.xfail(strict=True, reason="master: the final frame of a stream never ends the answer "
-                                                      "(backend._on_reply_frame does not call front.end)")
 
 
 @pytest.fixture(params=sorted(CONFIGS))
@@ -83,7 +77,6 @@ def test_a_block_given_to_write_reaches_the_client_before_the_app_returns(wsgi_s
 
 # ---- framing ---------------------------------------------------------------------------------
 
-@MASTER_NO_END
 def test_chunked_answer_ends_and_the_connection_serves_the_next_request(srv):
     with StreamClient(srv) as client:
         client.get("/blocks?n=3")
@@ -98,7 +91,6 @@ def test_chunked_answer_ends_and_the_connection_serves_the_next_request(srv):
         assert status == 200 and int(headers["content-length"]) > 0
 
 
-@MASTER_NO_END
 def test_http10_answer_is_close_delimited(srv):
     with StreamClient(srv) as client:
         client.get("/blocks?n=3", protocol="HTTP/1.0")
@@ -109,7 +101,6 @@ def test_http10_answer_is_close_delimited(srv):
     assert data[start:] == BLOCKS_3
 
 
-@MASTER_NO_END
 def test_head_gets_the_head_only_and_the_connection_goes_on(srv):
     with StreamClient(srv) as client:
         client.get("/blocks?n=3", method="HEAD")
@@ -122,7 +113,6 @@ def test_head_gets_the_head_only_and_the_connection_goes_on(srv):
         assert second[0] == 200
 
 
-@MASTER_NO_END
 def test_an_app_given_content_length_frames_the_answer(srv):
     with StreamClient(srv) as client:
         client.get(f"/blocks?n=3&length={len(BLOCKS_3)}")
@@ -144,8 +134,6 @@ def test_a_body_longer_than_its_content_length_closes_the_connection(srv):
     srv.wait_for_log(r"answer broken off .*longer than its Content-Length")
 
 
-@pytest.mark.xfail(strict=True, reason="master: the bytes of a streamed piece are written to the client before "
-                                       "its Content-Length is checked (frontend.begin and frontend.part)")
 @pytest.mark.parametrize("length", [5, 10])            # the first block is longer; the second goes past it
 def test_no_byte_past_its_content_length_reaches_the_client(srv, length):
     with StreamClient(srv) as client:
@@ -170,7 +158,6 @@ def test_a_first_block_as_long_as_its_content_length_is_the_whole_answer_and_the
     srv.wait_for_log(r"went on past its Content-Length: 16 more bytes dropped")
 
 
-@MASTER_NO_END
 def test_a_body_shorter_than_its_content_length_closes_the_connection(srv):
     with StreamClient(srv) as client:
         client.get("/blocks?n=3&length=100")
@@ -220,9 +207,6 @@ def test_a_client_leaving_an_endless_flood_frees_the_worker(srv, tmp_path):
     assert pid_of(srv) == pid
 
 
-@pytest.mark.xfail(strict=True, reason="master: a client that left before the stream's first frame gets no STOP "
-                                       "sent for it (backend.abandon sends STOP only once a STREAM frame has come, "
-                                       "and nothing sends it when one comes later)")
 def test_a_client_gone_before_the_first_block_still_stops_the_stream(serve, tmp_path):
     srv = serve(CONFIGS["minirr"] + POOL + "destroy_timeout = 2s\n[rpc]\nlisten = unix:minirr.sock\n")
     started, gate, marker = tmp_path / "started", tmp_path / "gate", tmp_path / "marker"
