@@ -40,8 +40,9 @@ ALLOWED = {
     "server": {"backend", "config", "errors", "frontend", "jobs", "logs", "loop", "metrics", "operations", "pool",
                "responses"},
     # the worker side: frames and Request objects, never HTTP
-    "wsgi": {"messages"},
-    "worker": {"frame", "messages", "wsgi"},
+    "wsgi": {"errors", "messages"},
+    "stream": {"errors", "frame", "messages"},
+    "worker": {"frame", "messages", "stream", "wsgi"},
     "launch": {"errors", "worker"},
     # the top
     "remote": {"control", "errors", "frame"},
