@@ -86,9 +86,9 @@ def _config_or_exit(args) -> config_module.Config:
 
 
 def make_launcher(config: config_module.Config):
-    from . import launch
+    from . import command, launch
     if config.server.command:
-        return launch.CommandLauncher(config)
+        return command.CommandLauncher(config)
     return launch.ForkLauncher(config.server.app, config.server.factory, config.server.interface, config.base_dir)
 
 

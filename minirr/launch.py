@@ -21,9 +21,9 @@ belongs to the process, not to its descriptors. Where the kernel has no pidfd_op
 tick instead.
 
 A launcher is any object with `start(close_in_child, print_traceback=True) ->
-WorkerProcess` and `preflight(timeout_s)`. ForkLauncher forks this interpreter;
-CommandLauncher runs `[server] command`, any program that speaks the wire protocol
-(RoadRunner's `server.command`).
+WorkerProcess` and `preflight(timeout_s)`. ForkLauncher (here) forks this interpreter;
+command.CommandLauncher runs `[server] command`, any program that speaks the wire
+protocol (RoadRunner's `server.command`), on the same WorkerPipes.
 
 ForkLauncher.preflight() is the start-up check of `[server] app`: the master must not
 import the app itself (workers are forked from it, and each imports the app after the
@@ -41,14 +41,12 @@ import fcntl
 import logging
 import multiprocessing
 import os
-import shutil
 import signal
-import subprocess
 import sys
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 from . import worker as worker_module
-from .errors import AppLoadError, ConfigError
+from .errors import AppLoadError
 
 log = logging.getLogger("minirr")
 
@@ -61,8 +59,8 @@ PREFLIGHT_REPORT_BYTES = 4000
 class WorkerProcess:
     """The master's handle on one running worker process, whichever launcher started it.
 
-    `child` is the launcher's own handle on the process (a _ForkedChild or a
-    _CommandChild): it knows how to wait for the exit status and what else to close.
+    `child` is the launcher's own handle on the process (a _ForkedChild, or a
+    command._CommandChild): it knows how to wait for the exit status and what else to close.
     """
 
     def __init__(self, pid: int, to_worker: int, from_worker: int, output: Optional[int],
@@ -123,25 +121,6 @@ class _ForkedChild:
             pass
 
 
-class _CommandChild:
-    """A subprocess.Popen, seen through the same three calls."""
-
-    def __init__(self, popen: subprocess.Popen) -> None:
-        self.popen = popen
-
-    def wait(self, timeout: float) -> Optional[int]:
-        try:
-            return self.popen.wait(timeout)   # waitpid on this pid only; -N for signal N
-        except subprocess.TimeoutExpired:
-            return None
-
-    def extra_fds(self) -> List[int]:
-        return []
-
-    def release(self) -> None:
-        pass
-
-
 def open_pidfd(pid: int) -> Optional[int]:
     """A pidfd for `pid`, or None where the kernel (before Linux 5.3) or Python has none.
     Raises OSError when descriptors have run out (the start is then undone)."""
@@ -187,7 +166,7 @@ def _grow_pipe(fd: int) -> None:
         pass
 
 
-class _Pipes:
+class WorkerPipes:
     """The three pipes of one worker. Both launchers create them the same way and hand
     the master's ends over the same way; only what the child does with its ends differs."""
 
@@ -229,7 +208,7 @@ class ForkLauncher:
     def start(self, close_in_child: Sequence[object], print_traceback: bool = True) -> WorkerProcess:
         """Fork a worker. `print_traceback`: if its bootstrap fails, log the traceback
         under the one-line headline (the master asks for it once per run of failures)."""
-        pipes = _Pipes()
+        pipes = WorkerPipes()
         sys.stdout.flush()
         sys.stderr.flush()
         process = _fork.Process(
@@ -316,84 +295,6 @@ def _exit_status_text(exitcode: int) -> str:
     if exitcode < 0:
         return f"killed by {signal.Signals(-exitcode).name}"
     return f"exit status {exitcode}"
-
-
-class CommandLauncher:
-    """Start `[server] command` (e.g. `php worker.php`): frames on the program's stdin and
-    stdout, its stderr relayed to the log, as RoadRunner's `server.command` does.
-
-    `close_in_child` is not needed here: exec with close_fds=True leaves the program only
-    fds 0, 1 and 2, so no socket or pipe of the master's can leak into it.
-    """
-
-    def __init__(self, config) -> None:
-        self.base_dir = config.base_dir
-        self.argv = resolve_command(config.server.command, config.base_dir)
-        self.env = worker_environment(os.environ, config.server.env, config.rpc.listen)
-        _check_program(self.argv[0], self.base_dir, self.env.get("PATH", os.defpath))
-
-    def preflight(self, timeout_s: float) -> None:
-        """Nothing to import here: the program was checked when the launcher was made."""
-
-    def start(self, close_in_child: Sequence[object] = (), print_traceback: bool = True) -> WorkerProcess:
-        """`print_traceback` is for forked workers; a program decides for itself what it logs."""
-        pipes = _Pipes()
-        try:
-            popen = subprocess.Popen(
-                self.argv, stdin=pipes.request_r, stdout=pipes.response_w, stderr=pipes.output_w,
-                cwd=self.base_dir, env=self.env, close_fds=True,
-                # Own session and process group: a terminal's Ctrl-C reaches the master only,
-                # which then stops workers gracefully instead of having them die mid-request.
-                start_new_session=True,
-            )
-        except OSError:
-            pipes.close()
-            raise
-        try:
-            pidfd = open_pidfd(popen.pid)
-        except OSError:                  # out of descriptors: undo the start
-            pipes.close()
-            popen.kill()
-            popen.wait()
-            raise
-        return pipes.hand_over(popen.pid, pidfd, _CommandChild(popen))
-
-
-def resolve_command(argv: Sequence[str], base_dir: str) -> List[str]:
-    """Relative arguments that name a file in the config's folder become absolute paths
-    (`php worker.php` runs the worker.php next to rr.ini); everything else is kept."""
-    resolved = []
-    for arg in argv:
-        candidate = os.path.join(base_dir, arg)
-        if not os.path.isabs(arg) and os.path.isfile(candidate):
-            arg = os.path.abspath(candidate)
-        resolved.append(arg)
-    return resolved
-
-
-def worker_environment(inherited: Mapping[str, str], configured: Sequence[Tuple[str, str]],
-                       rpc_listen: str) -> Dict[str, str]:
-    """The master's environment, then `[server.env]`, then the variables RoadRunner's
-    worker libraries read to learn how they are connected (these always win)."""
-    env = dict(inherited)
-    env.update(configured)
-    env["RR_RELAY"] = "pipes"          # frames on stdin/stdout
-    env["RR_MODE"] = "http"            # the worker serves HTTP requests
-    if rpc_listen.startswith("tcp://"):
-        env["RR_RPC"] = rpc_listen     # RoadRunner's RPC clients speak TCP only
-    return env
-
-
-def _check_program(program: str, base_dir: str, path: str) -> None:
-    """Fail at startup with one line, not once per worker start, if the program is missing.
-    A name with a slash is a path (from base_dir, the worker's cwd); a bare name is on PATH."""
-    if os.sep in program:
-        program_path = os.path.join(base_dir, program)
-        found = os.path.isfile(program_path) and os.access(program_path, os.X_OK)
-    else:
-        found = shutil.which(program, path=path) is not None
-    if not found:
-        raise ConfigError("server", "command", f"{program!r} is not an executable file or a program on PATH")
 
 
 def close_inherited(items: Sequence[object]) -> None:

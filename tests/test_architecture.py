@@ -44,9 +44,10 @@ ALLOWED = {
     "stream": {"errors", "frame", "messages"},
     "worker": {"frame", "messages", "stream", "wsgi"},
     "launch": {"errors", "worker"},
+    "command": {"errors", "launch"},
     # the top
     "remote": {"control", "errors", "frame"},
-    "cli": {"__version__", "config", "control", "errors", "launch", "logs", "remote", "server"},
+    "cli": {"__version__", "command", "config", "control", "errors", "launch", "logs", "remote", "server"},
     "__init__": {"messages"},
     "__main__": {"cli"},
 }

@@ -23,10 +23,6 @@ APP = "minirr_testapp:create_app"
 
 @pytest.fixture(params=["fork", "command"])
 def mode(request):
-    if request.param == "command":
-        from minirr import launch
-        if not hasattr(launch, "CommandLauncher"):
-            pytest.skip("external workers (CommandLauncher) not built yet")
     return request.param
 
 
