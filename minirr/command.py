@@ -21,7 +21,7 @@ import subprocess
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import ConfigError
-from .launch import WorkerPipes, WorkerProcess, open_pidfd
+from .launch import WorkerPipes, WorkerProcess
 
 
 class _CommandChild:
@@ -75,14 +75,7 @@ class CommandLauncher:
         except OSError:
             pipes.close()
             raise
-        try:
-            pidfd = open_pidfd(popen.pid)
-        except OSError:                  # out of descriptors: undo the start
-            pipes.close()
-            popen.kill()
-            popen.wait()
-            raise
-        return pipes.hand_over(popen.pid, pidfd, _CommandChild(popen))
+        return pipes.hand_over(popen.pid, _CommandChild(popen), lambda: (popen.kill(), popen.wait()))
 
 
 def resolve_command(argv: Sequence[str], base_dir: str) -> List[str]:

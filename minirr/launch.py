@@ -43,7 +43,7 @@ import multiprocessing
 import os
 import signal
 import sys
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from . import worker as worker_module
 from .errors import AppLoadError
@@ -183,9 +183,17 @@ class WorkerPipes:
     def child_ends(self) -> List[int]:
         return [self.request_r, self.response_w, self.output_w]
 
-    def hand_over(self, pid: int, sentinel: int, child) -> WorkerProcess:
-        """The child holds its ends now: close the master's copies of them, and make the
-        master's own ends non-blocking (only select() may wait in the master)."""
+    def hand_over(self, pid: int, child, undo: Callable[[], None]) -> WorkerProcess:
+        """The child holds its ends now: close the master's copies of them, make the
+        master's own ends non-blocking (only select() may wait in the master), and watch
+        the process through a pidfd. Out of descriptors for the pidfd, the start is undone
+        (`undo` kills and reaps the child) and the OSError raised."""
+        try:
+            sentinel = open_pidfd(pid)
+        except OSError:
+            self.close()
+            undo()
+            raise
         _close_all(self.child_ends())
         for fd in self.master_ends():
             os.set_blocking(fd, False)
@@ -222,14 +230,7 @@ class ForkLauncher:
         except OSError:
             pipes.close()
             raise
-        try:
-            pidfd = open_pidfd(process.pid)
-        except OSError:                  # out of descriptors: undo the start
-            pipes.close()
-            process.kill()
-            process.join()
-            raise
-        return pipes.hand_over(process.pid, pidfd, _ForkedChild(process))
+        return pipes.hand_over(process.pid, _ForkedChild(process), lambda: (process.kill(), process.join()))
 
     def preflight(self, timeout_s: float) -> None:
         """Check at start-up, in a short-lived child, that `[server] app` imports and names

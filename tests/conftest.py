@@ -46,3 +46,19 @@ def serve(tmp_path):
                 except ProcessLookupError:
                     pass
     assert not leaked, "; ".join(leaked)
+
+
+@pytest.fixture
+def rig():
+    """Factory: rig(**kwargs) -> backrig.BackRig (the backend's parts wired as server.py
+    wires them, with a fake front and launcher); each is finished at teardown."""
+    from backrig import BackRig
+    made = []
+
+    def make(**kwargs) -> BackRig:
+        made.append(BackRig(**kwargs))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.finish()

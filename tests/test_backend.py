@@ -10,26 +10,12 @@ import os
 
 import pytest
 
-from backrig import BackRig
 from fakes import READ
 from minirr import frame
 from minirr.frame import CODEC_JSON, CONTROL
 from minirr.pool import BOOT_BACKOFF_FIRST_S, DEAD, READY, STARTING, STOPPING, WORKING, Reason
 
 STOP_FRAME_PAYLOAD = b'{"stop": true}'
-
-
-@pytest.fixture
-def rig():
-    made = []
-
-    def make(**kwargs) -> BackRig:
-        made.append(BackRig(**kwargs))
-        return made[-1]
-
-    yield make
-    for r in made:
-        r.finish()
 
 
 def control_frames(proc) -> list:

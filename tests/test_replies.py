@@ -8,24 +8,11 @@ import json
 
 import pytest
 
-from backrig import BackRig, Client
+from backrig import Client
 from fakes import READ
 from minirr import frame
 from minirr.frame import CODEC_JSON, ERROR, PING, PONG, STOP, STREAM
 from minirr.pool import READY, STOPPING, WORKING, Reason
-
-
-@pytest.fixture
-def rig():
-    made = []
-
-    def make(**kwargs) -> BackRig:
-        made.append(BackRig(**kwargs))
-        return made[-1]
-
-    yield make
-    for r in made:
-        r.finish()
 
 
 def frames_to_worker(proc) -> list:
