@@ -143,7 +143,10 @@ class Backend:
         for index, item in enumerate(items):
             state = worker.state
             if state is WORKING:
-                self.replies.on_item(worker, worker.job, item, now, index < last)
+                if type(item) is Frame:        # the usual case: the whole answer in one frame
+                    self.replies.on_frame(worker, worker.job, item, now, index < last)
+                else:
+                    self.replies.on_large(worker, worker.job, item, now, index < last)
             elif state is STARTING:
                 self._on_handshake(worker, item, now)
             elif state is READY:

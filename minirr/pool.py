@@ -147,11 +147,16 @@ class Worker:
         return f"worker {self.id} (pid {self.pid or '?'})"
 
 
-def _advance(worker: Worker, event: str) -> WorkerState:
-    new = TRANSITIONS.get((worker.state, event))
+def _advance(worker: Worker, event: str, on_move=None) -> WorkerState:
+    """The one place a worker's state changes; `on_move(worker, event, the state it left)`
+    is told when given ([logs] trace_frames)."""
+    was = worker.state
+    new = TRANSITIONS.get((was, event))
     if new is None:
-        raise MinirrError(f"{worker}: event {event!r} is not allowed in state {worker.state.name}")
+        raise MinirrError(f"{worker}: event {event!r} is not allowed in state {was.name}")
     worker.state = new
+    if on_move is not None:
+        on_move(worker, event, was)
     return new
 
 
@@ -183,14 +188,6 @@ class Pool:
         self._ready: Deque[Worker] = deque()
         self.on_move: Optional[Callable[[Worker, str, WorkerState], None]] = None   # [logs] trace_frames
 
-    def _move(self, worker: Worker, event: str) -> WorkerState:
-        """_advance, and tell `on_move` (worker, event, the state it left) when set."""
-        was = worker.state
-        new = _advance(worker, event)
-        if self.on_move is not None:
-            self.on_move(worker, event, was)
-        return new
-
     # ---- lifecycle -------------------------------------------------------------
     def new_worker(self, now: float) -> Worker:
         max_jobs = self.max_jobs
@@ -205,7 +202,7 @@ class Pool:
 
     def hello(self, worker: Worker, pid: int, now: float) -> None:
         """The worker finished its bootstrap and answered the handshake."""
-        self._move(worker, "hello")
+        _advance(worker, "hello", self.on_move)
         worker.pid = pid or worker.pid
         worker.ready_at = now
         worker.last_done_at = now
@@ -223,7 +220,7 @@ class Pool:
         return None
 
     def assign(self, worker: Worker, job: object, now: float) -> None:
-        self._move(worker, "assign")
+        _advance(worker, "assign", self.on_move)
         worker.job = job
         worker.deadline_at = now + self.exec_ttl_s if self.exec_ttl_s else 0.0
 
@@ -242,14 +239,14 @@ class Pool:
             worker.reason = Reason.MAX_JOBS
         if worker.reason is not None:
             return Fate.STOP
-        self._move(worker, "done")
+        _advance(worker, "done", self.on_move)
         worker.deadline_at = 0.0
         self._ready.append(worker)
         return Fate.KEEP
 
     def retire(self, worker: Worker, reason: Reason, now: float) -> None:
         """Move a worker to STOPPING: the backend has sent it a stop frame or killed it."""
-        self._move(worker, "retire")
+        _advance(worker, "retire", self.on_move)
         worker.reason = worker.reason or reason
         worker.deadline_at = now + self.destroy_timeout_s if self.destroy_timeout_s else 0.0
 
@@ -260,7 +257,7 @@ class Pool:
     def exited(self, worker: Worker, now: float) -> WorkerState:
         """The process is gone. Returns the state it was in when it went."""
         was = worker.state
-        self._move(worker, "exit")
+        _advance(worker, "exit", self.on_move)
         worker.job = None                  # nothing may keep a dead worker's job (and its buffers) alive
         if failed_start(worker, was):
             self._boot_failed(now)

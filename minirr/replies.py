@@ -48,16 +48,15 @@ class Replies:
         self.destroy_timeout_s = destroy_timeout_s
         self.heads = ResponseHeads()
 
-    def on_item(self, worker: Worker, job: Job, item, now: float, more: bool) -> None:
-        """A decoded item from a working worker's pipe; `more`: others follow it in this read."""
-        if type(item) is Frame:                # the usual case: the whole answer in one frame
-            self._on_reply_frame(worker, job, item, now, more)
-        elif type(item) is FrameStart:
+    def on_large(self, worker: Worker, job: Job, item, now: float, more: bool) -> None:
+        """A FrameStart or FramePart of a frame too large to hold; `more`: others follow it
+        in this read."""
+        if type(item) is FrameStart:
             self._on_large_start(worker, job, item)
         else:
             self._on_large_part(worker, job, item, now, more)
 
-    def _on_reply_frame(self, worker: Worker, job: Job, item: Frame, now: float, more: bool) -> None:
+    def on_frame(self, worker: Worker, job: Job, item: Frame, now: float, more: bool) -> None:
         """A whole response frame: the answer (the usual case), or one piece of a stream."""
         streams = item.stream & STREAM
         if streams:

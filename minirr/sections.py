@@ -34,7 +34,10 @@ class SectionScan:
     def new_request(self) -> None:
         self.section_used = 0          # header-section bytes, counted again for trailers
         self.fields_seen = 0           # field lines, header and trailer sections together
-        self.start_section(request_line=True)
+        self.search_at = 0             # (start_section(request_line=True), written out: once a request)
+        self.line_at = 0
+        self.section_at = -1
+        self.trailers = False
 
     def start_section(self, request_line: bool, trailers: bool = False) -> None:
         """Reset the scan marks for a new head or trailer section at the buffer start."""
