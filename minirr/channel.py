@@ -84,9 +84,6 @@ class WorkerChannel(Handler):
         if proc.sentinel is not None:
             self.loop.register(proc.sentinel, READ, self._watches["exit"])
 
-    def on_event(self, mask: int) -> None:
-        self._on_readable()
-
     def contain(self, exc: BaseException) -> None:
         self.backend.on_channel_failed(self.worker, exc)
 
@@ -154,7 +151,8 @@ class WorkerChannel(Handler):
             self.loop.register(self.proc.from_worker, READ, self)
             self.reading = True
 
-    def _on_readable(self) -> None:
+    def on_event(self, mask: int) -> None:
+        """from_worker is readable: read, decode, hand the frames to the backend."""
         if self.closed or not self.reading:
             return
         size = PART_READ_SIZE if self.decoder.part_left else READ_SIZE

@@ -280,8 +280,8 @@ class Connection(Handler):
         self.parser.start_next_cycle()
         if self.parser.buffered_bytes or self.peer_closed:
             self.loop.soon(self, self._parse_again)   # not from here: we may be inside _parse
-        else:
-            self._sync_events()
+        elif self.events != READ:
+            self._sync_events()         # (an idle connection only reads: usually so already)
 
     # ---- closing ---------------------------------------------------------------------------
     def _finish(self) -> None:

@@ -55,6 +55,9 @@ class Loop:
         self.selector = selector if selector is not None else selectors.DefaultSelector()
         self.clock = clock
         self._soon: Deque[Tuple[Handler, Callable[[], None]]] = deque()
+        # The selector's own fd -> key dict (CPython's selectors keep it as _fd_to_key): a
+        # plain dict lookup per event, where get_map() would cost four Python calls.
+        self._current = getattr(self.selector, "_fd_to_key", None)
 
     def now(self) -> float:
         """The loop's clock (the hot paths call `loop.clock()` itself: one Python call less)."""
@@ -90,9 +93,7 @@ class Loop:
     def run_once(self, timeout: float) -> None:
         if self._soon:
             timeout = 0.0
-        # The selector's own fd -> key dict (CPython's selectors keep it as _fd_to_key): a
-        # plain dict lookup per event, where get_map() would cost four Python calls.
-        current = getattr(self.selector, "_fd_to_key", None)
+        current = self._current
         if current is None:
             current = self.selector.get_map()
         for key, mask in self.selector.select(timeout):

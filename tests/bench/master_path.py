@@ -91,7 +91,7 @@ def run(requests: int, master: bool, close: bool = False) -> float:
     server = build_server()
     worker, proc, client, peer, response = cycle_parts(server)
     listener = server.front.listener
-    on_worker = worker.channel._on_readable
+    on_worker = worker.channel.on_event
     read = READ
     address = server.address
     started = time.process_time()
@@ -114,7 +114,7 @@ def run(requests: int, master: bool, close: bool = False) -> float:
         os.read(proc.requests_r, 65536)
         os.write(proc.responses_w, response)
         if master:
-            on_worker()
+            on_worker(read)
             server.loop.run_soon()
         else:
             os.read(proc.from_worker, 65536)
@@ -152,8 +152,9 @@ def trace_one(close: bool) -> None:
         os.write(proc.responses_w, response)
         if traced:
             _sys.setprofile(profiler)
-        worker.channel._on_readable()
-        server.loop.run_soon()
+        worker.channel.on_event(READ)
+        if server.loop._soon:
+            server.loop.run_soon()
         _sys.setprofile(None)
         peer.recv(65536)
     switches = sum(1 for a, b in zip(calls, calls[1:]) if a[0] != b[0])
