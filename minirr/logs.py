@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import select
+import stat
 import sys
 import time
 from typing import Deque, Optional
@@ -45,9 +46,15 @@ class LogWriter:
         self.pending_bytes = 0          # bytes waiting for stderr (the loop flushes while any do)
         self._fd = _fileno(stream)
         self._poll = None
-        if self._fd is not None:
+        # A regular file (stderr redirected to one) is always writable and takes any
+        # amount: no poll, one write a round. Anything else (a pipe, a tty, journald's
+        # socket) is asked first, and given at most PIPE_BUF bytes a write.
+        self._write_bytes = WRITE_BYTES
+        if self._fd is not None and not _is_regular_file(self._fd):
             self._poll = select.poll()
             self._poll.register(self._fd, select.POLLOUT)
+        elif self._fd is not None:
+            self._write_bytes = max_pending_bytes
 
     def write(self, text: str) -> None:
         """Queue `text` (whole lines, each ending in a newline)."""
@@ -72,10 +79,7 @@ class LogWriter:
             self.pending_bytes += len(notice)
             self.dropped = 0
         while self._pending and self._writable():
-            data = self._pending.popleft()
-            if len(data) > WRITE_BYTES:
-                data, rest = data[:WRITE_BYTES], data[WRITE_BYTES:]
-                self._pending.appendleft(rest)
+            data = self._take(self._write_bytes)
             try:
                 written = os.write(self._fd, data)
             except BlockingIOError:
@@ -89,8 +93,29 @@ class LogWriter:
                 self._pending.appendleft(data[written:])
                 return
 
+    def _take(self, limit: int) -> bytes:
+        """Pending lines joined, up to `limit` bytes (a longer line is cut there)."""
+        pending = self._pending
+        parts = [pending.popleft()]
+        size = len(parts[0])
+        while pending and size + len(pending[0]) <= limit:
+            size += len(pending[0])
+            parts.append(pending.popleft())
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if len(data) > limit:
+            pending.appendleft(data[limit:])
+            data = data[:limit]
+        return data
+
     def _writable(self) -> bool:
-        return bool(self._poll.poll(0))
+        return self._poll is None or bool(self._poll.poll(0))
+
+
+def _is_regular_file(fd: int) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
 def _fileno(stream) -> Optional[int]:

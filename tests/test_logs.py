@@ -165,3 +165,15 @@ def test_without_trace_frames_no_frame_is_logged(serve):
     srv.wait_for_log(r'"GET /pid HTTP/1\.1" 200')
     assert srv.stop() == 0
     assert "frame master" not in srv.log and "--assign-->" not in srv.log
+
+
+def test_the_log_writer_writes_a_rounds_lines_to_a_file_at_once(tmp_path):
+    with open(tmp_path / "err.log", "w") as stream:
+        writer = logs.LogWriter(stream)
+        writer.batching = True                        # as in the loop: lines wait for the round's end
+        for n in range(1000):
+            writer.write(f"line {n}\n")
+        assert writer.pending_bytes > 0 and (tmp_path / "err.log").read_text() == ""
+        writer.flush()
+        assert writer.pending_bytes == 0
+    assert (tmp_path / "err.log").read_text() == "".join(f"line {n}\n" for n in range(1000))
