@@ -732,6 +732,19 @@ def ratio_lines(runs: List[Run], scenarios: List[Scenario]) -> List[str]:
     return lines
 
 
+def access_log_line(runs: List[Run]) -> List[str]:
+    """What the access log costs: hello-accesslog against hello-keepalive, minirr, per round."""
+    by_round: Dict[int, Dict[str, float]] = {}
+    for r in runs:
+        if r.server == "minirr" and not r.failed and r.scenario in ("hello-keepalive", "hello-accesslog"):
+            by_round.setdefault(r.round, {})[r.scenario] = r.req_s
+    ratios = [pair["hello-accesslog"] / pair["hello-keepalive"] for pair in by_round.values() if len(pair) == 2]
+    if not ratios:
+        return []
+    return [f"- access log on/off (hello-accesslog/hello-keepalive req/s): {statistics.median(ratios):.3f}x "
+            f"(rounds: {', '.join(f'{x:.3f}' for x in ratios)})"]
+
+
 def summary_text(runs: List[Run], scenarios: List[Scenario], copy_rates: Dict[str, float]) -> str:
     headers = ["RSS worker MB (max)" if h == "RSS workers MB" else h for h, _ in COLUMNS]
     groups: Dict[Tuple[str, str], List[Run]] = {}
@@ -740,6 +753,7 @@ def summary_text(runs: List[Run], scenarios: List[Scenario], copy_rates: Dict[st
     rows = [run_row(median_run(group)) for group in groups.values()]
     parts = ["Medians over rounds (non-2xx and sock err: totals):", "", markdown_table(headers, rows), ""]
     parts += ratio_lines(runs, scenarios)
+    parts += access_log_line(runs)
     body_runs = [median_run(g) for (s, srv), g in groups.items() if srv == "minirr" and SCENARIOS[s].reports_throughput]
     for run in body_runs:
         for family, rate in copy_rates.items():
