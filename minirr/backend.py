@@ -279,7 +279,7 @@ class Backend:
         if was is STOPPING and not failure:
             log.info("%s stopped (%s)", worker, reason)
         elif was is STOPPING:
-            log.warning("%s %s after %s", worker, how, failure)
+            log.warning("%s %s; the master had given up on it: %s", worker, how, failure)
         elif was is STARTING:
             log.error("%s %s before it was ready; next start in %.1fs", worker, how,
                       max(0.0, self.pool.next_start_at - self.loop.clock()))

@@ -60,6 +60,6 @@ class FrameError(MinirrError):
 
 class ClientDisconnected(MinirrError, OSError):
     """The client of a response being streamed went away: the master said STOP
-    (wire-protocol.md §2.7). Raised in a worker by a WSGI app's write() callable, so an
+    (docs/external-workers.md, Streamed responses). Raised in a worker by a WSGI app's write() callable, so an
     app that writes in a loop stops there; an OSError, as a broken socket is in servers
     where the app's process writes to the client itself."""

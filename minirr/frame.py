@@ -3,7 +3,7 @@
 Owns: the 12-byte header layout, its CRC, option words, the incremental decoder.
 Never: touches a file descriptor, a clock or a process. Bytes in, frames out.
 
-Layout (all integers little-endian; see shared/reference/wire-protocol.md §1):
+Layout (all integers little-endian; see docs/external-workers.md, Frames):
 
     offset  size  field
     0       1     version (high nibble, = 1) | header length in 32-bit words (low nibble)

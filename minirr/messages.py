@@ -26,7 +26,7 @@ _decode_json = json.JSONDecoder().decode   # on str: json.loads(bytes) sniffs th
 
 def canonical_header_name(name: str) -> str:
     """`x-test` -> `X-Test`: the spelling Go's net/http gives header names, which
-    RoadRunner worker libraries index by (wire-protocol.md §2)."""
+    RoadRunner worker libraries index by (docs/external-workers.md, What a worker must do)."""
     return "-".join(word[:1].upper() + word[1:].lower() for word in name.split("-"))
 
 
@@ -167,7 +167,7 @@ class HeadCache(dict):
         return value
 
 
-# The request head with its constant parts written out once (wire-protocol.md §2.2);
+# The request head with its constant parts written out once (docs/external-workers.md, What a worker must do);
 # only the %s fields change per request.
 _REQUEST_HEAD = ('{"remoteAddr":%s,"protocol":%s,"method":%s,"uri":%s,"headers":{%s},"cookies":%s,'
                  '"rawQuery":%s,"parsed":false,"uploads":null,"attributes":{}}')
@@ -299,7 +299,7 @@ def encode_response_head(response: Response) -> bytes:
 
 def decode_response_head(head: bytes) -> Tuple[int, HeaderList, bool]:
     """-> (status, header pairs, stop). `stop` is a worker asking to be recycled
-    (wire-protocol.md §2.6). Raises ValueError on anything that is not a valid head:
+    (docs/external-workers.md, What a worker must do). Raises ValueError on anything that is not a valid head:
     the head comes from a worker, which the master does not trust (STYLE.md §10), so
     every type is checked, and a head nested too deeply for the decoder is refused too.
 

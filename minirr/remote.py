@@ -196,7 +196,8 @@ def run_reset(address: control.Address, reset_timeout_s: float, out: TextIO = sy
         return _fail(f"reset failed: {exc}", err)
     finally:
         client.close()
-    out.write(f"reset: replaced {result['replaced']} workers in {result['seconds']:.1f}s\n")
+    replaced = result["replaced"]
+    out.write(f"reset: replaced {replaced} worker{'s' if replaced != 1 else ''} in {result['seconds']:.1f}s\n")
     return EXIT_OK
 
 

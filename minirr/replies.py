@@ -14,7 +14,7 @@ Never: starts, stops or kills a worker, or decides its fate: when an answer ends
     FrameStart (large) ──> head collected ──> front.begin(head, Content-Length) ──> FramePart ...
     client backlogged ──> channel.pause_reading(); conn.wait_for_drain() ──> front calls resume()
 
-The wire is RoadRunner's (wire-protocol.md §2.3 and §2.7): the first frame's head gives
+The wire is RoadRunner's (docs/external-workers.md, What a worker must do, and Streamed responses): the first frame's head gives
 status and headers; later pieces of a stream repeat it or carry none.
 """
 
@@ -64,12 +64,12 @@ class Replies:
             if job.cancelled:                  # the client left before we knew it streams
                 self._stop_stream(worker, job, now)
         if item.stream & PING:
-            worker.channel.write(PONG_FRAME)   # wire-protocol.md §2.7: answer every PING, at once
+            worker.channel.write(PONG_FRAME)   # docs/external-workers.md: answer every PING, at once
         if item.flags & ERROR:
             self._on_soft_error(worker, job, bytes(item.payload[:200]), now, more)
             return
         # The first frame's head gives status and headers; a later piece of a stream may
-        # repeat it (skipped) or carry none (wire-protocol.md §2.7).
+        # repeat it (skipped) or carry none (docs/external-workers.md, Streamed responses).
         head_len = item.options[0] if item.options else (0 if job.streaming else -1)
         if not 0 <= head_len <= len(item.payload):
             self._on_bad_response(worker, job, "a response frame without its head length option")
@@ -243,7 +243,7 @@ class Replies:
         """The client left while its job was at a worker. A stream is told to STOP (now, or
         when its first STREAM frame shows it streams); what the worker still sends is
         dropped until its final frame, and then it is free again. A worker that goes on
-        past destroy_timeout is killed (wire-protocol.md §2.7)."""
+        past destroy_timeout is killed (docs/external-workers.md, Streamed responses)."""
         worker = job.worker
         if worker is None or worker.job is not job or worker.channel is None:
             return

@@ -157,7 +157,7 @@ class DateCache:
 # ---- a worker's JSON head, as HTTP --------------------------------------------------------
 
 class ResponseHead(NamedTuple):
-    status: int                        # 0: the worker asks to be recycled instead (wire-protocol.md §2.6)
+    status: int                        # 0: the worker asks to be recycled instead (docs/external-workers.md, What a worker must do)
     http: bytes                        # status line and the app's header lines (response_head)
     content_length: Optional[int]      # the app's own Content-Length, if it gave one
 

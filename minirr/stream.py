@@ -27,7 +27,7 @@ log = logging.getLogger("minirr.worker")     # it runs in the worker: its lines 
 
 
 class ResponseStream:
-    """The frames of a response whose body comes in blocks (wire-protocol.md §2.7).
+    """The frames of a response whose body comes in blocks (docs/external-workers.md, Streamed responses).
 
         first block   STREAM  [head_len] head‖block     status and headers go with it
         next blocks   STREAM  [0] block

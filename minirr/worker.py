@@ -15,7 +15,7 @@ Never: sees HTTP bytes or sockets; only frames on two descriptors and Request ob
       |-- CONTROL|JSON {"stop": true} -------->|  exit 0
 
 A body given as an iterable (a generator) is streamed (stream.py): each block leaves as a
-frame of its own as soon as it is produced (wire-protocol.md §2.7):
+frame of its own as soon as it is produced (docs/external-workers.md, Streamed responses):
 
       |<--- STREAM [head_len] head‖block 1 ----|  status and headers go with the first block
       |<--- STREAM [0] block 2 ----------------|  (between blocks: a look for STOP, no wait)

@@ -1,4 +1,4 @@
-"""Goridge frame coding: the worked examples of wire-protocol.md, fed three ways."""
+"""Goridge frame coding: the worked examples of docs/external-workers.md, fed three ways."""
 
 import pytest
 

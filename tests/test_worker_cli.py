@@ -1,4 +1,4 @@
-"""`python -m minirr.worker` over stdin/stdout speaks wire-protocol.md's worked examples,
+"""`python -m minirr.worker` over stdin/stdout speaks docs/external-workers.md's worked examples,
 byte for byte: driven here directly with pipes and minirr.frame, no master involved."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from minirr.messages import Request, encode_request_head
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = ROOT / "tests" / "workers"
 
-# wire-protocol.md §1, worked examples
+# docs/external-workers.md, worked examples
 HANDSHAKE = bytes.fromhex("13 09 0c 00 00 00 5f 0c 46 73 00 00") + b'{"pid":4242}'
 RESPONSE = bytes.fromhex("14 08 20 00 00 00 d1 05 c7 b9 00 00 1b 00 00 00") + b'{"status":200,"headers":{}}Hello'
 STOP = frame.encode(frame.CONTROL | frame.CODEC_JSON, b'{"stop":true}')

@@ -131,7 +131,9 @@ def run(requests: int, master: bool, close: bool = False) -> float:
 
 def trace_one(close: bool) -> None:
     """The master's Python calls for one request cycle (after a warm-up one), in order, with
-    the modules they are in: how far a reader must jump to follow one request."""
+    the modules they are in: how far a reader must jump to follow one request. With
+    `close`, each request comes on a new connection (accepted by the listener) and asks
+    to close it."""
     import sys as _sys
     calls = []
 
@@ -142,7 +144,16 @@ def trace_one(close: bool) -> None:
                 calls.append((module, frame_.f_code.co_name))
     server = build_server()
     worker, proc, client, peer, response = cycle_parts(server)
+    listener = server.front.listener
     for traced in (False, True):
+        if close:
+            peer = socket.create_connection(server.address)
+        if traced:
+            _sys.setprofile(profiler)
+        if close:
+            listener.on_event(READ)
+            client = next(reversed(listener.connections.values()))   # the one just accepted
+        _sys.setprofile(None)
         peer.send(CLOSE_REQUEST if close else REQUEST)
         if traced:
             _sys.setprofile(profiler)
@@ -157,6 +168,8 @@ def trace_one(close: bool) -> None:
             server.loop.run_soon()
         _sys.setprofile(None)
         peer.recv(65536)
+        if close:
+            peer.close()
     switches = sum(1 for a, b in zip(calls, calls[1:]) if a[0] != b[0])
     modules = sorted({module for module, _ in calls})
     for module, name in calls:
