@@ -460,7 +460,7 @@ def test_life_of_a_request_cites_each_step() -> None:
     cited = set(cited_names(text))
     steps = ["listener.Listener.on_event", "connection.Connection._on_readable", "http11.RequestParser.next_event",
              "frontend.Frontend.on_request", "jobs.Jobs.submit", "backend.Backend.dispatch", "frame.describe",
-             "worker.serve", "worker._answer", "channel.WorkerChannel._on_readable", "replies.Replies.on_item",
+             "worker.serve", "worker._answer", "channel.WorkerChannel.on_event", "replies.Replies.on_frame",
              "frontend.Frontend.answer", "connection.Connection.respond", "backend.Backend.on_exit",
              "backend.Backend.release", "backend.Backend.begin_reload", "stream.ResponseStream.send_body",
              "replies.Replies.abandon"]
