@@ -2,7 +2,8 @@
 
 Owns: the per-connection parser state machine: finding request heads and bodies in
 the byte stream, message-body framing (Content-Length and chunked), the size limits,
-the keep-alive decision, the 100-continue signal.
+the keep-alive decision, the 100-continue signal. A chunked body's own framing is
+read by `chunked.ChunkedReader`, which this parser hands its buffer to.
 Never: touches a socket, a clock or a process; percent-decodes the target; looks inside
 bodies; writes responses (responses.py does: h11's split of readers and writers); knows
 the server's address or which proxies it trusts (the frontend finishes each Request).
@@ -20,16 +21,11 @@ One RequestParser parses one request at a time. After handing out a Request it a
 PAUSED until the server calls `start_next_cycle()` (the response is fully sent), so
 pipelined requests stay in the buffer and responses leave in request order.
 
-    HEAD ──request_without_body──────────────────────────────► PAUSED
-     │ ──content_length──► BODY ──body_complete─────────────────► ▲
-     │ ──chunked──► CHUNK_SIZE ──chunk_started──► CHUNK_DATA       │
-     │                ▲   │                          │ chunk_read  │
-     │                │   │ last_chunk               ▼             │
-     │                │   └──────────► TRAILERS   CHUNK_END        │
-     │                └──chunk_closed────┼───────────┘             │
-     │                                   └──trailers_complete──────┘
-     ▲                                                             │
-     └──────────────────────── next_cycle ◄────────────────────────┘
+    HEAD ──request_without_body──────────────────► PAUSED
+     │ ──content_length──► BODY ──body_complete──────► ▲
+     │ ──chunked──► CHUNKED ──body_complete────────────┘ (chunked.py reads the chunks)
+     ▲                                                 │
+     └──────────────────── next_cycle ◄────────────────┘
     any reading state --eof--> CLOSED;  PAUSED --close--> CLOSED (request said close)
     any reading state --error--> FAILED (poisoned: next_event raises the error again)
 
@@ -51,10 +47,11 @@ import enum
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
+from .chunked import ChunkedReader
 from .errors import ProtocolError
-from .grammar import (CHUNK_LINE_RE, EMPTY_LINES_RE, HEAD_RE, MAX_CHUNK_DIGITS, SINGLE_VALUE_FIELDS,
-                      asks_to_close, check_host, check_single_values, check_trailer_section,
-                      check_transfer_coding, content_length, head_error, http_version, split_target)
+from .grammar import (EMPTY_LINES_RE, HEAD_RE, SINGLE_VALUE_FIELDS, asks_to_close, check_host,
+                      check_single_values, check_transfer_coding, content_length, head_error,
+                      http_version, split_target)
 from .messages import Request
 from .sections import SectionScan
 
@@ -93,10 +90,7 @@ class RequestLimits:
 class State(enum.Enum):
     HEAD = "reading a request line and header section"
     BODY = "reading a Content-Length body"
-    CHUNK_SIZE = "reading a chunk-size line"
-    CHUNK_DATA = "reading chunk data"
-    CHUNK_END = "reading the CRLF after chunk data"
-    TRAILERS = "reading the trailer section"
+    CHUNKED = "reading a chunked body and its trailers (chunked.ChunkedReader)"
     PAUSED = "a Request is out, waiting for start_next_cycle()"
     CLOSED = "done: the peer closed or the last request asked to close"
     FAILED = "poisoned by a protocol error"
@@ -106,19 +100,14 @@ class State(enum.Enum):
     __hash__ = object.__hash__
 
 
-_READING = (State.HEAD, State.BODY, State.CHUNK_SIZE, State.CHUNK_DATA, State.CHUNK_END,
-            State.TRAILERS)
+_READING = (State.HEAD, State.BODY, State.CHUNKED)
 
 TRANSITIONS: Dict[Tuple[State, str], State] = {
     (State.HEAD, "request_without_body"): State.PAUSED,
     (State.HEAD, "content_length"): State.BODY,
-    (State.HEAD, "chunked"): State.CHUNK_SIZE,
+    (State.HEAD, "chunked"): State.CHUNKED,
     (State.BODY, "body_complete"): State.PAUSED,
-    (State.CHUNK_SIZE, "chunk_started"): State.CHUNK_DATA,
-    (State.CHUNK_SIZE, "last_chunk"): State.TRAILERS,
-    (State.CHUNK_DATA, "chunk_read"): State.CHUNK_END,
-    (State.CHUNK_END, "chunk_closed"): State.CHUNK_SIZE,
-    (State.TRAILERS, "trailers_complete"): State.PAUSED,
+    (State.CHUNKED, "body_complete"): State.PAUSED,
     (State.PAUSED, "next_cycle"): State.HEAD,
     (State.PAUSED, "close"): State.CLOSED,
     # terminal states absorb a late start_next_cycle() from the server
@@ -179,9 +168,8 @@ class RequestParser:
         self.close_requested = False
         self._expect_continue = False  # CONTINUE still owed (RFC 9110 §10.1.1)
         self._body_parts: List[bytes] = []
-        self._body_left = 0            # bytes still owed by Content-Length or the current chunk
-        self._body_size = 0            # de-chunked bytes so far, against max_request_size
-        self._ext_bytes = 0            # chunk-extension bytes so far
+        self._body_left = 0            # bytes still owed by Content-Length
+        self._chunks: Optional[ChunkedReader] = None  # the reader of a chunked body
         self._scan.new_request()
 
     # --- public API ------------------------------------------------------------------
@@ -326,7 +314,7 @@ class RequestParser:
         codings = special.get("transfer-encoding")
         if codings is not None:
             check_transfer_coding(codings, protocol, "content-length" in special)
-            self._scan.start_section(request_line=False)
+            self._chunks = ChunkedReader(self._limits, self._scan)
             _advance(self, "chunked")
             return None
         lengths = special.get("content-length")
@@ -344,16 +332,7 @@ class RequestParser:
         _advance(self, event)
         return request
 
-    # --- the message body (RFC 9112 §6, §7.1) -----------------------------------------
-
-    def _take_body_bytes(self) -> None:
-        """Move up to `_body_left` buffered bytes into the body."""
-        buf = self._buf
-        if buf and self._body_left:
-            take = min(len(buf), self._body_left)
-            self._body_parts.append(bytes(memoryview(buf)[:take]))
-            del buf[:take]
-            self._body_left -= take
+    # --- the message body (RFC 9112 §6) -----------------------------------------------
 
     def _wait_for_body(self):
         if self._eof:
@@ -365,89 +344,20 @@ class RequestParser:
         return NEED_DATA
 
     def _step_body(self):
-        self._take_body_bytes()
+        buf = self._buf
+        if buf:  # body bytes still in the buffer (receive_data moves most straight into the body)
+            take = min(len(buf), self._body_left)
+            self._body_parts.append(bytes(memoryview(buf)[:take]))
+            del buf[:take]
+            self._body_left -= take
         if self._body_left:
             return self._wait_for_body()
         return self._complete("body_complete")
 
-    def _step_chunk_size(self):
-        buf = self._buf
-        nl = buf.find(b"\n", self._scan.search_at)
-        if nl < 0:
-            self._check_chunk_line_length(len(buf) - buf.endswith(b"\r"))
-            self._scan.search_at = len(buf)
-            return self._wait_for_body()
-        has_cr = nl > 0 and buf[nl - 1] == 13
-        self._check_chunk_line_length(nl - has_cr)
-        if not has_cr:
-            raise ProtocolError("bare LF after chunk size (RFC 9112 §7.1: lines end with CRLF)")
-        match = CHUNK_LINE_RE.fullmatch(buf, 0, nl - 1)
-        if match is None:
-            raise ProtocolError("malformed chunk size line (RFC 9112 §7.1)")
-        digits = match.group(1)
-        if len(digits) > MAX_CHUNK_DIGITS:
-            raise ProtocolError(f"chunk size has more than {MAX_CHUNK_DIGITS} hex digits")
-        self._count_chunk_extensions(nl - 1 - len(digits))
-        size = int(digits, 16)
-        del buf[:nl + 1]
-        self._scan.search_at = 0
-        if size == 0:
-            self._scan.start_section(request_line=False, trailers=True)
-            _advance(self, "last_chunk")
-            return None
-        limit = self._limits.max_request_size
-        if self._body_size + size > limit:
-            raise ProtocolError(f"request body exceeds {limit} bytes", 413)
-        self._body_size += size
-        self._body_left = size
-        _advance(self, "chunk_started")
-        return None
-
-    def _check_chunk_line_length(self, length: int) -> None:
-        limit = self._limits.limit_request_field_size
-        if length > limit:
-            raise ProtocolError(f"chunk size line exceeds {limit} bytes", 431)
-
-    def _count_chunk_extensions(self, ext_bytes: int) -> None:
-        """Extensions are tolerated and ignored (RFC 9112 §7.1.1), but bounded per request:
-        each costs parsing time and carries no body bytes."""
-        self._ext_bytes += ext_bytes
-        limit = self._limits.limit_request_field_size
-        if self._ext_bytes > limit:
-            raise ProtocolError(f"chunk extensions exceed {limit} bytes", 431)
-
-    def _step_chunk_data(self):
-        self._take_body_bytes()
-        if self._body_left:
-            return self._wait_for_body()
-        _advance(self, "chunk_read")
-        return None
-
-    def _step_chunk_end(self):
-        buf = self._buf
-        if buf[:2] == b"\r\n":
-            del buf[:2]
-            _advance(self, "chunk_closed")
-            return None
-        if len(buf) >= 2 or buf[:1] not in (b"", b"\r"):
-            raise ProtocolError("chunk data not followed by CRLF (RFC 9112 §7.1)")
+    def _step_chunked(self):
+        if self._chunks.read(self._buf, self._body_parts):
+            return self._complete("body_complete")
         return self._wait_for_body()
-
-    def _step_trailers(self):
-        buf = self._buf
-        if buf[:2] == b"\r\n":
-            del buf[:2]  # no trailer fields: the last-chunk is followed by the final CRLF
-            return self._complete("trailers_complete")
-        scan = self._scan
-        end = buf.find(b"\r\n\r\n", scan.search_at)
-        if end < 0:
-            scan.check_partial(buf)
-            scan.search_at = max(0, len(buf) - 3)
-            return self._wait_for_body()
-        scan.check_complete(buf, end)
-        check_trailer_section(buf[:end].decode("latin-1"))
-        del buf[:end + 4]  # trailers are checked, then discarded
-        return self._complete("trailers_complete")
 
     def _step_paused(self):
         return PAUSED
@@ -461,10 +371,7 @@ class RequestParser:
 _STEPS: Dict[State, Callable[[RequestParser], object]] = {
     State.HEAD: RequestParser._step_head,
     State.BODY: RequestParser._step_body,
-    State.CHUNK_SIZE: RequestParser._step_chunk_size,
-    State.CHUNK_DATA: RequestParser._step_chunk_data,
-    State.CHUNK_END: RequestParser._step_chunk_end,
-    State.TRAILERS: RequestParser._step_trailers,
+    State.CHUNKED: RequestParser._step_chunked,
     State.PAUSED: RequestParser._step_paused,
     State.CLOSED: RequestParser._step_closed,
 }

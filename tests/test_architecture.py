@@ -19,7 +19,8 @@ ALLOWED = {
     "frame": {"errors"},
     "grammar": {"errors"},
     "sections": {"errors"},
-    "http11": {"errors", "grammar", "messages", "sections"},
+    "chunked": {"errors", "grammar"},
+    "http11": {"chunked", "errors", "grammar", "messages", "sections"},
     "responses": {"grammar", "messages"},
     "config": {"errors"},
     "control": {"errors", "frame", "http11"},
@@ -112,7 +113,7 @@ def test_worker_side_never_sees_http():
 def test_no_module_is_longer_than_a_reader_can_hold(name):
     """STYLE.md §2: split a module past ~400 lines along an ownership line."""
     lines = len((PACKAGE / f"{name}.py").read_text().splitlines())
-    assert lines <= 480, f"{name}.py has {lines} lines"
+    assert lines <= 410, f"{name}.py has {lines} lines"
 
 
 def test_no_two_classes_share_a_name():
