@@ -67,6 +67,15 @@ def stream_wsgi(environ: dict, start_response: StartResponse) -> Iterable[bytes]
     return (STREAM_BLOCK for _ in range(mebibytes * 16))
 
 
+def big_wsgi(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+    """One answer of `?mb=N` MiB (default 10) in one block with Content-Length: a worker
+    sends it as one frame (tests/bench/slow_readers.py)."""
+    mebibytes = int(environ.get("QUERY_STRING", "").partition("mb=")[2] or 10)
+    body = b"b" * (mebibytes * 1024 * 1024)
+    start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
 def pause_stream_wsgi(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
     """Two blocks a second apart: the first must reach the client at once (PEP 3333)."""
     import time
