@@ -53,12 +53,5 @@ def rig():
     """Factory: rig(**kwargs) -> backrig.BackRig (the backend's parts wired as server.py
     wires them, with a fake front and launcher); each is finished at teardown."""
     from backrig import BackRig
-    made = []
-
-    def make(**kwargs) -> BackRig:
-        made.append(BackRig(**kwargs))
-        return made[-1]
-
-    yield make
-    for r in made:
-        r.finish()
+    from fakes import made_and_finished
+    yield from made_and_finished(BackRig, BackRig.finish)

@@ -4,7 +4,8 @@ parts run one step at a time.
 Owns: FakeSelector (the selector methods loop.Loop uses, with the events a test scripts,
       or the readiness of real descriptors asked with a zero timeout), FakeClock (a clock
       that moves only when the test says so), FakeProcess (launch.WorkerProcess's
-      attributes over real pipes, no process) and FakeLauncher (hands those out).
+      attributes over real pipes, no process) and FakeLauncher (hands those out); the
+      body of the factory fixtures (made_and_finished).
 Never: fakes the bytes. Tests use real socketpairs and pipes: only waiting, time and
        process creation are taken out of the picture, so no test sleeps and none depends
        on the machine's speed.
@@ -143,6 +144,20 @@ class FakeClock:
     def advance(self, seconds: float) -> float:
         self.now += seconds
         return self.now
+
+
+def made_and_finished(build, finish):
+    """The body of a factory fixture: yields `make(**kwargs)`, which builds with `build`,
+    and at teardown runs `finish` on everything made (`yield from` it in the fixture)."""
+    made = []
+
+    def make(**kwargs):
+        made.append(build(**kwargs))
+        return made[-1]
+
+    yield make
+    for thing in made:
+        finish(thing)
 
 
 def spin(loop, rounds: int = 20) -> None:

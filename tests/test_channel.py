@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from fakes import READ, WRITE, FakeClock, FakeProcess, FakeSelector, spin
+from fakes import READ, WRITE, FakeClock, FakeProcess, FakeSelector, made_and_finished, spin
 from minirr import frame
 from minirr.channel import EXIT_OUTPUT_BYTES, OUTPUT_LINE_LIMIT, OUTPUT_LINES_PER_ROUND, WorkerChannel
 from minirr.frame import CODEC_JSON, Frame, FramePart, FrameStart
@@ -63,19 +63,14 @@ class Setup:
     def round(self, count: int = 1) -> None:
         spin(self.loop, count)
 
+    def finish(self) -> None:
+        self.channel.close()
+        self.proc.finish()
+
 
 @pytest.fixture
 def setup():
-    made = []
-
-    def make(**process) -> Setup:
-        made.append(Setup(**process))
-        return made[-1]
-
-    yield make
-    for s in made:
-        s.channel.close()
-        s.proc.finish()
+    yield from made_and_finished(Setup, Setup.finish)
 
 
 def test_open_watches_frames_output_and_exit(setup):

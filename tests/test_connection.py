@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from fakes import READ, WRITE, FakeClock, FakeSelector, spin
+from fakes import READ, WRITE, FakeClock, FakeSelector, made_and_finished, spin
 from minirr import control, frame
 from minirr.connection import CONTINUE_RESPONSE, HIGH_WATER_BYTES, LOW_WATER_BYTES, Connection
 from minirr.control import Call, CallParser, ControlError
@@ -109,15 +109,7 @@ class Setup:
 
 @pytest.fixture
 def setup():
-    made = []
-
-    def make(**kwargs) -> Setup:
-        made.append(Setup(**kwargs))
-        return made[-1]
-
-    yield make
-    for s in made:
-        s.close()
+    yield from made_and_finished(Setup, Setup.close)
 
 
 def assert_closed(s: Setup) -> None:

@@ -12,7 +12,7 @@ import stat
 
 import pytest
 
-from fakes import READ, FakeClock, FakeSelector, spin
+from fakes import READ, FakeClock, FakeSelector, made_and_finished, spin
 from minirr.errors import MinirrError
 from minirr.lifecycle import CLOSED, IDLE, WAITING
 from minirr.listener import (ACCEPT_BACKOFF_S, ACCEPTS_PER_ROUND, Listener, bind, file_identity,
@@ -165,15 +165,7 @@ class Setup:
 
 @pytest.fixture
 def setup():
-    made = []
-
-    def make(**kwargs) -> Setup:
-        made.append(Setup(**kwargs))
-        return made[-1]
-
-    yield make
-    for s in made:
-        s.close()
+    yield from made_and_finished(Setup, Setup.close)
 
 
 def test_accepted_sockets_become_started_non_blocking_connections(setup):
