@@ -120,8 +120,12 @@ def test_workers_json_counts_every_request(serve):
 def test_workers_interactive_redraws_until_ctrl_c(serve):
     srv = serve(CONFIG)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # Ctrl-C in a terminal reaches a process whose SIGINT is at its default. A suite run as
+    # a background job (`pytest &`, as a shell without job control starts it) passes SIGINT
+    # on ignored, and Python then leaves it ignored: put it back, as a terminal would have it.
     proc = subprocess.Popen([sys.executable, "-m", "minirr", "workers", "-i", "-c", str(srv.config_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     reader = threading.Thread(target=lambda: seen.extend(proc.stdout), daemon=True)
     reader.start()
