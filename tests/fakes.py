@@ -146,6 +146,21 @@ class FakeClock:
         return self.now
 
 
+def read_available(read) -> bytes:
+    """All that `read()` (a read of a non-blocking descriptor) gives until it would block
+    or reaches the end."""
+    chunks = []
+    while True:
+        try:
+            data = read()
+        except BlockingIOError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
+
+
 def made_and_finished(build, finish):
     """The body of a factory fixture: yields `make(**kwargs)`, which builds with `build`,
     and at teardown runs `finish` on everything made (`yield from` it in the fixture)."""
@@ -216,16 +231,7 @@ class FakeProcess:
 
     def read_requests(self) -> bytes:
         """Everything the master has written to the worker so far."""
-        chunks = []
-        while True:
-            try:
-                data = os.read(self.requests_r, 1 << 20)
-            except BlockingIOError:
-                break
-            if not data:
-                break
-            chunks.append(data)
-        return b"".join(chunks)
+        return read_available(lambda: os.read(self.requests_r, 1 << 20))
 
     def send(self, data: bytes) -> None:
         _write_all(self.responses_w, data, "the frame pipe")

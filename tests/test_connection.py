@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from fakes import READ, WRITE, FakeClock, FakeSelector, made_and_finished, spin
+from fakes import READ, WRITE, FakeClock, FakeSelector, made_and_finished, read_available, spin
 from minirr import control, frame
 from minirr.connection import CONTINUE_RESPONSE, HIGH_WATER_BYTES, LOW_WATER_BYTES, Connection
 from minirr.control import Call, CallParser, ControlError
@@ -82,16 +82,7 @@ class Setup:
 
     def received(self) -> bytes:
         """What the peer can read now (without waiting)."""
-        chunks = []
-        while True:
-            try:
-                data = self.peer.recv(1 << 20)
-            except BlockingIOError:
-                break
-            if not data:
-                break
-            chunks.append(data)
-        return b"".join(chunks)
+        return read_available(lambda: self.peer.recv(1 << 20))
 
     def peer_sees_eof(self) -> bool:
         try:
