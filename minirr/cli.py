@@ -86,14 +86,14 @@ def _config_or_exit(args) -> config_module.Config:
 
 
 def make_launcher(config: config_module.Config):
-    from . import command, launch
+    from .master import command, launch
     if config.server.command:
         return command.CommandLauncher(config)
     return launch.ForkLauncher(config.server.app, config.server.factory, config.server.interface, config.base_dir)
 
 
 def cmd_serve(args) -> int:
-    from .server import Server
+    from .master.server import Server
     config = _config_or_exit(args)
     log_writer = logs.configure(config.logs.level, config.logs.format)
     try:
@@ -119,7 +119,7 @@ def cmd_serve(args) -> int:
 
 
 def _control_address(config: config_module.Config):
-    from . import control
+    from .master import control
     try:
         return control.parse_listen(config.rpc.listen, config.base_dir)
     except MinirrError as exc:

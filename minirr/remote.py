@@ -19,10 +19,10 @@ import sys
 import time
 from typing import Optional, TextIO
 
-from . import control
-from .control import ControlError, UnixAddress
+from .master import control
+from .master.control import ControlError, UnixAddress
 from .errors import FrameError, MinirrError
-from .frame import FrameDecoder
+from .wire.frame import FrameDecoder
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -20,15 +20,15 @@ import random
 from typing import List, Optional
 
 from fakes import FakeClock, FakeLauncher, FakeProcess, FakeSelector, spin
-from minirr import frame
-from minirr.backend import Backend
+from minirr.wire import frame
+from minirr.master.backend import Backend
 from minirr.config import Config, PoolConfig, SupervisorConfig
-from minirr.frame import CODEC_JSON, CONTROL
-from minirr.jobs import Job, Jobs
-from minirr.loop import Loop
-from minirr.messages import Request
-from minirr.metrics import ServerMetrics
-from minirr.pool import Pool
+from minirr.wire.frame import CODEC_JSON, CONTROL
+from minirr.master.jobs import Job, Jobs
+from minirr.master.loop import Loop
+from minirr.wire.messages import Request
+from minirr.master.metrics import ServerMetrics
+from minirr.master.pool import Pool
 
 
 class Client:

@@ -1,6 +1,14 @@
-"""The architecture as tests (STYLE.md §1 and §3): the allowed import graph, written out
-as a list a reader can check the code against; the protocol and decision modules do no
-I/O; the worker side never sees HTTP."""
+"""The architecture as tests: the folders are the layers, the allowed import graph is a
+list a reader can check the code against, and the modules that decide do no I/O.
+
+    minirr/            the edges: cli, config, errors, logs, remote (the cli's client)
+    minirr/http/       HTTP/1.1 as bytes (no I/O)
+    minirr/wire/       frames and messages between master and workers (no I/O)
+    minirr/master/     the loop and its parts
+    minirr/worker/     inside a worker: the request loop, streams, WSGI
+
+Modules are named by their path in the package: `master.backend` is minirr/master/backend.py.
+"""
 
 import ast
 from pathlib import Path
@@ -9,63 +17,112 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "minirr"
 
-# Every module of minirr and what it may import of minirr (relative imports). Read from
-# the bottom up: the leaves first, then the pure layer, the master's parts, the top.
+# What each layer may import of minirr. A module may always import its own layer's
+# modules (as its entry in ALLOWED lists them) and the layers named here.
+LAYERS = {
+    "": {"", "http", "wire", "master", "worker"},     # the edges (cli starts the master)
+    "http": {"", "http", "wire"},  # errors; the parser makes wire.messages.Request objects
+    "wire": {"", "wire"},          # errors only
+    "master": {"", "http", "wire", "master", "worker"},   # worker: only launch, to run its entry point
+    "worker": {"", "wire", "worker"},
+}
+
+# Every module of minirr and what it may import of minirr. Read from the bottom up.
 ALLOWED = {
-    # leaves: the standard library only
-    "errors": set(), "messages": set(), "forwarded": set(), "loop": set(), "logs": set(),
-    "metrics": set(), "notify": set(), "procfs": set(),
-    # the pure layer: bytes and str in, bytes, str and decisions out
-    "frame": {"errors"},
-    "grammar": {"errors"},
-    "sections": {"errors"},
-    "chunked": {"errors", "grammar"},
-    "http11": {"chunked", "errors", "grammar", "messages", "sections"},
-    "responses": {"grammar", "messages"},
+    # the edges
+    "errors": set(), "logs": set(),
     "config": {"errors"},
-    "control": {"errors", "frame", "http11"},
-    "lifecycle": {"errors"},
-    "pool": {"errors"},
-    "supervisor": {"pool"},
-    "jobs": {"logs", "metrics", "pool"},
-    # the master's parts (server.py wires them)
-    "listener": {"errors", "lifecycle", "loop"},
-    "connection": {"errors", "http11", "lifecycle", "loop"},
-    "channel": {"errors", "frame", "loop"},
-    "replies": {"channel", "frame", "jobs", "pool", "responses"},
-    "backend": {"channel", "frame", "jobs", "messages", "pool", "replies"},
-    "frontend": {"config", "connection", "forwarded", "grammar", "http11", "jobs", "lifecycle", "listener",
-                 "loop", "responses"},
-    "operations": {"config", "connection", "control", "http11", "lifecycle", "listener", "loop", "metrics",
-                   "notify", "pool", "procfs", "responses", "supervisor"},
-    "server": {"backend", "config", "errors", "frontend", "jobs", "logs", "loop", "metrics", "operations", "pool",
-               "responses"},
-    # the worker side: frames and Request objects, never HTTP
-    "wsgi": {"errors", "messages"},
-    "stream": {"errors", "frame", "messages"},
-    "worker": {"frame", "messages", "stream", "wsgi"},
-    "launch": {"errors", "worker"},
-    "command": {"errors", "launch"},
-    # the top
-    "remote": {"control", "errors", "frame"},
-    "cli": {"__version__", "command", "config", "control", "errors", "launch", "logs", "remote", "server"},
-    "__init__": {"messages"},
+    "__init__": {"wire.messages"},
     "__main__": {"cli"},
+    "remote": {"errors", "master.control", "wire.frame"},
+    "cli": {"__init__", "config", "errors", "logs", "master.command", "master.control", "master.launch",
+            "master.server", "remote"},
+    # HTTP as bytes
+    "http.__init__": set(),
+    "http.grammar": {"errors"},
+    "http.sections": {"errors"},
+    "http.forwarded": set(),
+    "http.chunked": {"errors", "http.grammar"},
+    "http.parser": {"errors", "http.chunked", "http.grammar", "http.sections", "wire.messages"},
+    "http.responses": {"http.grammar", "wire.messages"},
+    # the wire
+    "wire.__init__": set(),
+    "wire.frame": {"errors"},
+    "wire.messages": set(),
+    # the master: pure decisions first, then the parts that own descriptors
+    "master.__init__": set(),
+    "master.lifecycle": {"errors"},
+    "master.pool": {"errors"},
+    "master.supervisor": {"master.pool"},
+    "master.metrics": set(),
+    "master.jobs": {"logs", "master.metrics", "master.pool"},
+    "master.control": {"errors", "http.parser", "wire.frame"},
+    "master.loop": set(),
+    "master.notify": set(),
+    "master.procfs": set(),
+    "master.listener": {"errors", "master.lifecycle", "master.loop"},
+    "master.connection": {"errors", "http.parser", "master.lifecycle", "master.loop"},
+    "master.channel": {"errors", "master.loop", "wire.frame"},
+    "master.replies": {"http.responses", "master.channel", "master.jobs", "master.pool", "wire.frame"},
+    "master.backend": {"master.channel", "master.jobs", "master.pool", "master.replies", "wire.frame",
+                       "wire.messages"},
+    "master.frontend": {"config", "http.forwarded", "http.grammar", "http.parser", "http.responses",
+                        "master.connection", "master.jobs", "master.lifecycle", "master.listener", "master.loop"},
+    "master.operations": {"config", "http.parser", "http.responses", "master.connection", "master.control",
+                          "master.lifecycle", "master.listener", "master.loop", "master.metrics", "master.notify",
+                          "master.pool", "master.procfs", "master.supervisor"},
+    "master.launch": {"errors", "worker.load", "worker.loop"},
+    "master.command": {"errors", "master.launch"},
+    "master.server": {"config", "errors", "http.responses", "logs", "master.backend", "master.frontend",
+                      "master.jobs", "master.loop", "master.metrics", "master.operations", "master.pool"},
+    # the worker side: frames and Request objects, never HTTP
+    "worker.__init__": set(),
+    "worker.__main__": {"worker.loop"},
+    "worker.wsgi": {"wire.messages"},
+    "worker.stream": {"errors", "wire.frame", "wire.messages"},
+    "worker.load": {"wire.messages", "worker.wsgi"},
+    "worker.loop": {"wire.frame", "wire.messages", "worker.load", "worker.stream"},
 }
 
 # Modules that work on bytes, str and numbers only: no sockets, processes, signals or clocks.
-PURE = ["frame", "messages", "http11", "grammar", "sections", "forwarded", "responses", "config", "control",
-        "lifecycle", "pool", "supervisor", "jobs", "metrics", "errors"]
-IO_MODULES = {"socket", "selectors", "select", "subprocess", "multiprocessing", "signal", "threading"}
+PURE = sorted(name for name in ALLOWED if name.split(".")[0] in ("http", "wire")) + [
+    "config", "errors", "master.lifecycle", "master.pool", "master.supervisor", "master.jobs", "master.metrics",
+    "master.control"]
+IO_MODULES = {"socket", "selectors", "select", "subprocess", "multiprocessing", "signal", "threading", "ssl",
+              "asyncio"}
 CLOCKS = {"time", "monotonic", "perf_counter", "sleep"}   # time.gmtime (a conversion) is fine
 
 
+def module_path(name: str) -> Path:
+    return PACKAGE.joinpath(*name.split(".")).with_suffix(".py")
+
+
+def layer_of(name: str) -> str:
+    return name.split(".")[0] if "." in name else ""
+
+
+def resolve(name: str, level: int, module) -> str:
+    """The dotted name (inside minirr) a relative import in module `name` names."""
+    parts = name.split(".")[:-1]            # the package the module is in
+    base = parts[:len(parts) - (level - 1)] if level > 1 else parts
+    return ".".join(base + ([module] if module else []))
+
+
 def imports_of(name):
-    tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+    """-> (minirr modules it imports, outside top-level modules it imports)."""
+    tree = ast.parse(module_path(name).read_text())
     internal, external = set(), set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            internal.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
+        if isinstance(node, ast.ImportFrom) and node.level:
+            target = resolve(name, node.level, node.module)
+            for alias in node.names:
+                candidate = f"{target}.{alias.name}" if target else alias.name
+                if module_path(candidate).exists() or (PACKAGE / candidate.replace(".", "/")).is_dir():
+                    internal.add(candidate if module_path(candidate).exists() else candidate + ".__init__")
+                elif target in ("", "__version__"):
+                    internal.add("__init__")
+                else:
+                    internal.add(target if module_path(target).exists() else target + ".__init__")
         elif isinstance(node, ast.ImportFrom) and node.module:
             external.add(node.module.split(".")[0])
         elif isinstance(node, ast.Import):
@@ -73,7 +130,7 @@ def imports_of(name):
     return internal, external
 
 
-MODULES = sorted(p.stem for p in PACKAGE.glob("*.py"))
+MODULES = sorted(".".join(p.relative_to(PACKAGE).with_suffix("").parts) for p in PACKAGE.rglob("*.py"))
 
 
 def test_every_module_is_in_the_graph():
@@ -87,8 +144,20 @@ def test_imports_follow_the_graph(name):
     assert "minirr" not in external, "inside the package, imports are relative (it is vendored as one folder)"
 
 
+@pytest.mark.parametrize("name", MODULES)
+def test_each_layer_imports_only_the_layers_below_it(name):
+    layers = {layer_of(target) for target in ALLOWED[name]}
+    assert layers <= LAYERS[layer_of(name)], f"{name} reaches into {sorted(layers - LAYERS[layer_of(name)])}"
+
+
+def test_the_master_uses_the_worker_side_only_to_start_it():
+    users = {name for name, allowed in ALLOWED.items()
+             if name.startswith("master.") and any(target.startswith("worker.") for target in allowed)}
+    assert users == {"master.launch"}
+
+
 def test_nothing_imports_server_or_cli():
-    importers = {name for name, allowed in ALLOWED.items() if allowed & {"server", "cli"}}
+    importers = {name for name, allowed in ALLOWED.items() if allowed & {"master.server", "cli"}}
     assert importers == {"cli", "__main__"}
 
 
@@ -96,30 +165,27 @@ def test_nothing_imports_server_or_cli():
 def test_protocol_and_decision_modules_do_no_io(name):
     _, external = imports_of(name)
     assert not external & IO_MODULES, f"{name} imports {sorted(external & IO_MODULES)}"
-    tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+    tree = ast.parse(module_path(name).read_text())
     clock_reads = [node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
                    and isinstance(node.value, ast.Name) and node.value.id == "time" and node.attr in CLOCKS]
     assert not clock_reads, f"{name} reads the clock ({clock_reads}): time is a parameter"
+    opens = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+             and isinstance(node.func, ast.Name) and node.func.id == "open"]
+    assert not opens, f"{name} opens a file"
 
 
 def test_worker_side_never_sees_http():
-    for name in ("worker", "stream", "wsgi"):
-        internal, external = imports_of(name)
-        assert not internal & {"http11", "grammar", "responses", "frontend", "server"}
-        assert "socket" not in external
-
-
-@pytest.mark.parametrize("name", MODULES)
-def test_no_module_is_longer_than_a_reader_can_hold(name):
-    """STYLE.md §2: split a module past ~400 lines along an ownership line."""
-    lines = len((PACKAGE / f"{name}.py").read_text().splitlines())
-    assert lines <= 410, f"{name}.py has {lines} lines"
+    for name in ALLOWED:
+        if name.startswith("worker."):
+            internal, external = imports_of(name)
+            assert not {target for target in internal if target.startswith(("http.", "master."))}
+            assert "socket" not in external
 
 
 def test_no_two_classes_share_a_name():
     seen = {}
     for name in MODULES:
-        for node in ast.walk(ast.parse((PACKAGE / f"{name}.py").read_text())):
+        for node in ast.walk(ast.parse(module_path(name).read_text())):
             if isinstance(node, ast.ClassDef):
-                assert node.name not in seen, f"class {node.name} in {name}.py and {seen[node.name]}.py"
+                assert node.name not in seen, f"class {node.name} in {name} and {seen[node.name]}"
                 seen[node.name] = name

@@ -1,4 +1,4 @@
-"""Worker lifecycle in the master (minirr.backend): starts and handshakes, fate through
+"""Worker lifecycle in the master (minirr.master.backend): starts and handshakes, fate through
 retire(), release after max_jobs, exits, timeouts and the reload; a fake launcher whose
 processes are real pipes played by the test (tests/backrig.py), a fake selector and clock."""
 
@@ -11,9 +11,9 @@ import os
 import pytest
 
 from fakes import READ
-from minirr import frame
-from minirr.frame import CODEC_JSON, CONTROL
-from minirr.pool import BOOT_BACKOFF_FIRST_S, DEAD, READY, STARTING, STOPPING, WORKING, Reason
+from minirr.wire import frame
+from minirr.wire.frame import CODEC_JSON, CONTROL
+from minirr.master.pool import BOOT_BACKOFF_FIRST_S, DEAD, READY, STARTING, STOPPING, WORKING, Reason
 
 STOP_FRAME_PAYLOAD = b'{"stop": true}'
 

@@ -12,7 +12,8 @@ import sysconfig
 import traceback
 from pathlib import Path
 
-from minirr import frame, worker
+from minirr.wire import frame
+from minirr.worker import load, loop as worker
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = ROOT / "tests" / "apps"
@@ -27,8 +28,8 @@ HEADLINE = ("bootstrap failed: JSONDecodeError: Expecting property name enclosed
 # worker's log would go there instead of to its output pipe.
 FORK_A_WORKER = """
 import json, os, sys
-from minirr import frame
-from minirr.launch import ForkLauncher
+from minirr.wire import frame
+from minirr.master.launch import ForkLauncher
 launcher = ForkLauncher("minirr_testapp:stdlib_failing_factory", True, "minirr", sys.argv[1])
 proc = launcher.start([], **json.loads(sys.argv[2]))
 os.set_blocking(proc.to_worker, True)
@@ -93,19 +94,19 @@ def frames(*entries):
 
 
 def test_the_innermost_frame_of_the_app_wins_over_libraries_stdlib_and_minirr():
-    found = worker.app_frame(frames((f"{MINIRR}/worker.py", 1, "serve"), ("/srv/shop/views.py", 10, "create_app"),
+    found = load.app_frame(frames((f"{MINIRR}/worker/loop.py", 1, "serve"), ("/srv/shop/views.py", 10, "create_app"),
                                     ("/srv/shop/vault.py", 20, "login"), (f"{SITE}/hvac/api.py", 5, "post"),
                                     (f"{STDLIB}/socket.py", 3, "create_connection")))
     assert (found.filename, found.lineno, found.name) == ("/srv/shop/vault.py", 20, "login")
 
 
 def test_an_installed_app_is_found_in_site_packages_when_nothing_else_is_the_apps():
-    found = worker.app_frame(frames((f"{MINIRR}/worker.py", 1, "serve"), (f"{SITE}/shop/app.py", 7, "create_app"),
+    found = load.app_frame(frames((f"{MINIRR}/worker/loop.py", 1, "serve"), (f"{SITE}/shop/app.py", 7, "create_app"),
                                     (f"{STDLIB}/json/decoder.py", 3, "decode")))
     assert (found.lineno, found.name) == (7, "create_app")
 
 
 def test_a_failure_that_never_reached_the_app_has_no_location():
-    assert worker.app_frame(frames((f"{MINIRR}/worker.py", 1, "load_handler"),
+    assert load.app_frame(frames((f"{MINIRR}/worker/loop.py", 1, "load_handler"),
                                    (f"{STDLIB}/importlib/__init__.py", 126, "import_module"),
                                    ("<frozen importlib._bootstrap>", 1204, "_gcd_import"))) is None

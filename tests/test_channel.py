@@ -1,4 +1,4 @@
-"""A worker's pipes in the loop (minirr.channel.WorkerChannel): real pipes, a fake process,
+"""A worker's pipes in the loop (minirr.master.channel.WorkerChannel): real pipes, a fake process,
 a fake selector (readiness asked of the kernel) and a recording backend."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import os
 import pytest
 
 from fakes import READ, WRITE, FakeClock, FakeProcess, FakeSelector, made_and_finished, spin
-from minirr import frame
-from minirr.channel import EXIT_OUTPUT_BYTES, OUTPUT_LINE_LIMIT, OUTPUT_LINES_PER_ROUND, WorkerChannel
-from minirr.frame import CODEC_JSON, Frame, FramePart, FrameStart
-from minirr.loop import Loop
-from minirr.pool import Worker
+from minirr.wire import frame
+from minirr.master.channel import EXIT_OUTPUT_BYTES, OUTPUT_LINE_LIMIT, OUTPUT_LINES_PER_ROUND, WorkerChannel
+from minirr.wire.frame import CODEC_JSON, Frame, FramePart, FrameStart
+from minirr.master.loop import Loop
+from minirr.master.pool import Worker
 
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 

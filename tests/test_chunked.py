@@ -1,4 +1,4 @@
-"""Unit tests of minirr.chunked: the chunked body reader on its own, fed a buffer the way
+"""Unit tests of minirr.http.chunked: the chunked body reader on its own, fed a buffer the way
 http11.RequestParser feeds it (whole, and a byte at a time), its state table and its
 limits. Whole requests with chunked bodies, and the chunked corpus, are
 tests/test_http11.py's and the corpus's."""
@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from minirr.chunked import TRANSITIONS, Chunk, ChunkedReader
+from minirr.http.chunked import TRANSITIONS, Chunk, ChunkedReader
 from minirr.errors import ProtocolError
-from minirr.http11 import RequestLimits
-from minirr.sections import SectionScan
+from minirr.http.parser import RequestLimits
+from minirr.http.sections import SectionScan
 
 BODY = b"5;name=value\r\nhello\r\n1A\r\n" + b"x" * 26 + b"\r\n0\r\nX-Sum: 1\r\n\r\n"
 

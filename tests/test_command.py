@@ -1,4 +1,4 @@
-"""`[server] command` workers (minirr.command): the program's argv and environment, the
+"""`[server] command` workers (minirr.master.command): the program's argv and environment, the
 start-up check that it exists, and starting it on the worker's pipes. Real processes."""
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from minirr import config as config_module, frame
-from minirr.command import CommandLauncher, resolve_command, worker_environment
+from minirr import config as config_module
+from minirr.wire import frame
+from minirr.master.command import CommandLauncher, resolve_command, worker_environment
 from minirr.errors import ConfigError
 
 WORKERS = Path(__file__).resolve().parent / "workers"

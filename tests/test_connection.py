@@ -1,4 +1,4 @@
-"""One accepted connection (minirr.connection) on a real socketpair, with a fake selector
+"""One accepted connection (minirr.master.connection) on a real socketpair, with a fake selector
 (readiness asked of the kernel, timeout 0), a fake clock and a recording owner."""
 
 from __future__ import annotations
@@ -8,15 +8,16 @@ import socket
 import pytest
 
 from fakes import READ, WRITE, FakeClock, FakeSelector, made_and_finished, read_available, spin
-from minirr import control, frame
-from minirr.connection import CONTINUE_RESPONSE, HIGH_WATER_BYTES, LOW_WATER_BYTES, Connection
-from minirr.control import Call, CallParser, ControlError
+from minirr.master import control
+from minirr.wire import frame
+from minirr.master.connection import CONTINUE_RESPONSE, HIGH_WATER_BYTES, LOW_WATER_BYTES, Connection
+from minirr.master.control import Call, CallParser, ControlError
 from minirr.errors import ProtocolError
-from minirr.http11 import RequestLimits, RequestParser
-from minirr.lifecycle import (CLOSED, IDLE, LINGER_S, LINGERING, READING, SENDING, STREAMING, WAITING,
+from minirr.http.parser import RequestLimits, RequestParser
+from minirr.master.lifecycle import (CLOSED, IDLE, LINGER_S, LINGERING, READING, SENDING, STREAMING, WAITING,
                               ConnectionLimits)
-from minirr.loop import Loop
-from minirr.messages import Request
+from minirr.master.loop import Loop
+from minirr.wire.messages import Request
 
 GET = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
 GET_B = b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n"

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from minirr import control, frame
+from minirr.master import control
+from minirr.wire import frame
 from serverproc import ROOT, pid_alive, run_cli, wait_until
 from wire import connect, exchange, parse_responses, read_until_closed
 

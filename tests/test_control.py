@@ -13,9 +13,11 @@ import threading
 
 import pytest
 
-from minirr import control, frame, remote
-from minirr.control import Call, ControlError, TCPAddress, UnixAddress
-from minirr.frame import FrameDecoder
+from minirr import remote
+from minirr.master import control
+from minirr.wire import frame
+from minirr.master.control import Call, ControlError, TCPAddress, UnixAddress
+from minirr.wire.frame import FrameDecoder
 from serverproc import ROOT, pid_alive, run_cli, wait_until
 
 CONFIG = """[server]

@@ -414,8 +414,12 @@ def test_documents_keep_their_walkthroughs() -> None:
 
 # ---- the names the documents cite ---------------------------------------------------------
 
-MODULES = sorted(p.stem for p in (ROOT / "minirr").glob("*.py") if p.stem != "__main__")
-NAME_RE = re.compile(r"`(?:minirr\.)?(" + "|".join(MODULES) + r")\.([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)"
+# Modules by their path in the package (`master.backend`, `http.parser`, `cli`), longest first
+# so that `master.loop` is found before a shorter name that starts it.
+MODULES = sorted((".".join(p.relative_to(ROOT / "minirr").with_suffix("").parts)
+                  for p in (ROOT / "minirr").rglob("*.py") if p.stem not in ("__main__", "__init__")),
+                 key=len, reverse=True)
+NAME_RE = re.compile(r"`(?:minirr\.)?(" + "|".join(re.escape(m) for m in MODULES) + r")\.([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)"
                      r"(?:\(\))?`")
 FILE_SUFFIXES = ("py", "php", "ini", "md", "sock", "env", "js", "go")
 # Spelled like a minirr name, but something else: WSGI environ keys, RoadRunner's config keys.
@@ -435,7 +439,8 @@ def cited_names(text: str) -> List[str]:
 
 def resolve(name: str) -> object:
     import importlib
-    module, *attrs = name.split(".")
+    module = next(m for m in MODULES if name.startswith(m + "."))
+    attrs = name[len(module) + 1:].split(".")
     obj = importlib.import_module(f"minirr.{module}")
     for attr in attrs:
         obj = getattr(obj, attr)
@@ -458,21 +463,24 @@ def test_life_of_a_request_cites_each_step() -> None:
     """The walkthrough names the function of every step it follows."""
     text = (ROOT / "docs" / "life-of-a-request.md").read_text()
     cited = set(cited_names(text))
-    steps = ["listener.Listener.on_event", "connection.Connection._on_readable", "http11.RequestParser.next_event",
-             "frontend.Frontend.on_request", "jobs.Jobs.submit", "backend.Backend.dispatch", "frame.describe",
-             "worker.serve", "worker._answer", "channel.WorkerChannel.on_event", "replies.Replies.on_frame",
-             "frontend.Frontend.answer", "connection.Connection.respond", "backend.Backend.on_exit",
-             "backend.Backend.release", "backend.Backend.begin_reload", "stream.ResponseStream.send_body",
-             "replies.Replies.abandon"]
+    steps = ["master.listener.Listener.on_event", "master.connection.Connection._on_readable",
+             "http.parser.RequestParser.next_event", "master.frontend.Frontend.on_request", "master.jobs.Jobs.submit",
+             "master.backend.Backend.dispatch", "wire.frame.describe", "worker.loop.serve", "worker.loop._answer",
+             "master.channel.WorkerChannel.on_event", "master.replies.Replies.on_frame",
+             "master.frontend.Frontend.answer", "master.connection.Connection.respond", "master.backend.Backend.on_exit",
+             "master.backend.Backend.release", "master.backend.Backend.begin_reload",
+             "worker.stream.ResponseStream.send_body", "master.replies.Replies.abandon"]
     assert not [step for step in steps if step not in cited], sorted(set(steps) - cited)
 
 
 def test_name_extraction() -> None:
     """The extractor finds what the documents write, and skips file names."""
-    text = "see `listener.Listener.on_event`, `minirr.frame.describe()`, `worker.php`, `rr.ini`, `wsgi.input`"
-    assert cited_names(text) == ["listener.Listener.on_event", "frame.describe"]
+    text = ("see `master.listener.Listener.on_event`, `minirr.wire.frame.describe()`, `worker.php`, `rr.ini`, "
+            "`wsgi.input`, `master.connection.HIGH_WATER_BYTES`")
+    assert cited_names(text) == ["master.listener.Listener.on_event", "wire.frame.describe",
+                                 "master.connection.HIGH_WATER_BYTES"]
     with pytest.raises(AttributeError):
-        resolve("listener.Listener.no_such_method")
+        resolve("master.listener.Listener.no_such_method")
 
 
 def test_comparison() -> None:

@@ -123,6 +123,6 @@ def test_break_it_check_compares_the_predictions(tmp_path):
 
 def test_worker_check_refuses_minirr(tmp_path):
     """Exercise 1 is to speak the wire yourself: a worker that imports minirr fails."""
-    path = near_miss(tmp_path, "worker_without_minirr.py", "import json\n", "import json\nimport minirr.frame\n")
+    path = near_miss(tmp_path, "worker_without_minirr.py", "import json\n", "import json\nimport minirr.wire.frame\n")
     result = run_check("check_worker_without_minirr.py", path)
     assert result.returncode == 1 and "FAILED: it does not import minirr" in result.stdout, result.stdout

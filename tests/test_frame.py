@@ -2,7 +2,7 @@
 
 import pytest
 
-from minirr import frame
+from minirr.wire import frame
 from minirr.errors import FrameError
 
 HANDSHAKE = bytes.fromhex("13 09 0c 00 00 00 5f 0c 46 73 00 00") + b'{"pid":4242}'

@@ -8,9 +8,9 @@ import ipaddress
 
 import pytest
 
-from minirr import forwarded
-from minirr.frontend import finish_request
-from minirr.http11 import RequestLimits, RequestParser
+from minirr.http import forwarded
+from minirr.master.frontend import finish_request
+from minirr.http.parser import RequestLimits, RequestParser
 
 
 def nets(*cidrs):

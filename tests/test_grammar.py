@@ -1,4 +1,4 @@
-"""The rules of an HTTP/1.1 request head (minirr.grammar), one pure function at a time:
+"""The rules of an HTTP/1.1 request head (minirr.http.grammar), one pure function at a time:
 request targets, Transfer-Encoding, Content-Length, Connection, repeated single-value
 fields. The same rules fed through the parser are tests/test_http11.py's and the corpus's."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from minirr import grammar
+from minirr.http import grammar
 from minirr.errors import ProtocolError
 
 

@@ -1,4 +1,4 @@
-"""Unit tests of minirr.http11: the RequestParser API, its state table, limits and
+"""Unit tests of minirr.http.parser: the RequestParser API, its state table, limits and
 repeated fields fed three ways. The grammar's rules one by one are tests/test_grammar.py's,
 the line-level limits on their own tests/test_sections.py's; parsing rules case by case
 live in the corpus; responses are tests/test_responses.py's, proxy trust
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from minirr import grammar, http11
+from minirr.http import grammar
+from minirr.http import parser as http11
 from minirr.errors import ProtocolError
-from minirr.http11 import (CLOSED, CONTINUE, NEED_DATA, PAUSED, TRANSITIONS, RequestLimits as Limits, RequestParser,
+from minirr.http.parser import (CLOSED, CONTINUE, NEED_DATA, PAUSED, TRANSITIONS, RequestLimits as Limits, RequestParser,
                            State)
-from minirr.messages import Request
+from minirr.wire.messages import Request
 
 GET = b"GET /a HTTP/1.1\r\nHost: example.com\r\n\r\n"
 DATE = b"Sun, 06 Nov 1994 08:49:37 GMT"

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from minirr.errors import ProtocolError
-from minirr.frontend import finish_request
-from minirr.http11 import CLOSED, CONTINUE, NEED_DATA, PAUSED, RequestLimits as Limits, RequestParser
-from minirr.messages import Request
+from minirr.master.frontend import finish_request
+from minirr.http.parser import CLOSED, CONTINUE, NEED_DATA, PAUSED, RequestLimits as Limits, RequestParser
+from minirr.wire.messages import Request
 
 CORPUS = Path(__file__).parent / "corpus"
 LIMITS = Limits(**json.loads((CORPUS / "limits.json").read_text()))

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from minirr.errors import ProtocolError
-from minirr.http11 import CLOSED, CONTINUE, NEED_DATA, PAUSED, RequestLimits as Limits, RequestParser
-from minirr.messages import Request
+from minirr.http.parser import CLOSED, CONTINUE, NEED_DATA, PAUSED, RequestLimits as Limits, RequestParser
+from minirr.wire.messages import Request
 
 CORPUS = Path(__file__).parent / "corpus"
 CORPUS_LIMITS = Limits(**json.loads((CORPUS / "limits.json").read_text()))

@@ -1,4 +1,4 @@
-"""The queue between front and back (minirr.jobs): submit, the queue's limits, the one
+"""The queue between front and back (minirr.master.jobs): submit, the queue's limits, the one
 table from outcome to answer, and the bookkeeping of an answered job; a real Pool, fake
 front and back, a fake clock."""
 
@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import pytest
 
 from fakes import FakeClock
-from minirr.jobs import ANSWERS, Job, Jobs, Outcome
+from minirr.master.jobs import ANSWERS, Job, Jobs, Outcome
 from minirr.logs import AccessLog, LogWriter
-from minirr.messages import Request
-from minirr.metrics import ServerMetrics
-from minirr.pool import Pool
+from minirr.wire.messages import Request
+from minirr.master.metrics import ServerMetrics
+from minirr.master.pool import Pool
 
 
 class Front:

@@ -1,4 +1,4 @@
-"""How a worker process is started (minirr.launch): the handle the master keeps
+"""How a worker process is started (minirr.master.launch): the handle the master keeps
 (WorkerProcess: its descriptors, kill, reap, exited), the pidfd and life without one,
 and ForkLauncher's start-up check of the app (preflight). (CommandLauncher is
 test_command.py's.) Real processes; every wait is a poll with a deadline."""
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from minirr import frame
-from minirr.command import CommandLauncher
+from minirr.wire import frame
+from minirr.master.command import CommandLauncher
 from minirr.errors import AppLoadError
-from minirr.launch import ForkLauncher, WorkerProcess, open_pidfd
+from minirr.master.launch import ForkLauncher, WorkerProcess, open_pidfd
 from test_command import launcher_config, read_frame
 from serverproc import pid_alive, wait_until
 

@@ -1,4 +1,4 @@
-"""A connection's lifecycle (minirr.lifecycle): the Phase table walked pair by pair, and
+"""A connection's lifecycle (minirr.master.lifecycle): the Phase table walked pair by pair, and
 `expiry` for every row of the table in the module docstring, with the times passed in."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from minirr.errors import MinirrError
-from minirr.lifecycle import (CLOSED, IDLE, LINGERING, READING, SENDING, STREAMING, TRANSITIONS, WAITING,
+from minirr.master.lifecycle import (CLOSED, IDLE, LINGERING, READING, SENDING, STREAMING, TRANSITIONS, WAITING,
                               ConnectionLimits, Expiry, Phase, advance, expiry)
 
 EVENTS = sorted({event for _, event in TRANSITIONS})

@@ -1,4 +1,4 @@
-"""Listening sockets (minirr.listener): bind, accept into connections, the connection
+"""Listening sockets (minirr.master.listener): bind, accept into connections, the connection
 limit ("wait" and "evict"), the back-off when descriptors run out; a fake selector
 (readiness asked of the kernel) and a fake clock."""
 
@@ -14,10 +14,10 @@ import pytest
 
 from fakes import READ, FakeClock, FakeSelector, made_and_finished, spin
 from minirr.errors import MinirrError
-from minirr.lifecycle import CLOSED, IDLE, WAITING
-from minirr.listener import (ACCEPT_BACKOFF_S, ACCEPTS_PER_ROUND, Listener, bind, file_identity,
+from minirr.master.lifecycle import CLOSED, IDLE, WAITING
+from minirr.master.listener import (ACCEPT_BACKOFF_S, ACCEPTS_PER_ROUND, Listener, bind, file_identity,
                              remove_own_socket)
-from minirr.loop import Loop
+from minirr.master.loop import Loop
 
 
 # ---- bind ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The master's loop on its own (minirr.loop): a round, containment, `soon`, with a fake
+"""The master's loop on its own (minirr.master.loop): a round, containment, `soon`, with a fake
 selector whose events the test scripts and a fake clock."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 import pytest
 
 from fakes import READ, WRITE, FakeClock, FakeSelector, MapOnlySelector
-from minirr.loop import Handler, Loop
+from minirr.master.loop import Handler, Loop
 
 
 class Recorder(Handler):

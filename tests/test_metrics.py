@@ -1,4 +1,4 @@
-"""Metrics (minirr.metrics): the three kinds, the exposition text, ServerMetrics' events.
+"""Metrics (minirr.master.metrics): the three kinds, the exposition text, ServerMetrics' events.
 
 The text is checked line by line against the text exposition format 0.0.4 by
 `parse_exposition` (test_status_metrics.py uses it on a live server's /metrics):
@@ -12,8 +12,8 @@ import re
 
 import pytest
 
-from minirr import metrics
-from minirr.metrics import DURATION_BUCKETS_S, Counter, Gauge, Histogram, ServerMetrics, format_value
+from minirr.master import metrics
+from minirr.master.metrics import DURATION_BUCKETS_S, Counter, Gauge, Histogram, ServerMetrics, format_value
 
 # ---- the exposition grammar ---------------------------------------------------------------------
 

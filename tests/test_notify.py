@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from minirr import notify
+from minirr.master import notify
 from serverproc import run_cli
 
 CONFIG = """[server]

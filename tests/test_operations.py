@@ -1,4 +1,4 @@
-"""The operator side of the master (minirr.operations): control calls, the probes, the
+"""The operator side of the master (minirr.master.operations): control calls, the probes, the
 status and metrics routes, pending resets, the supervisor's tick; fake connections that
 record what they were sent, a fake server and backend, a real Pool, a fake clock."""
 
@@ -11,16 +11,17 @@ from types import SimpleNamespace
 import pytest
 
 from fakes import FakeClock, FakeSelector
-from minirr import control, frame
+from minirr.master import control
+from minirr.wire import frame
 from minirr.config import Config, EndpointConfig, PoolConfig, RPCConfig, SupervisorConfig
-from minirr.control import Call, ControlError, TCPAddress, UnixAddress
-from minirr.lifecycle import CLOSED, WAITING
-from minirr.loop import Loop
-from minirr.messages import Request
-from minirr.metrics import CONTENT_TYPE, ServerMetrics
-from minirr.operations import Operations, probe
-from minirr.pool import READY, STOPPING, WORKING, Pool, Reason
-from minirr.responses import DateCache
+from minirr.master.control import Call, ControlError, TCPAddress, UnixAddress
+from minirr.master.lifecycle import CLOSED, WAITING
+from minirr.master.loop import Loop
+from minirr.wire.messages import Request
+from minirr.master.metrics import CONTENT_TYPE, ServerMetrics
+from minirr.master.operations import Operations, probe
+from minirr.master.pool import READY, STOPPING, WORKING, Pool, Reason
+from minirr.http.responses import DateCache
 
 
 class Conn:

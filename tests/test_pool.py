@@ -5,7 +5,7 @@ import random
 import pytest
 
 from minirr.errors import MinirrError
-from minirr.pool import (BOOT_BACKOFF_MAX_S, DEAD, FATES, FAULTS, READY, STARTING, STOPPING, TRANSITIONS, WORKING,
+from minirr.master.pool import (BOOT_BACKOFF_MAX_S, DEAD, FATES, FAULTS, READY, STARTING, STOPPING, TRANSITIONS, WORKING,
                          Fate, Pool, Reason, Worker, WorkerState, _advance, fate, restart_label)
 EVENTS = sorted({event for _, event in TRANSITIONS})
 

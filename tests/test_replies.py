@@ -1,4 +1,4 @@
-"""A job's answer from its response frames (minirr.replies), driven through the real
+"""A job's answer from its response frames (minirr.master.replies), driven through the real
 Backend, Jobs, Pool and WorkerChannel with the worker played by the test on real pipes
 (tests/backrig.py), a recording front, a fake selector and a fake clock."""
 
@@ -10,9 +10,9 @@ import pytest
 
 from backrig import Client
 from fakes import READ
-from minirr import frame
-from minirr.frame import CODEC_JSON, ERROR, PING, PONG, STOP, STREAM
-from minirr.pool import READY, STOPPING, WORKING, Reason
+from minirr.wire import frame
+from minirr.wire.frame import CODEC_JSON, ERROR, PING, PONG, STOP, STREAM
+from minirr.master.pool import READY, STOPPING, WORKING, Reason
 
 
 def frames_to_worker(proc) -> list:

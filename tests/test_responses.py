@@ -1,11 +1,11 @@
-"""Unit tests of minirr.responses: serializing answers (whole, streamed, errors), dates,
+"""Unit tests of minirr.http.responses: serializing answers (whole, streamed, errors), dates,
 and a worker's JSON head as HTTP, checked and remembered (ResponseHeads)."""
 
 import json
 
 import pytest
 
-from minirr.responses import (LAST_CHUNK, DateCache, ResponseHeads, chunk, complete_response, error_response,
+from minirr.http.responses import (LAST_CHUNK, DateCache, ResponseHeads, chunk, complete_response, error_response,
                               head_from_json, http_date, serialize_response, streamed_head)
 
 DATE = b"Sun, 06 Nov 1994 08:49:37 GMT"

@@ -1,4 +1,4 @@
-"""The line-level limits of a head and a trailer section (minirr.sections.SectionScan),
+"""The line-level limits of a head and a trailer section (minirr.http.sections.SectionScan),
 driven directly: every input fed whole, byte by byte, and with trailing data, with the
 same answer each way."""
 
@@ -9,8 +9,8 @@ from typing import Optional, Tuple
 import pytest
 
 from minirr.errors import ProtocolError
-from minirr.http11 import RequestLimits
-from minirr.sections import SectionScan
+from minirr.http.parser import RequestLimits
+from minirr.http.sections import SectionScan
 
 LIMITS = RequestLimits(limit_request_line=30, limit_request_fields=3, limit_request_field_size=20,
                        limit_request_headers=60)

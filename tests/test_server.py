@@ -358,7 +358,7 @@ def test_accepted_connections_have_nagle_off():
     """TCP_NODELAY is set once, on the listener; accepted sockets inherit it (bind() says
     why). Checked in-process, on the master's own accepted socket."""
     from minirr import config as config_module
-    from minirr.server import Server
+    from minirr.master.server import Server
     cfg = config_module.parse("[server]\napp = x:y\n[http]\naddress = 127.0.0.1:0\n", path="t.ini")
     server = Server(cfg, launcher=None)
     server.bind()

@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 
 
-from minirr import procfs, supervisor
-from minirr.pool import Pool, Reason
-from minirr.supervisor import SoftLimits as Limits, exceeded, next_retirement
+from minirr.master import procfs
+from minirr.master import supervisor
+from minirr.master.pool import Pool, Reason
+from minirr.master.supervisor import SoftLimits as Limits, exceeded, next_retirement
 from serverproc import RequestLoop, pid_alive, wait_until
 
 MB = 1024 * 1024

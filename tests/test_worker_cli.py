@@ -1,5 +1,5 @@
 """`python -m minirr.worker` over stdin/stdout speaks docs/external-workers.md's worked examples,
-byte for byte: driven here directly with pipes and minirr.frame, no master involved."""
+byte for byte: driven here directly with pipes and minirr.wire.frame, no master involved."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from minirr import frame
-from minirr.messages import Request, encode_request_head
+from minirr.wire import frame
+from minirr.wire.messages import Request, encode_request_head
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = ROOT / "tests" / "workers"

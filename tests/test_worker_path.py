@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from minirr.messages import (Request, Response, ResponseHeadEncoder, decode_request, encode_request_head,
+from minirr.wire.messages import (Request, Response, ResponseHeadEncoder, decode_request, encode_request_head,
                              encode_response_head)
 
 

@@ -20,11 +20,12 @@ from typing import List, Optional
 
 import pytest
 
-from minirr import frame, worker
+from minirr.wire import frame
+from minirr.worker import loop as worker
 from minirr.errors import ClientDisconnected
-from minirr.frame import CODEC_JSON, CONTROL, ERROR, PONG, STOP, STREAM, Frame, FrameDecoder
-from minirr.messages import Request, Response, encode_request_head
-from minirr.wsgi import WSGIHandler
+from minirr.wire.frame import CODEC_JSON, CONTROL, ERROR, PONG, STOP, STREAM, Frame, FrameDecoder
+from minirr.wire.messages import Request, Response, encode_request_head
+from minirr.worker.wsgi import WSGIHandler
 
 STOP_FRAME = frame.encode(0, b"", (), STOP)
 PONG_FRAME = frame.encode(0, b"", (), PONG)

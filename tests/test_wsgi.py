@@ -2,8 +2,8 @@
 
 import wsgiref.validate
 
-from minirr.messages import Request
-from minirr.wsgi import WSGIHandler, build_environ
+from minirr.wire.messages import Request
+from minirr.worker.wsgi import WSGIHandler, build_environ
 
 
 def simple_app(environ, start_response):
@@ -67,7 +67,7 @@ def test_close_is_called_and_write_callable_works():
 
 
 def test_scheme_host_port():
-    from minirr.wsgi import _scheme_host_port
+    from minirr.worker.wsgi import _scheme_host_port
     assert _scheme_host_port("https://example.com:8443/x") == ("https", "example.com", "8443")
     assert _scheme_host_port("https://example.com/x") == ("https", "example.com", "443")
     assert _scheme_host_port("http://[::1]:8080/") == ("http", "::1", "8080")

@@ -1,11 +1,11 @@
 """Every minirr function the master calls for one request, in order, indented by depth.
 
-Owns: running the real master parts (`minirr.server.Server`: its loop, listener,
+Owns: running the real master parts (`minirr.master.server.Server`: its loop, listener,
 connection, parser, jobs, backend, replies, frontend) in this one process for one request,
 from the accept to the last byte sent, and printing the calls (sys.setprofile).
 Never: forks a worker. It plays the worker itself, between two rounds of the loop: it
 reads the request frame from the pipe and writes a response frame back (the worker's own
-side is `worker.serve`; see docs/life-of-a-request.md, step 6). Nothing leaves loopback.
+side is `worker.loop.serve`; see docs/life-of-a-request.md, step 6). Nothing leaves loopback.
 
     python docs/examples/follow_request.py                 # GET /hello?a=1, keep-alive
     python docs/examples/follow_request.py --close         # with Connection: close
@@ -25,9 +25,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from minirr import config, frame  # noqa: E402  (found through the line above)
-from minirr.channel import WorkerChannel  # noqa: E402
-from minirr.server import Server  # noqa: E402
+from minirr import config  # noqa: E402  (found through the line above)
+from minirr.wire import frame  # noqa: E402
+from minirr.master.channel import WorkerChannel  # noqa: E402
+from minirr.master.server import Server  # noqa: E402
 
 REQUEST = b"GET /hello?a=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n\r\n"
 RESPONSE_HEAD = b'{"status":200,"headers":{"Content-Type":["text/plain"]}}'

@@ -1,8 +1,8 @@
-"""Run `python -m minirr.worker` with your own worker loop in place of `worker.serve`.
+"""Run `python -m minirr.worker` with your own worker loop in place of `worker.loop.serve`.
 
     python docs/exercises/run_your_loop.py YOUR_LOOP.py APP [--factory] [--path DIR]
 
-YOUR_LOOP.py defines `serve(channel, bootstrap) -> exit status`, as `minirr.worker.serve`
+YOUR_LOOP.py defines `serve(channel, bootstrap) -> exit status`, as `minirr.worker.loop.serve`
 does. Everything else is minirr's own worker: the frames on stdin and stdout, print()
 moved to stderr, the app loaded by `bootstrap()`. The check for exercise 2 runs this as
 the `[server] command`.
@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from minirr import worker  # noqa: E402  (found through the line above)
+from minirr.worker import loop as worker  # noqa: E402  (found through the line above)
 
 
 def main() -> int:

@@ -15,7 +15,11 @@ A bug in the master is what these stand for: no real input reaches these paths.
 import os
 import sys
 
-from minirr import backend, cli, frontend, operations, server
+from minirr import cli
+from minirr.master import backend
+from minirr.master import frontend
+from minirr.master import operations
+from minirr.master import server
 
 
 def _raise_for(path: str, name: str) -> None:

@@ -1,6 +1,6 @@
 """The master's CPU per proxied request, measured in one process, without load or noise.
 
-Drives the real `minirr.server.Server` code through one keep-alive request cycle at a
+Drives the real `minirr.master.server.Server` code through one keep-alive request cycle at a
 time: a request arrives on a client socket, the master parses it and writes a request
 frame to a "worker" pipe; a response frame comes back on the other pipe, the master
 turns it into HTTP bytes and sends them to the client. The harness plays both the
@@ -29,10 +29,11 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from minirr import config as config_module, frame  # noqa: E402
-from minirr.channel import WorkerChannel  # noqa: E402
-from minirr.loop import READ  # noqa: E402
-from minirr.server import Server  # noqa: E402
+from minirr import config as config_module  # noqa: E402
+from minirr.wire import frame  # noqa: E402
+from minirr.master.channel import WorkerChannel  # noqa: E402
+from minirr.master.loop import READ  # noqa: E402
+from minirr.master.server import Server  # noqa: E402
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n"
 CLOSE_REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\nConnection: close\r\n\r\n"

@@ -2,7 +2,7 @@
 PHP `echo` would. The master must log what leaked, kill it, and start a new one.
 
 Run as `[server] command = python leaky_worker.py`. Written against the wire protocol with
-minirr.frame and minirr.messages only: not `python -m minirr.worker`, which moves print()
+minirr.wire.frame and minirr.wire.messages only: not `python -m minirr.worker`, which moves print()
 output to stderr precisely so that this cannot happen.
 
 Routes: /pid, /env?NAME, /leak (prints to stdout, then answers). If a file `leak-at-start`
@@ -14,9 +14,9 @@ import json
 import os
 import sys
 
-from minirr.frame import CODEC_JSON, CONTROL
-from minirr.messages import Response, decode_request, encode_response_head
-from minirr.worker import FramePipe
+from minirr.wire.frame import CODEC_JSON, CONTROL
+from minirr.wire.messages import Response, decode_request, encode_response_head
+from minirr.worker.loop import FramePipe
 
 STRAY_TEXT = "debug: a stray line on stdout"
 

@@ -2,7 +2,7 @@
 the master treats what a worker sends as untrusted (STYLE.md §10).
 
 Run as `[server] command = python rogue_worker.py`. Written against the wire protocol
-with minirr.frame and minirr.messages only. With ROGUE_HANDSHAKE=deep in the environment
+with minirr.wire.frame and minirr.wire.messages only. With ROGUE_HANDSHAKE=deep in the environment
 it answers the handshake with a deeply nested JSON value instead of its pid.
 
 Routes (anything else answers its pid; /id?X answers X):
@@ -19,9 +19,9 @@ import os
 import sys
 import time
 
-from minirr.frame import CODEC_JSON, CONTROL, encode_header
-from minirr.messages import Response, decode_request, encode_response_head
-from minirr.worker import FramePipe
+from minirr.wire.frame import CODEC_JSON, CONTROL, encode_header
+from minirr.wire.messages import Response, decode_request, encode_response_head
+from minirr.worker.loop import FramePipe
 
 DEEP = "[" * 100000 + "]" * 100000
 

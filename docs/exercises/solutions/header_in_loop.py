@@ -9,9 +9,9 @@ import logging
 import os
 import traceback
 
-from minirr.frame import CODEC_JSON, CONTROL
-from minirr.messages import ResponseHeadEncoder, decode_request
-from minirr.stream import ResponseStream
+from minirr.wire.frame import CODEC_JSON, CONTROL
+from minirr.wire.messages import ResponseHeadEncoder, decode_request
+from minirr.worker.stream import ResponseStream
 
 log = logging.getLogger("your_loop")
 

@@ -1,6 +1,6 @@
 """Exercise 2, the starting point: minirr's worker loop, to change.
 
-This is `minirr.worker.serve` and `minirr.worker._answer`, shortened (no forked-child
+This is `minirr.worker.loop.serve` and `minirr.worker.loop._answer`, shortened (no forked-child
 guard, a failed bootstrap not reported in one line). Copy it, make every response carry
 `X-Served-By` and `X-Request-Count` (the TODO below), and check it:
 
@@ -13,9 +13,9 @@ import logging
 import os
 import traceback
 
-from minirr.frame import CODEC_JSON, CONTROL
-from minirr.messages import ResponseHeadEncoder, decode_request
-from minirr.stream import ResponseStream
+from minirr.wire.frame import CODEC_JSON, CONTROL
+from minirr.wire.messages import ResponseHeadEncoder, decode_request
+from minirr.worker.stream import ResponseStream
 
 log = logging.getLogger("your_loop")
 

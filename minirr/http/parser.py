@@ -48,11 +48,11 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .chunked import ChunkedReader
-from .errors import ProtocolError
+from ..errors import ProtocolError
 from .grammar import (EMPTY_LINES_RE, HEAD_RE, SINGLE_VALUE_FIELDS, asks_to_close, check_host,
                       check_single_values, check_transfer_coding, content_length, head_error,
                       http_version, split_target)
-from .messages import Request
+from ..wire.messages import Request
 from .sections import SectionScan
 
 

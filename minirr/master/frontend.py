@@ -23,15 +23,16 @@ import socket
 import time
 from typing import Optional, Tuple
 
-from . import forwarded, http11
-from .grammar import target_uri
-from .config import HTTPConfig
+from ..http import forwarded
+from ..http.parser import RequestLimits, RequestParser
+from ..http.grammar import target_uri
+from ..config import HTTPConfig
 from .connection import Connection
 from .jobs import Job, Jobs
 from .lifecycle import ConnectionLimits
 from .listener import Listener, bind
 from .loop import Loop
-from .responses import LAST_CHUNK, DateCache, ResponseHead, chunk, complete_response, error_response, streamed_head
+from ..http.responses import LAST_CHUNK, DateCache, ResponseHead, chunk, complete_response, error_response, streamed_head
 
 log = logging.getLogger("minirr")
 
@@ -59,7 +60,7 @@ class Frontend:
         self.back = None
         self.limits = ConnectionLimits(config.header_timeout, config.body_timeout, config.keepalive_timeout,
                                        config.min_body_rate, config.min_send_rate)
-        self.request_limits = http11.RequestLimits(
+        self.request_limits = RequestLimits(
             max_request_size=config.max_request_size, limit_request_line=config.limit_request_line,
             limit_request_fields=config.limit_request_fields,
             limit_request_field_size=config.limit_request_field_size,
@@ -79,7 +80,7 @@ class Frontend:
         self.listener = Listener(self.loop, sock, "http", self._accept, self.config.max_connections)
 
     def _accept(self, sock: socket.socket, peer: str, now: float) -> Connection:
-        return Connection(self.loop, sock, peer, http11.RequestParser(self.request_limits), self, self.limits,
+        return Connection(self.loop, sock, peer, RequestParser(self.request_limits), self, self.limits,
                           self.listener, now)
 
     @property

@@ -46,7 +46,7 @@ import enum
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
-from .errors import MinirrError
+from ..errors import MinirrError
 
 LINGER_S = 2.0                         # after the last response: drain the peer this long at most
 

@@ -45,8 +45,8 @@ import signal
 import sys
 from typing import Callable, List, Optional, Sequence
 
-from . import worker as worker_module
-from .errors import AppLoadError
+from ..worker import load as worker_load, loop as worker_loop
+from ..errors import AppLoadError
 
 log = logging.getLogger("minirr")
 
@@ -330,10 +330,10 @@ def _child_main(close_in_child, req_r: int, resp_w: int, out_w: int,
     os.close(out_w)
     sys.stdout.reconfigure(line_buffering=True)
     sys.stderr.reconfigure(line_buffering=True)
-    worker_module.configure_worker_logging()
-    channel = worker_module.FramePipe(req_r, resp_w)
-    status = worker_module.serve(
-        channel, lambda: worker_module.load_handler(app, factory, interface, base_dir), print_traceback)
+    worker_loop.configure_worker_logging()
+    channel = worker_loop.FramePipe(req_r, resp_w)
+    status = worker_loop.serve(
+        channel, lambda: worker_load.load_handler(app, factory, interface, base_dir), print_traceback)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
@@ -352,11 +352,11 @@ def _preflight_main(report_r: int, report_w: int, app: str, base_dir: str) -> No
     os.close(devnull)
     report = ""
     try:
-        worker_module.import_app(app, base_dir)
+        worker_load.import_app(app, base_dir)
     except SystemExit as exc:            # sys.exit("...") at import time
         report = f"the import called sys.exit({exc.code!r})"
     except Exception as exc:
-        report = worker_module.describe_failure(exc)
+        report = worker_load.describe_failure(exc)
     try:
         os.write(report_w, report.encode("utf-8", "replace")[:PREFLIGHT_REPORT_BYTES])
     except OSError:                      # the master has gone

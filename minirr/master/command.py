@@ -20,7 +20,7 @@ import shutil
 import subprocess
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .launch import WorkerPipes, WorkerProcess
 
 

@@ -25,16 +25,16 @@ import socket
 from typing import Optional
 
 from .backend import Backend
-from .config import Config
-from .errors import MinirrError
+from ..config import Config
+from ..errors import MinirrError
 from .frontend import Frontend
 from .jobs import Jobs, Outcome
-from .logs import AccessLog, LogWriter, writer as default_log_writer
+from ..logs import AccessLog, LogWriter, writer as default_log_writer
 from .loop import READ, Handler, Loop
 from .metrics import ServerMetrics
 from .operations import Operations
 from .pool import Pool
-from .responses import DateCache
+from ..http.responses import DateCache
 
 log = logging.getLogger("minirr")
 

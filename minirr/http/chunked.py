@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 from typing import Callable, Dict, List, Tuple
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 from .grammar import CHUNK_LINE_RE, MAX_CHUNK_DIGITS, check_trailer_section
 
 

@@ -23,7 +23,7 @@ import socket
 import stat
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
-from .errors import MinirrError
+from ..errors import MinirrError
 from .lifecycle import IDLE
 from .loop import READ, Handler, Loop
 

@@ -29,10 +29,10 @@ import json
 import os
 from typing import List, NamedTuple, Optional, Tuple, Union
 
-from . import frame
-from .errors import FrameError, MinirrError
-from .frame import CODEC_JSON, ERROR
-from .http11 import CLOSED, NEED_DATA   # CallParser's events are http11's: one connection class reads both
+from ..wire import frame
+from ..errors import FrameError, MinirrError
+from ..wire.frame import CODEC_JSON, ERROR
+from ..http.parser import CLOSED, NEED_DATA   # CallParser's events are http11's: one connection class reads both
 
 METHODS = ("workers", "reset", "stop")
 MAX_PAYLOAD_BYTES = 1 << 20          # a workers table of thousands of rows still fits

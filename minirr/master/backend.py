@@ -22,11 +22,11 @@ import logging
 import os
 from typing import List, Optional
 
-from . import frame
+from ..wire import frame
 from .channel import WorkerChannel, printable
-from .frame import CODEC_JSON, CONTROL, Frame
+from ..wire.frame import CODEC_JSON, CONTROL, Frame
 from .jobs import Job, Jobs, Outcome
-from .messages import RequestHeadEncoder
+from ..wire.messages import RequestHeadEncoder
 from .pool import READY, STARTING, STOPPING, WORKING, Fate, Pool, Reason, Worker, WorkerState, failed_start, fate
 from .replies import Replies
 

@@ -30,8 +30,8 @@ import logging
 import socket
 from typing import Optional
 from . import lifecycle
-from .errors import MinirrError
-from .http11 import CLOSED as PARSER_CLOSED, CONTINUE, NEED_DATA
+from ..errors import MinirrError
+from ..http.parser import CLOSED as PARSER_CLOSED, CONTINUE, NEED_DATA
 from .lifecycle import CLOSED, IDLE, LINGERING, READING, SENDING, WAITING, ConnectionLimits, advance
 from .loop import READ, WRITE, Handler, Loop
 

@@ -20,7 +20,7 @@ byte feed gives the same answer as the same bytes in one read:
 
 from __future__ import annotations
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 
 
 class SectionScan:

@@ -30,7 +30,7 @@ import random
 from collections import deque
 from typing import Callable, Deque, Dict, List, Optional
 
-from .errors import MinirrError
+from ..errors import MinirrError
 
 
 class WorkerState(enum.Enum):

@@ -23,8 +23,8 @@ import os
 from collections import deque
 from typing import Deque, List, Optional
 
-from . import frame
-from .errors import FrameError
+from ..wire import frame
+from ..errors import FrameError
 from .loop import READ, WRITE, Handler, Loop
 
 log = logging.getLogger("minirr")

@@ -23,7 +23,7 @@ from http import HTTPStatus
 from typing import List, NamedTuple, Optional, Tuple
 
 from .grammar import TOKEN_RE
-from .messages import HeadCache, decode_response_head
+from ..wire.messages import HeadCache, decode_response_head
 
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 _GENERIC_REASONS = {1: "Informational", 2: "Success", 3: "Redirection", 4: "Client Error",

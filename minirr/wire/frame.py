@@ -25,7 +25,7 @@ import struct
 import zlib
 from typing import List, NamedTuple, Optional, Sequence, Union
 
-from .errors import FrameError
+from ..errors import FrameError
 
 VERSION = 1
 HEADER_SIZE = 12

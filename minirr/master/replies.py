@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import logging
 
-from . import frame
+from ..wire import frame
 from .channel import printable
-from .frame import ERROR, PING, PONG, STOP, STREAM, Frame, FrameStart
+from ..wire.frame import ERROR, PING, PONG, STOP, STREAM, Frame, FrameStart
 from .jobs import Job, Outcome, Reply
 from .pool import Pool, Worker
-from .responses import ResponseHeads
+from ..http.responses import ResponseHeads
 
 log = logging.getLogger("minirr")
 

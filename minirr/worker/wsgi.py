@@ -21,7 +21,7 @@ import sys
 from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 from urllib.parse import unquote
 
-from .messages import Request, Response
+from ..wire.messages import Request, Response
 
 # The master has already read the body whole and de-chunked it (RFC 9112 §7.1): the
 # request's framing fields describe bytes the app never sees, so the environ drops them

@@ -25,8 +25,9 @@ import os
 import time
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from . import control, http11, procfs, supervisor
-from .config import Config
+from . import control, procfs, supervisor
+from ..http.parser import RequestLimits, RequestParser
+from ..config import Config
 from .connection import Connection
 from .control import Call, ControlError, UnixAddress
 from .lifecycle import CLOSED, ConnectionLimits
@@ -35,14 +36,14 @@ from .loop import Loop
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .notify import Notifier
 from .pool import WORKING, Pool, Worker, WorkerState, restart_label
-from .responses import DateCache, error_response, serialize_response
+from ..http.responses import DateCache, error_response, serialize_response
 
 log = logging.getLogger("minirr")
 
 MAX_PEERS = 32                         # per listener; the one idle longest makes room for a new one
 PEER_LIMITS = ConnectionLimits(header_timeout=5.0, body_timeout=10.0, keepalive_timeout=5.0,
                                pipeline_limit=64 * 1024)
-HTTP_LIMITS = http11.RequestLimits(max_request_size=64 * 1024, limit_request_headers=32 * 1024)
+HTTP_LIMITS = RequestLimits(max_request_size=64 * 1024, limit_request_headers=32 * 1024)
 FAR_FUTURE = float("inf")
 
 
@@ -363,7 +364,7 @@ class _HTTPPeers:
         self.listener: Optional[Listener] = None
 
     def accept(self, sock, peer: str, now: float) -> Connection:
-        return Connection(self.ops.loop, sock, peer, http11.RequestParser(HTTP_LIMITS), self, PEER_LIMITS,
+        return Connection(self.ops.loop, sock, peer, RequestParser(HTTP_LIMITS), self, PEER_LIMITS,
                           self.listener, now)
 
     def on_request(self, conn: Connection, request) -> None:

@@ -21,7 +21,7 @@ import logging
 from collections import deque
 from typing import Deque, Dict, NamedTuple, Optional, Tuple
 
-from .logs import AccessLog
+from ..logs import AccessLog
 from .metrics import ServerMetrics
 from .pool import Pool
 

@@ -19,9 +19,9 @@ import logging
 import traceback
 from typing import Optional
 
-from .errors import ClientDisconnected
-from .frame import CODEC_JSON, ERROR, STREAM
-from .messages import Response, ResponseHeadEncoder, body_block
+from ..errors import ClientDisconnected
+from ..wire.frame import CODEC_JSON, ERROR, STREAM
+from ..wire.messages import Response, ResponseHeadEncoder, body_block
 
 log = logging.getLogger("minirr.worker")     # it runs in the worker: its lines are the worker's
 

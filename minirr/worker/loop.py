@@ -1,9 +1,9 @@
 """Inside a worker process: load the app once, then answer request frames until told to stop.
 
 Owns: the worker side of the wire (handshake, request loop, soft errors, streamed
-      responses and the master's STOP), loading the application (`module:attr`,
-      factory, interface), saying in one line why it did not load (the exception and the
-      app's own file:line), and `python -m minirr.worker`.
+      responses and the master's STOP), the bootstrap's failure as one log line, the
+      worker's logging, and `python -m minirr.worker` (__main__.py calls `main`). Loading
+      the application is load.py's.
 Never: sees HTTP bytes or sockets; only frames on two descriptors and Request objects.
 
     master                                    worker
@@ -29,19 +29,18 @@ started as a command (`python -m minirr.worker app:attr`, frames on stdin/stdout
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
 import select
 import sys
-import sysconfig
 import traceback
 from typing import Callable, Optional
 
-from . import frame
-from .frame import CODEC_JSON, CONTROL, PONG, STOP, FrameDecoder
-from .messages import Request, Response, ResponseHeadEncoder, decode_request
+from ..wire import frame
+from ..wire.frame import CODEC_JSON, CONTROL, PONG, STOP, FrameDecoder
+from ..wire.messages import Response, ResponseHeadEncoder, decode_request
+from .load import AppHandler, describe_failure, load_handler
 from .stream import ResponseStream
 
 log = logging.getLogger("minirr.worker")
@@ -50,8 +49,6 @@ EXIT_OK = 0
 EXIT_BOOT_FAILED = 3          # like gunicorn's WORKER_BOOT_ERROR: the master backs off
 READ_SIZE = 64 * 1024           # os.read allocates this much per call: keep it modest
 LARGE_BODY_BYTES = 64 * 1024    # a response body this large is written on its own, not copied
-
-AppHandler = Callable[[Request], Response]
 
 
 class FramePipe:
@@ -137,100 +134,6 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-# ---- loading the application ------------------------------------------------------------
-
-def load_handler(app: str, factory: bool = False, interface: str = "minirr",
-                 base_dir: Optional[str] = None) -> AppHandler:
-    """`module:attr` -> a handler(request) -> Response. Runs once per worker: the bootstrap."""
-    obj = import_app(app, base_dir)
-    if factory:
-        obj = obj()
-    return _as_handler(obj, interface, app)
-
-
-def import_app(app: str, base_dir: Optional[str] = None) -> object:
-    """`module:attr.path` -> the object it names: imports the module and follows the
-    attributes, calls nothing. The master's start-up check runs exactly this part."""
-    if base_dir is not None and base_dir not in sys.path:
-        sys.path.insert(0, base_dir)
-    module_name, _, attr_path = app.partition(":")
-    obj = importlib.import_module(module_name)
-    for attr in attr_path.split("."):
-        obj = getattr(obj, attr)
-    return obj
-
-
-def _as_handler(obj: object, interface: str, app: str) -> AppHandler:
-    if interface == "wsgi":
-        from .wsgi import WSGIHandler   # only workers that serve WSGI pay for the import
-        return WSGIHandler(obj)
-    handle = getattr(obj, "handle", None)
-    if callable(handle):
-        return handle
-    if callable(obj):
-        return obj
-    raise TypeError(f"{app} is not callable and has no handle(request) method")
-
-
-# ---- saying why it failed ---------------------------------------------------------------
-
-def _folders(*names: str) -> tuple:
-    paths = sysconfig.get_paths()
-    return tuple(sorted({os.path.join(os.path.realpath(paths[name]), "") for name in names}))
-
-
-# Frames in these folders are not the application's own code. Installed libraries
-# (site-packages) are the app's only when nothing of the app lies outside them.
-_STDLIB_DIRS = _folders("stdlib", "platstdlib")
-_LIBRARY_DIRS = _folders("purelib", "platlib")
-_MINIRR_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "")
-
-
-def describe_failure(exc: BaseException) -> str:
-    """One line: the exception and where in the application it was raised,
-    `ConnectionRefusedError: [Errno 111] Connection refused (at demo_app.py:123 in create_app)`.
-    A SyntaxError names the file and line that do not parse."""
-    headline = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    if isinstance(exc, SyntaxError) and exc.filename:
-        return f"{type(exc).__name__}: {exc.msg} ({short_path(exc.filename)}, line {exc.lineno})"
-    where = app_frame(traceback.extract_tb(exc.__traceback__))
-    if where is None:
-        return headline
-    return f"{headline} (at {short_path(where.filename)}:{where.lineno} in {where.name})"
-
-
-def app_frame(frames: traceback.StackSummary) -> Optional[traceback.FrameSummary]:
-    """The innermost frame of the application's own code: not the standard library's or
-    minirr's, and not an installed library's unless the app is installed too (nothing
-    outside site-packages). None when the failure never reached the app (no such module)."""
-    ours = [fs for fs in frames if not _is_minirr_or_stdlib(fs.filename)]
-    own = [fs for fs in ours if not os.path.realpath(fs.filename).startswith(_LIBRARY_DIRS)]
-    if own:
-        return own[-1]
-    return ours[-1] if ours else None
-
-
-def _is_minirr_or_stdlib(filename: str) -> bool:
-    if filename.startswith("<"):          # <frozen importlib._bootstrap>, <string>
-        return True
-    real = os.path.realpath(filename)
-    # site-packages may lie inside the standard library's folder (lib/python3.X/site-packages)
-    in_stdlib = real.startswith(_STDLIB_DIRS) and not real.startswith(_LIBRARY_DIRS)
-    return in_stdlib or real.startswith(_MINIRR_DIR)
-
-
-def short_path(filename: str) -> str:
-    """`/srv/app/shop/views.py` -> `shop/views.py`: the path from the sys.path folder it
-    was imported from (as the module is named), else the path as it is."""
-    real = os.path.realpath(filename)
-    best = filename
-    for folder in sys.path:
-        folder = os.path.join(os.path.realpath(folder or os.getcwd()), "")
-        if real.startswith(folder) and len(real) - len(folder) < len(best):
-            best = real[len(folder):]
-    return best
 
 
 # ---- the loop ---------------------------------------------------------------------------
@@ -358,6 +261,3 @@ def main(argv=None) -> int:
     channel = FramePipe(frames_in, frames_out)
     return serve(channel, lambda: load_handler(args.app, args.factory, args.interface, args.path))
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Dict, List, Optional, Tuple
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 
 # --- syntax (RFC 9110 §5.6.2 tokens, RFC 9112 §3 request line, §5 field lines) ---------
 
