@@ -52,11 +52,6 @@ class FakeSelector(selectors.BaseSelector):
         self.timeouts: List[float] = []
         self.closed = False
 
-    @property
-    def _fd_to_key(self) -> Dict[int, selectors.SelectorKey]:
-        """The name CPython's selectors keep their fd -> key dict under (loop.Loop reads it)."""
-        return self._keys
-
     # ---- the selector interface ------------------------------------------------------------
     def register(self, fileobj, events, data=None):
         fd = fd_of(fileobj)
@@ -121,15 +116,6 @@ class FakeSelector(selectors.BaseSelector):
         for fd in writable:
             masks[fd] = masks.get(fd, 0) | WRITE
         return [(self._keys[fd], mask) for fd, mask in masks.items()]
-
-
-class MapOnlySelector(FakeSelector):
-    """A FakeSelector without `_fd_to_key` (a selector of another make): the loop falls
-    back to get_map()."""
-
-    @property
-    def _fd_to_key(self):
-        raise AttributeError("_fd_to_key")
 
 
 class FakeClock:

@@ -44,18 +44,20 @@ ALLOWED = {
     "http.forwarded": set(),
     "http.chunked": {"errors", "http.grammar"},
     "http.parser": {"errors", "http.chunked", "http.grammar", "http.sections", "wire.messages"},
-    "http.responses": {"http.grammar", "wire.messages"},
+    "http.responses": {"http.grammar"},
     # the wire
     "wire.__init__": set(),
     "wire.frame": {"errors"},
     "wire.messages": set(),
+    "wire.heads": {"wire.messages"},
     # the master: pure decisions first, then the parts that own descriptors
     "master.__init__": set(),
     "master.lifecycle": {"errors"},
     "master.pool": {"errors"},
     "master.supervisor": {"master.pool"},
     "master.metrics": set(),
-    "master.jobs": {"logs", "master.metrics", "master.pool"},
+    "master.reply": {"http.responses", "wire.frame", "wire.heads"},
+    "master.jobs": {"errors", "logs", "master.metrics", "master.pool", "master.reply"},
     "master.control": {"errors", "http.parser", "wire.frame"},
     "master.loop": set(),
     "master.notify": set(),
@@ -63,9 +65,8 @@ ALLOWED = {
     "master.listener": {"errors", "master.lifecycle", "master.loop"},
     "master.connection": {"errors", "http.parser", "master.lifecycle", "master.loop"},
     "master.channel": {"errors", "master.loop", "wire.frame"},
-    "master.replies": {"http.responses", "master.channel", "master.jobs", "master.pool", "wire.frame"},
-    "master.backend": {"master.channel", "master.jobs", "master.pool", "master.replies", "wire.frame",
-                       "wire.messages"},
+    "master.answer": {"http.responses"},
+    "master.backend": {"master.channel", "master.jobs", "master.pool", "master.reply", "wire.frame", "wire.heads"},
     "master.frontend": {"config", "http.forwarded", "http.grammar", "http.parser", "http.responses",
                         "master.connection", "master.jobs", "master.lifecycle", "master.listener", "master.loop"},
     "master.operations": {"config", "http.parser", "http.responses", "master.connection", "master.control",
@@ -73,21 +74,22 @@ ALLOWED = {
                           "master.pool", "master.procfs", "master.supervisor"},
     "master.launch": {"errors", "worker.load", "worker.loop"},
     "master.command": {"errors", "master.launch"},
-    "master.server": {"config", "errors", "http.responses", "logs", "master.backend", "master.frontend",
-                      "master.jobs", "master.loop", "master.metrics", "master.operations", "master.pool"},
+    "master.server": {"config", "errors", "http.responses", "logs", "master.answer", "master.backend",
+                      "master.frontend", "master.jobs", "master.loop", "master.metrics", "master.operations",
+                      "master.pool"},
     # the worker side: frames and Request objects, never HTTP
     "worker.__init__": set(),
     "worker.__main__": {"worker.loop"},
     "worker.wsgi": {"wire.messages"},
     "worker.stream": {"errors", "wire.frame", "wire.messages"},
     "worker.load": {"wire.messages", "worker.wsgi"},
-    "worker.loop": {"wire.frame", "wire.messages", "worker.load", "worker.stream"},
+    "worker.loop": {"wire.frame", "wire.heads", "wire.messages", "worker.load", "worker.stream"},
 }
 
 # Modules that work on bytes, str and numbers only: no sockets, processes, signals or clocks.
 PURE = sorted(name for name in ALLOWED if name.split(".")[0] in ("http", "wire")) + [
     "config", "errors", "master.lifecycle", "master.pool", "master.supervisor", "master.jobs", "master.metrics",
-    "master.control"]
+    "master.reply", "master.control"]
 IO_MODULES = {"socket", "selectors", "select", "subprocess", "multiprocessing", "signal", "threading", "ssl",
               "asyncio"}
 CLOCKS = {"time", "monotonic", "perf_counter", "sleep"}   # time.gmtime (a conversion) is fine

@@ -159,23 +159,35 @@ def test_sigterm_racing_new_connections_exits_0_without_a_traceback(serve):
 
 # ---- 3. what workers and control peers send is checked ----------------------------------------
 
-@pytest.mark.parametrize("path", ["/headers-list", "/headers-str", "/header-number", "/header-null",
-                                  "/deep-head", "/status-103"])
-def test_a_bad_response_head_is_502_and_the_worker_is_replaced(serve, path):
+@pytest.mark.parametrize("path", ["/headers-list", "/headers-str", "/header-number", "/header-null", "/status-103"])
+def test_a_response_head_the_app_got_wrong_is_500_and_the_worker_is_kept(serve, path):
+    """The frames are fine, the head is a JSON object: what is wrong is the app's answer to
+    this one request (wire-protocol reference: a broken response, the worker stays)."""
     srv = serve(rogue_config())
     before = pid_of(srv)
     status, _, body = get(srv, path)
+    assert (status, body) == (500, b"the application sent an invalid response head\n")
+    srv.wait_for_log("the application's response head is invalid")
+    assert pid_of(srv) == before
+    assert srv.stop() == 0
+
+
+def test_a_response_head_that_is_no_json_object_is_502_and_the_worker_is_replaced(serve):
+    srv = serve(rogue_config())
+    before = pid_of(srv)
+    status, _, body = get(srv, "/deep-head")
     assert status == 502, body
     srv.wait_for_log("sent an invalid response")
     assert pid_of(srv) != before
     assert srv.stop() == 0
 
 
-def test_a_1xx_final_status_from_a_native_app_is_502(serve):
+def test_a_1xx_final_status_from_a_native_app_is_500_and_the_worker_is_kept(serve):
     srv = serve(app_config(1))
-    assert get(srv, "/status-103")[0] == 502
+    before = pid_of(srv)
+    assert get(srv, "/status-103")[0] == 500
     srv.wait_for_log(r"response status 103 is outside 200\.\.599")
-    assert get(srv, "/pid")[0] == 200
+    assert pid_of(srv) == before
     assert srv.stop() == 0
 
 

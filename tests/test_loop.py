@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from fakes import READ, WRITE, FakeClock, FakeSelector, MapOnlySelector
+from fakes import READ, WRITE, FakeClock, FakeSelector
 from minirr.master.loop import Handler, Loop
 
 
@@ -118,14 +118,18 @@ def test_a_key_modified_earlier_in_the_same_round_is_skipped_too(fds):
     assert calls == [("a", "event", READ)]
 
 
-def test_the_round_works_without_the_selectors_private_dict(fds):
-    loop, calls = make_loop(MapOnlySelector()), []
-    loop.register(fds[0], READ, Recorder("a", calls, action=lambda: loop.unregister(fds[1])))
-    loop.register(fds[1], READ, Recorder("b", calls))
+def test_a_descriptor_registered_anew_earlier_in_the_round_waits_for_the_next(fds):
+    loop, calls = make_loop(), []
+    new = Recorder("new", calls)
+    loop.register(fds[0], READ, Recorder("a", calls, action=lambda: loop.modify(fds[1], READ, new)))
+    loop.register(fds[1], READ, Recorder("old", calls))
     loop.selector.ready(fds[0])
     loop.selector.ready(fds[1])
     loop.run_once(0)
-    assert calls == [("a", "event", READ)]
+    assert calls == [("a", "event", READ)]                 # the old key's event is not delivered ...
+    loop.selector.ready(fds[1])
+    loop.run_once(0)
+    assert calls[-1] == ("new", "event", READ)             # ... its new handler gets the next one
 
 
 def test_soon_callbacks_run_at_the_end_of_the_round_in_order(fds):
@@ -204,8 +208,8 @@ def test_registration_helpers_and_the_clock(fds):
     assert loop.registered(fds[0]) and loop.selector.events_of(fds[0]) == READ
     loop.modify(fds[0], WRITE, handler)
     assert loop.selector.events_of(fds[0]) == WRITE
-    assert loop.now() == 50.0
+    assert loop.clock() == 50.0
     clock.advance(2.5)
-    assert loop.now() == 52.5
+    assert loop.clock() == 52.5
     loop.close()
     assert loop.selector.closed

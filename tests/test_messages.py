@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from minirr.wire.messages import (Request, Response, body_block, canonical_header_name, decode_request, decode_response_head,
-                             encode_request_head, encode_response_head)
+from minirr.wire.messages import Request, Response, body_block
+from minirr.wire.heads import canonical_header_name, decode_request, decode_response_head, encode_request_head, encode_response_head
 
 
 def make_request():
@@ -66,7 +66,7 @@ def test_bad_response_heads(head):
     ("*", "*"), ("/plain?x", "/plain"), ("http://[::1]:8080/v6", "/v6"),
 ])
 def test_path_of(uri, path):
-    from minirr.wire.messages import path_of
+    from minirr.wire.heads import path_of
     assert path_of(uri) == path
 
 
@@ -84,10 +84,10 @@ def test_request_head_escapes_every_string_field():
 
 
 def test_long_header_names_are_encoded_right_and_not_cached():
-    from minirr.wire.messages import RequestHeadEncoder
+    from minirr.wire.heads import RequestHeadWriter
     name = "x-" + "a" * 500
     request = Request("GET", "/", "", [("Host", "h"), (name, "1")], b"", "127.0.0.1", "HTTP/1.1", "http://h/")
-    encoder = RequestHeadEncoder()
+    encoder = RequestHeadWriter()
     head = json.loads(encoder.encode(request))
     assert head["headers"]["X-" + "A" + "a" * 499] == ["1"]
     assert name not in encoder.json_keys and "Host" in encoder.json_keys

@@ -52,12 +52,15 @@ class Conn:
         return how, control.decode_answer(item)
 
 
-class Server:
+class Controls:
+    """What operations.py may ask of the server (operations.Controls), recorded."""
+
     def __init__(self) -> None:
         self.stopping = False
         self.reloads = 0
         self.shutdowns = []
         self.queue = 0
+        self.retired = []
 
     def begin_reload(self) -> None:
         self.reloads += 1
@@ -67,11 +70,6 @@ class Server:
 
     def queue_length(self) -> int:
         return self.queue
-
-
-class Back:
-    def __init__(self) -> None:
-        self.retired = []
 
     def retire(self, worker, reason, now) -> None:
         self.retired.append((worker, reason, now))
@@ -85,9 +83,9 @@ class Setup:
         self.pool = Pool(2)
         self.metrics = ServerMetrics()
         self.announced = []
-        self.ops = Operations(self.loop, self.config, self.pool, self.metrics, DateCache(), self.announced.append)
-        self.server, self.back = Server(), Back()
-        self.ops.server, self.ops.back = self.server, self.back
+        self.server = self.back = Controls()
+        self.ops = Operations(self.loop, self.config, self.pool, self.metrics, DateCache(), self.announced.append,
+                              controls=self.server)
 
     def worker(self, state=READY, pid=None):
         worker = self.pool.new_worker(self.clock())

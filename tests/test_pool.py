@@ -34,9 +34,9 @@ def test_lifecycle_and_assignment():
     assert pool.deficit() == 0 and pool.ready_worker() is None
     pool.hello(a, 101, 1.0)
     assert pool.ready_worker() is a
-    pool.assign(a, "job", 1.0)
+    pool.assign(a, "job", 0)
     assert a.state is WORKING and pool.ready_worker() is None
-    assert pool.job_done(a, 2.0) is Fate.KEEP and a.state is READY
+    assert pool.job_done(a, 0, 2.0) is Fate.KEEP and a.state is READY
     assert b.state is STARTING and pool.ready_worker() is a
     assert pool.counts() == {"starting": 1, "ready": 1, "working": 0, "stopping": 0}
 
@@ -48,10 +48,10 @@ def test_max_jobs_with_jitter_retires_after_the_job():
     assert 100 <= worker.max_jobs <= 115
     pool.hello(worker, 1, 0.0)
     for i in range(worker.max_jobs - 1):
-        pool.assign(pool.ready_worker(), i, 0.0)
-        assert pool.job_done(worker, 0.0) is Fate.KEEP
-    pool.assign(pool.ready_worker(), "last", 0.0)
-    assert pool.job_done(worker, 0.0) is Fate.STOP
+        pool.assign(pool.ready_worker(), i, 0)
+        assert pool.job_done(worker, 0, 0.0) is Fate.KEEP
+    pool.assign(pool.ready_worker(), "last", 0)
+    assert pool.job_done(worker, 0, 0.0) is Fate.STOP
     assert worker.reason is Reason.MAX_JOBS
     # The replacement is due at once: the retiring worker no longer counts.
     assert pool.deficit() == 1
@@ -67,19 +67,27 @@ def test_busy_worker_is_only_marked_for_retirement():
     pool = Pool(1)
     worker = pool.new_worker(0.0)
     pool.hello(worker, 1, 0.0)
-    pool.assign(pool.ready_worker(), "job", 0.0)
+    pool.assign(pool.ready_worker(), "job", 0)
     pool.mark(worker, Reason.TTL)
     assert worker.state is WORKING
-    assert pool.job_done(worker, 1.0) is Fate.STOP
+    assert pool.job_done(worker, 0, 1.0) is Fate.STOP
 
 
-def test_exec_ttl_overdue_uses_now():
-    pool = Pool(1, exec_ttl_s=5)
+class Deadline:
+    """A job as the pool sees it: opaque, but for its own deadline."""
+
+    def __init__(self, deadline_at: float) -> None:
+        self.deadline_at = deadline_at
+
+
+def test_a_job_past_its_own_deadline_is_overdue_not_its_worker():
+    pool = Pool(1)
     worker = pool.new_worker(0.0)
     pool.hello(worker, 1, 0.0)
-    pool.assign(pool.ready_worker(), "job", 10.0)
-    assert pool.overdue(14.9) == []
-    assert pool.overdue(15.0) == [worker]
+    job = Deadline(15.0)
+    pool.assign(pool.ready_worker(), job, 0)
+    assert pool.overdue_jobs(14.9) == [] and pool.overdue(100.0) == []
+    assert pool.overdue_jobs(15.0) == [(worker, job)]
 
 
 def test_start_timeout_overdue():
@@ -110,7 +118,7 @@ def test_exit_removes_worker_and_reports_state():
     pool = Pool(1)
     worker = pool.new_worker(0.0)
     pool.hello(worker, 1, 0.0)
-    pool.assign(pool.ready_worker(), "job", 0.0)
+    pool.assign(pool.ready_worker(), "job", 0)
     assert pool.exited(worker, 1.0) is WORKING
     assert worker.state is DEAD and not pool.workers and pool.deficit() == 1
 
@@ -156,9 +164,9 @@ def test_an_exited_worker_lets_go_of_its_job():
     pool = Pool(1)
     worker = pool.new_worker(0.0)
     pool.hello(worker, 1, 0.0)
-    pool.assign(pool.ready_worker(), object(), 0.0)
+    pool.assign(pool.ready_worker(), object(), 0)
     pool.exited(worker, 1.0)
-    assert worker.job is None
+    assert worker.jobs == {}
 
 
 def test_surplus_workers_are_ready_ones_first_then_the_oldest_generation():
@@ -171,9 +179,78 @@ def test_surplus_workers_are_ready_ones_first_then_the_oldest_generation():
     pool.hello(first, 2, 0.0)
     pool.hello(second, 3, 0.0)
     assert pool.ready_worker() is old
-    pool.assign(old, "job", 0.0)                          # the old one works: it is not stopped first
+    pool.assign(old, "job", 0)                          # the old one works: it is not stopped first
     assert pool.surplus() == []
     pool.surge = 0
     assert pool.surplus() == [first]
-    pool.job_done(old, 1.0)
+    pool.job_done(old, 0, 1.0)
     assert pool.surplus() == [old]                        # all ready: the oldest generation goes
+
+
+# ---- workers that hold several jobs (request ids) ------------------------------------------
+
+def test_a_plain_worker_has_one_slot_and_a_second_job_is_refused():
+    pool = Pool(1)
+    worker = pool.new_worker(0.0)
+    pool.hello(worker, 1, 0.0)
+    pool.assign(pool.ready_worker(), "a", 0)
+    assert pool.ready_worker() is None
+    with pytest.raises(MinirrError, match="no free slot"):
+        pool.assign(worker, "b", 1)
+
+
+def test_the_next_job_goes_to_an_idle_worker_then_the_least_loaded():
+    pool = Pool(2)
+    a, b = pool.new_worker(0.0), pool.new_worker(0.0)
+    pool.hello(a, 1, 0.0, slots=3)
+    pool.hello(b, 2, 0.0, slots=3)
+    pool.assign(pool.ready_worker(), "1", 1)                   # a: idle longest
+    assert pool.ready_worker() is b                            # idle beats loaded
+    pool.assign(b, "2", 1)
+    pool.assign(b, "3", 2)
+    assert pool.ready_worker() is a                            # a holds 1, b holds 2
+    pool.assign(a, "4", 2)
+    pool.assign(a, "5", 3)
+    pool.assign(pool.ready_worker(), "6", 3)                   # b: 2 of 3
+    assert pool.ready_worker() is None                         # every slot taken
+    assert pool.in_flight() == 6 and a.state is WORKING
+
+
+def test_a_worker_is_ready_again_only_when_its_last_job_ends():
+    pool = Pool(1)
+    worker = pool.new_worker(0.0)
+    pool.hello(worker, 1, 0.0, slots=2)
+    pool.assign(pool.ready_worker(), "a", 1)
+    pool.assign(pool.ready_worker(), "b", 2)
+    assert pool.job_done(worker, 1, 1.0) is Fate.KEEP and worker.state is WORKING
+    assert pool.job_done(worker, 2, 2.0) is Fate.KEEP and worker.state is READY
+    assert worker.jobs_done == 2
+
+
+def test_a_worker_marked_for_retirement_takes_no_new_job_and_stops_after_its_last():
+    pool = Pool(1)
+    worker = pool.new_worker(0.0)
+    pool.hello(worker, 1, 0.0, slots=2)
+    pool.assign(pool.ready_worker(), "a", 1)
+    pool.assign(pool.ready_worker(), "b", 2)
+    pool.job_done(worker, 2, 1.0)
+    pool.mark(worker, Reason.MAX_JOBS)
+    assert pool.ready_worker() is None                         # it has a free slot, but is retiring
+    assert pool.job_done(worker, 1, 2.0) is Fate.STOP
+
+
+def test_a_job_that_did_not_count_is_not_a_served_request():
+    pool = Pool(1, max_jobs=1)
+    worker = pool.new_worker(0.0)
+    pool.hello(worker, 1, 0.0)
+    pool.assign(pool.ready_worker(), "recycled", 0)
+    assert pool.job_done(worker, 0, 1.0, counted=False) is Fate.KEEP and worker.jobs_done == 0
+
+
+def test_dropping_a_lost_workers_jobs_returns_them():
+    pool = Pool(1)
+    worker = pool.new_worker(0.0)
+    pool.hello(worker, 1, 0.0, slots=2)
+    pool.assign(worker, "a", 1)
+    pool.assign(worker, "b", 2)
+    assert sorted(pool.drop_jobs(worker)) == ["a", "b"] and worker.jobs == {}

@@ -1,12 +1,12 @@
 """Unit tests of minirr.http.responses: serializing answers (whole, streamed, errors), dates,
-and a worker's JSON head as HTTP, checked and remembered (ResponseHeads)."""
+and the body writers of a streamed answer."""
 
 import json
 
 import pytest
 
-from minirr.http.responses import (LAST_CHUNK, DateCache, ResponseHeads, chunk, complete_response, error_response,
-                              head_from_json, http_date, serialize_response, streamed_head)
+from minirr.http.responses import (FRAMING_FIELDS, LAST_CHUNK, WRITERS, DateCache, NoBodyWriter, body_framing, chunk,
+                                   complete_response, error_response, http_date, serialize_response, streamed_head)
 
 DATE = b"Sun, 06 Nov 1994 08:49:37 GMT"
 
@@ -117,24 +117,63 @@ def test_http_date(epoch, expected):
 
 
 
-# --- answers whose body is still coming (streamed_head, chunk) -----------------------------------
+# --- answers whose body is still coming: streamed_head and the body writers ----------------------
 
-def test_streamed_head_uses_the_apps_content_length():
-    data, framing = streamed_head(b"HTTP/1.1 200 OK\r\n", 200, 12, keep_alive=True, date=DATE, protocol="HTTP/1.1")
-    assert framing == "length" and data.endswith(b"Content-Length: 12\r\n\r\n")
-
-
-def test_streamed_head_is_chunked_for_http11_and_close_delimited_for_http10():
-    data, framing = streamed_head(b"HTTP/1.1 200 OK\r\n", 200, None, keep_alive=True, date=DATE, protocol="HTTP/1.1")
-    assert framing == "chunked" and b"Transfer-Encoding: chunked\r\n" in data and b"Connection" not in data
-    data, framing = streamed_head(b"HTTP/1.1 200 OK\r\n", 200, None, keep_alive=True, date=DATE, protocol="HTTP/1.0")
-    assert framing == "close" and b"Connection: close\r\n" in data and b"Transfer-Encoding" not in data
+def streamed(status=200, content_length=None, protocol="HTTP/1.1", head_only=False, keep_alive=True):
+    return streamed_head(b"HTTP/1.1 %d X\r\n" % status, status, content_length, keep_alive=keep_alive,
+                         head_only=head_only, date=DATE, protocol=protocol)
 
 
-def test_streamed_head_of_a_bodiless_status():
-    data, framing = streamed_head(b"HTTP/1.1 204 No Content\r\n", 204, None, keep_alive=True, date=DATE,
-                                  protocol="HTTP/1.1")
-    assert framing == "none" and b"Transfer-Encoding" not in data and b"Content-Length" not in data
+@pytest.mark.parametrize("status,length,protocol,framing", [
+    (200, 12, "HTTP/1.1", "length"), (200, None, "HTTP/1.1", "chunked"), (200, None, "HTTP/1.0", "close"),
+    (204, None, "HTTP/1.1", "none"), (304, 12, "HTTP/1.1", "none"), (200, 0, "HTTP/1.0", "length"),
+])
+def test_the_framing_picks_the_writer_from_the_table(status, length, protocol, framing):
+    assert body_framing(status, length, protocol) == framing
+    data, writer = streamed(status, length, protocol)
+    assert type(writer) is WRITERS[framing]
+    connection = {(True, "HTTP/1.1"): b"", (True, "HTTP/1.0"): b"Connection: keep-alive\r\n"}.get(
+        (writer.keeps_alive, protocol), b"Connection: close\r\n")
+    assert data.endswith(FRAMING_FIELDS[framing](length) + connection + b"\r\n")
+
+
+def test_the_apps_content_length_frames_the_body_exactly():
+    data, writer = streamed(content_length=5)
+    assert data.endswith(b"Content-Length: 5\r\n\r\n") and not writer.complete
+    assert writer.write(b"ab") == b"ab" and not writer.complete
+    assert writer.write(b"abcd") is None                       # past the length: refused, nothing counted
+    assert writer.end(b"cde") == b"cde" and writer.complete
+    _, writer = streamed(content_length=5)
+    assert writer.end(b"abc") is None                          # shorter than announced
+    _, writer = streamed(content_length=2)
+    assert writer.write(b"ab") == b"ab" and writer.complete    # the first piece may fill it
+
+
+def test_a_chunked_body_ends_with_the_last_chunk_and_never_sends_an_empty_chunk_early():
+    data, writer = streamed()
+    assert b"Transfer-Encoding: chunked\r\n" in data and b"Connection" not in data
+    assert writer.write(b"hello") == b"5\r\nhello\r\n" and writer.write(b"") == b""
+    assert writer.end(b"!") == b"1\r\n!\r\n0\r\n\r\n" and writer.end(b"") == LAST_CHUNK
+
+
+def test_an_http10_body_ends_with_the_connection():
+    data, writer = streamed(protocol="HTTP/1.0")
+    assert b"Connection: close\r\n" in data and b"Transfer-Encoding" not in data and not writer.keeps_alive
+    assert writer.write(b"ab") == b"ab" and writer.end(b"c") == b"c"
+
+
+@pytest.mark.parametrize("length", [5, None])
+def test_head_gets_the_head_a_get_would_and_no_body(length):
+    data, writer = streamed(content_length=length, head_only=True)
+    get, _ = streamed(content_length=length)
+    assert data == get and type(writer) is NoBodyWriter and writer.keeps_alive
+    assert writer.write(b"x" * 10) == b"" and writer.end(b"y") == b""     # whatever the app sends: nothing
+
+
+def test_a_bodiless_status_has_no_framing_fields():
+    data, writer = streamed(status=204)
+    assert b"Transfer-Encoding" not in data and b"Content-Length" not in data
+    assert writer.write(b"x") == b"" and writer.end(b"") == b""
 
 
 def test_chunks_and_the_last_chunk():
@@ -147,63 +186,3 @@ def test_date_cache_formats_once_a_second():
     dates = DateCache()
     assert dates.get(784111777.1) == dates.get(784111777.9) == DATE
     assert dates.get(784111778.0) != DATE
-
-
-# --- a worker's JSON head as HTTP (head_from_json, ResponseHeads) -------------------------------
-
-def head_json(status, headers) -> bytes:
-    return json.dumps({"status": status, "headers": headers}, separators=(",", ":")).encode()
-
-
-@pytest.mark.parametrize("status,headers", [
-    (200, {"Content-Type": ["text/plain"]}),
-    (404, {"X-A": ["1", "2"], "Set-Cookie": ["a=1"]}),
-    (204, {}),
-])
-def test_a_kept_head_serializes_like_a_fresh_one(status, headers):
-    pairs = [(name, value) for name, values in headers.items() for value in values]
-    expected = serialize_response(status, pairs, b"body", keep_alive=True, date=DATE)
-    heads = ResponseHeads()
-    for _ in range(2):                          # the second time from what was kept
-        head = heads.get(head_json(status, headers)) or heads.decode(head_json(status, headers))
-        assert head.status == status
-        assert complete_response(head.http, status, memoryview(b"body"), keep_alive=True, date=DATE) == expected
-
-
-def test_a_stop_head_is_not_a_response():
-    assert head_from_json(b'{"stop":true}').status == 0
-
-
-def test_the_apps_content_length_is_read_and_checked():
-    assert head_from_json(head_json(200, {"Content-Length": ["12"]})).content_length == 12
-    assert head_from_json(head_json(200, {})).content_length is None
-    for bad in (["12", "13"], ["-1"], ["x"]):
-        with pytest.raises(ValueError, match="Content-Length"):
-            head_from_json(head_json(200, {"Content-Length": bad}))
-
-
-@pytest.mark.parametrize("head", [b'{"status":99}', b'{"status":103}', b"[1]", b'{"status":200,"headers":[]}',
-                                  b'{"status":200,"headers":{"X":["a\\r\\nb"]}}',
-                                  b'{"status":200,"headers":{"X":[1]}}', b'{"status":200,"headers":{"X":null}}',
-                                  b'{"status":200,"headers":' + b"[" * 100000 + b"]" * 100000 + b"}"])
-def test_an_invalid_head_raises_value_error_every_time(head):
-    heads = ResponseHeads()
-    for _ in range(2):
-        with pytest.raises(ValueError):
-            heads.get(head) or heads.decode(head)
-    assert head not in heads
-
-
-def test_a_large_head_is_right_and_not_kept():
-    heads = ResponseHeads()
-    head = head_json(200, {"Content-Security-Policy": ["x" * ResponseHeads.CACHE_MAX_BYTES]})
-    got = heads.get(head) or heads.decode(head)
-    assert got.status == 200 and got.http.endswith(b"x" * ResponseHeads.CACHE_MAX_BYTES + b"\r\n")
-    assert head not in heads
-
-
-def test_the_head_cache_is_bounded():
-    heads = ResponseHeads()
-    for n in range(ResponseHeads.CACHE_SIZE + 50):
-        assert heads.decode(head_json(200, {"X-N": [str(n)]})).status == 200
-    assert len(heads) == ResponseHeads.CACHE_SIZE

@@ -33,7 +33,7 @@ def test_no_limits_no_retirement():
 def test_ttl_applies_to_ready_and_working_workers():
     pool = ready_pool(2)
     a, b = pool.workers.values()
-    pool.assign(pool.ready_worker(), "job", 1.0)
+    pool.assign(pool.ready_worker(), "job", 0)
     limits = Limits(ttl_s=10)
     assert exceeded(a, 9.9, limits, None) is None
     assert exceeded(a, 10.0, limits, None)[0] is Reason.TTL
@@ -45,9 +45,9 @@ def test_idle_ttl_only_after_a_first_request():
     (worker,) = pool.workers.values()
     limits = Limits(idle_ttl_s=5)
     assert exceeded(worker, 100.0, limits, None) is None           # never served: kept
-    pool.assign(pool.ready_worker(), "job", 10.0)
+    pool.assign(pool.ready_worker(), "job", 0)
     assert exceeded(worker, 100.0, limits, None) is None           # busy is not idle
-    pool.job_done(worker, 20.0)
+    pool.job_done(worker, 0, 20.0)
     assert exceeded(worker, 24.9, limits, None) is None
     reason, detail = exceeded(worker, 25.0, limits, None)
     assert reason is Reason.IDLE_TTL and "idle_ttl (5s)" in detail
@@ -80,7 +80,7 @@ def test_one_at_a_time_memory_first_then_oldest():
 def test_a_busy_worker_marked_for_retirement_blocks_the_next():
     pool = ready_pool(2)
     busy = pool.ready_worker()
-    pool.assign(busy, "job", 0.0)
+    pool.assign(busy, "job", 0)
     pool.mark(busy, Reason.TTL)
     assert supervisor.retirement_in_progress(pool.workers.values())
     assert next_retirement(pool.workers.values(), 100.0, Limits(ttl_s=1), {}) is None

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from minirr.wire import frame
-from minirr.wire.messages import Request, encode_request_head
+from minirr.wire.messages import Request
+from minirr.wire.heads import encode_request_head
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = ROOT / "tests" / "workers"

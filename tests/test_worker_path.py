@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from minirr.wire.messages import (Request, Response, ResponseHeadEncoder, decode_request, encode_request_head,
-                             encode_response_head)
+from minirr.wire.messages import Request, Response
+from minirr.wire.heads import ResponseHeadCache, decode_request, encode_request_head, encode_response_head
 
 
 def plain_head(response: Response) -> bytes:
@@ -30,20 +30,20 @@ RESPONSES = [
 
 @pytest.mark.parametrize("response", RESPONSES, ids=range(len(RESPONSES)))
 def test_a_remembered_head_is_the_plain_head(response):
-    encoder = ResponseHeadEncoder()
+    encoder = ResponseHeadCache()
     assert encoder.encode(response) == plain_head(response)
     assert encoder.encode(response) == plain_head(response)   # the second time from the cache
     assert encode_response_head(response) == plain_head(response)
 
 
 def test_heads_that_differ_in_anything_stay_apart():
-    encoder = ResponseHeadEncoder()
+    encoder = ResponseHeadCache()
     heads = [encoder.encode(response) for response in RESPONSES]
     assert len(set(heads)) == len(heads)
 
 
 def test_the_head_cache_is_bounded_and_heads_past_the_bound_are_still_right():
-    encoder = ResponseHeadEncoder()
+    encoder = ResponseHeadCache()
     for n in range(encoder.CACHE_SIZE + 50):
         response = Response(200, [("Content-Length", str(n))])
         assert encoder.encode(response) == plain_head(response)
@@ -51,7 +51,7 @@ def test_the_head_cache_is_bounded_and_heads_past_the_bound_are_still_right():
 
 
 def test_a_large_head_is_right_and_not_remembered():
-    encoder = ResponseHeadEncoder()
+    encoder = ResponseHeadCache()
     response = Response(200, [("Content-Security-Policy", "x" * encoder.CACHE_MAX_BYTES)])
     assert encoder.encode(response) == plain_head(response)
     assert (200, tuple(response.headers)) not in encoder.heads

@@ -24,7 +24,8 @@ from minirr.wire import frame
 from minirr.worker import loop as worker
 from minirr.errors import ClientDisconnected
 from minirr.wire.frame import CODEC_JSON, CONTROL, ERROR, PONG, STOP, STREAM, Frame, FrameDecoder
-from minirr.wire.messages import Request, Response, encode_request_head
+from minirr.wire.messages import Request, Response
+from minirr.wire.heads import encode_request_head
 from minirr.worker.wsgi import WSGIHandler
 
 STOP_FRAME = frame.encode(0, b"", (), STOP)

@@ -23,14 +23,12 @@ from ..errors import ProtocolError
 from .grammar import CHUNK_LINE_RE, MAX_CHUNK_DIGITS, check_trailer_section
 
 
-class Chunk(enum.Enum):
+class Chunk(str, enum.Enum):             # str: hashes in C (see master/pool.py, WorkerState)
     SIZE = "reading a chunk-size line"
     DATA = "reading chunk data"
     END = "reading the CRLF after chunk data"
     TRAILERS = "reading the trailer section"
     DONE = "the body and its trailer section are read"
-
-    __hash__ = object.__hash__  # as http11.State: members are singletons
 
 
 TRANSITIONS: Dict[Tuple[Chunk, str], Chunk] = {

@@ -87,17 +87,13 @@ class RequestLimits:
 
 # --- the state table (STYLE.md §4) --------------------------------------------------
 
-class State(enum.Enum):
+class State(str, enum.Enum):             # str: hashes in C (see master/pool.py, WorkerState)
     HEAD = "reading a request line and header section"
     BODY = "reading a Content-Length body"
     CHUNKED = "reading a chunked body and its trailers (chunked.ChunkedReader)"
     PAUSED = "a Request is out, waiting for start_next_cycle()"
     CLOSED = "done: the peer closed or the last request asked to close"
     FAILED = "poisoned by a protocol error"
-
-    # Enum's own __hash__ is Python code (hash of the name); states are looked up in
-    # dicts a few times per request, and members are singletons, so identity will do.
-    __hash__ = object.__hash__
 
 
 _READING = (State.HEAD, State.BODY, State.CHUNKED)

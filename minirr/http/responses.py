@@ -1,9 +1,9 @@
 """HTTP/1.1 responses as bytes: status line, header lines, framing, dates (RFC 9110, 9112).
 
 Owns: turning (status, headers, body) into the bytes of a response, the framing fields
-      this layer controls (Date, Content-Length, Transfer-Encoding, Connection), chunked
-      encoding of a streamed body, and error answers; the translation of a worker's JSON
-      head into HTTP, checked and remembered (`ResponseHeads`).
+      this layer controls (Date, Content-Length, Transfer-Encoding, Connection), the
+      body writers of a streamed answer (one per framing, chosen from a table), and
+      error answers.
 Never: parses requests (http11 does), touches a socket, a clock or a process.
 
 h11 keeps its readers and writers apart; so does minirr: http11.py reads requests, this
@@ -20,10 +20,9 @@ from __future__ import annotations
 import re
 import time
 from http import HTTPStatus
-from typing import List, NamedTuple, Optional, Tuple
+from typing import Optional, Tuple
 
 from .grammar import TOKEN_RE
-from ..wire.messages import HeadCache, decode_response_head
 
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 _GENERIC_REASONS = {1: "Informational", 2: "Success", 3: "Redirection", 4: "Client Error",
@@ -31,7 +30,6 @@ _GENERIC_REASONS = {1: "Informational", 2: "Success", 3: "Redirection", 4: "Clie
 # Framing and hop-by-hop fields belong to this layer, not to the application.
 _RESPONSE_OWNED = frozenset(("connection", "keep-alive", "transfer-encoding", "content-length", "date"))
 _UNSAFE_VALUE_RE = re.compile("[\r\n\x00]")
-_DIGITS_RE = re.compile(r"[0-9]{1,18}")
 LAST_CHUNK = b"0\r\n\r\n"
 
 
@@ -75,21 +73,118 @@ def complete_response(head: bytes, status: int, body: bytes, *, keep_alive: bool
     return b"%sDate: %s\r\n%s%s\r\n%s" % (head, date, length, connection, body)
 
 
-def streamed_head(head: bytes, status: int, content_length: Optional[int], *, keep_alive: bool,
-                  date: bytes, protocol: str) -> Tuple[bytes, str]:
-    """The head of a response whose body is still to come: -> (bytes, framing), framing
-    being "length" (the app gave Content-Length), "chunked" (HTTP/1.1) or "close"
-    (HTTP/1.0: the body ends when the connection does; keep-alive is then off, and the
-    caller must close). "none" for a status that has no content."""
+def body_framing(status: int, content_length: Optional[int], protocol: str) -> str:
+    """How a streamed answer's body is delimited (RFC 9112 §6.3), a key of WRITERS: none
+    for a status that has no content, the app's own Content-Length, chunked for HTTP/1.1,
+    or for HTTP/1.0 a body that ends when the connection closes."""
     if has_no_content(status):
-        return b"%sDate: %s\r\n%s\r\n" % (head, date, _connection(keep_alive, protocol)), "none"
+        return "none"
     if content_length is not None:
-        return (b"%sDate: %s\r\nContent-Length: %d\r\n%s\r\n" % (head, date, content_length,
-                                                                 _connection(keep_alive, protocol)), "length")
-    if protocol == "HTTP/1.0":
-        return b"%sDate: %s\r\n%s\r\n" % (head, date, _connection(False, protocol)), "close"
-    return (b"%sDate: %s\r\nTransfer-Encoding: chunked\r\n%s\r\n" % (head, date, _connection(keep_alive, protocol)),
-            "chunked")
+        return "length"
+    return "close" if protocol == "HTTP/1.0" else "chunked"
+
+
+def streamed_head(head: bytes, status: int, content_length: Optional[int], *, keep_alive: bool,
+                  head_only: bool, date: bytes, protocol: str) -> Tuple[bytes, "BodyWriter"]:
+    """The head of an answer whose body is still to come, and the writer (from WRITERS)
+    that frames its body. A HEAD request gets the head a GET would, Content-Length
+    included, and no body at all (RFC 9110 §9.3.2)."""
+    framing = body_framing(status, content_length, protocol)
+    writer = WRITERS[framing](content_length)
+    fields = FRAMING_FIELDS[framing](content_length)
+    if head_only:
+        writer = NoBodyWriter(keeps_alive=writer.keeps_alive)
+    line = _connection(keep_alive and writer.keeps_alive, protocol)
+    return b"%sDate: %s\r\n%s%s\r\n" % (head, date, fields, line), writer
+
+
+# ---- body writers: how the pieces of a streamed body go on the wire ---------------------------
+#
+# One object per streamed answer, chosen by streamed_head (h11's _writers.py split): each
+# turns the app's pieces into wire bytes, and says when the body breaks its framing.
+#
+#     writer.write(piece) -> bytes, or None if the piece would pass the announced length
+#     writer.end(last)    -> bytes that end the body, or None if the body is not as long as announced
+#     writer.complete     the body is whole already (a Content-Length reached by the pieces so far)
+#     writer.keeps_alive  the connection may carry another request after this answer
+
+class BodyWriter:
+    keeps_alive = True
+    complete = False
+
+    def write(self, piece: bytes) -> Optional[bytes]:
+        raise NotImplementedError
+
+    def end(self, last: bytes) -> Optional[bytes]:
+        raise NotImplementedError
+
+
+class ContentLengthWriter(BodyWriter):
+    """The app gave Content-Length: the body must be exactly that long (RFC 9112 §6.2)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, content_length: int) -> None:
+        self.left = content_length         # bytes still owed
+
+    @property
+    def complete(self) -> bool:
+        return self.left == 0
+
+    def write(self, piece: bytes) -> Optional[bytes]:
+        if len(piece) > self.left:
+            return None
+        self.left -= len(piece)
+        return piece
+
+    def end(self, last: bytes) -> Optional[bytes]:
+        return self.write(last) if len(last) == self.left else None
+
+
+class ChunkedWriter(BodyWriter):
+    """HTTP/1.1 without a length: each piece a chunk, then the last chunk (RFC 9112 §7.1)."""
+
+    __slots__ = ()
+
+    def __init__(self, content_length: Optional[int] = None) -> None:
+        pass
+
+    def write(self, piece: bytes) -> Optional[bytes]:
+        return chunk(piece) if piece else b""
+
+    def end(self, last: bytes) -> Optional[bytes]:
+        return (chunk(last) if last else b"") + LAST_CHUNK
+
+
+class CloseDelimitedWriter(BodyWriter):
+    """HTTP/1.0 without a length: the body ends when the connection closes (RFC 9112 §6.3)."""
+
+    __slots__ = ()
+    keeps_alive = False
+
+    def __init__(self, content_length: Optional[int] = None) -> None:
+        pass
+
+    def write(self, piece: bytes) -> Optional[bytes]:
+        return piece
+
+    def end(self, last: bytes) -> Optional[bytes]:
+        return last
+
+
+class NoBodyWriter(BodyWriter):
+    """HEAD, 204 and 304: the body the app sends is not the client's (RFC 9110 §6.4.1)."""
+
+    __slots__ = ("keeps_alive",)
+
+    def __init__(self, content_length: Optional[int] = None, keeps_alive: bool = True) -> None:
+        self.keeps_alive = keeps_alive
+
+    def write(self, piece: bytes) -> Optional[bytes]:
+        return b""
+
+    def end(self, last: bytes) -> Optional[bytes]:
+        return b""
 
 
 def chunk(data: bytes) -> bytes:
@@ -154,49 +249,12 @@ class DateCache:
         return self._date
 
 
-# ---- a worker's JSON head, as HTTP --------------------------------------------------------
-
-class ResponseHead(NamedTuple):
-    status: int                        # 0: the worker asks to be recycled instead (docs/external-workers.md, What a worker must do)
-    http: bytes                        # status line and the app's header lines (response_head)
-    content_length: Optional[int]      # the app's own Content-Length, if it gave one
-
-
-STOP_HEAD = ResponseHead(0, b"", None)
-
-
-def head_from_json(head_json: bytes) -> ResponseHead:
-    """A worker's JSON head -> ResponseHead. Raises ValueError on an invalid head (bad
-    JSON or types, a status outside 200..599, a header that would inject, two
-    Content-Length values that differ)."""
-    status, headers, stop = decode_response_head(head_json)
-    if stop:
-        return STOP_HEAD
-    return ResponseHead(status, response_head(status, headers), _content_length(headers))
-
-
-def _content_length(headers: List[Tuple[str, str]]) -> Optional[int]:
-    values = {value.strip() for name, value in headers if name.lower() == "content-length"}
-    if not values:
-        return None
-    if len(values) > 1 or _DIGITS_RE.fullmatch(next(iter(values))) is None:
-        raise ValueError(f"response Content-Length {sorted(values)!r} is not one whole number")
-    return int(values.pop())
-
-
-class ResponseHeads(HeadCache):
-    """head_from_json, remembered: an app sends the same few heads over and over, so each
-    distinct head is checked and turned into HTTP once. Bounded in number and in size,
-    as a head that changes per response (a Set-Cookie) would otherwise grow it.
-
-        head = heads.get(head_json) or heads.decode(head_json)   # a hit costs no Python call
-    """
-
-    CACHE_SIZE = 256
-    CACHE_MAX_BYTES = 4096
-
-    def __init__(self) -> None:
-        super().__init__(self.CACHE_SIZE, self.CACHE_MAX_BYTES)
-
-    def decode(self, head_json: bytes) -> ResponseHead:
-        return self.keep(head_json, head_from_json(head_json), len(head_json))
+# framing -> the writer of its body, and the header field that announces it
+WRITERS = {"none": NoBodyWriter, "length": ContentLengthWriter, "chunked": ChunkedWriter,
+           "close": CloseDelimitedWriter}
+FRAMING_FIELDS = {
+    "none": lambda content_length: b"",
+    "length": lambda content_length: b"Content-Length: %d\r\n" % content_length,
+    "chunked": lambda content_length: b"Transfer-Encoding: chunked\r\n",
+    "close": lambda content_length: b"",
+}

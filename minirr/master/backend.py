@@ -1,18 +1,25 @@
-"""The master's worker side: starting workers, giving them jobs, and what each event means
-for a worker (pool.fate).
+"""The master's worker side: starting workers, giving them jobs, reading their replies,
+and what each event means for a worker (pool.fate).
 
-Owns: starting workers and the handshake, the request frame of a job, a worker's end
-      (stop, kill, exit) and what it means for its job, timeouts (exec_ttl, start,
-      stop), and the reload (each old worker retired once its replacement is ready).
-Never: talks HTTP (frontend.py writes the answers), reads or writes a pipe itself
-       (channel.py does), reads an answer's frames (replies.py does), or decides a fate
-       by itself (pool.fate does).
+Owns: starting workers and the handshake, the request frame of a job, reading a worker's
+      frames (reply.ReplyReader turns them into events, jobs.Jobs applies each to its job
+      and says what it means for the worker: a Verdict), backpressure on a worker's pipe,
+      STOP and PONG, a worker's end (stop, kill, exit) and what it means for its jobs,
+      the deadlines of workers and of their jobs (exec_ttl, start, stop), and the reload
+      (each old worker retired once its replacement is ready).
+Never: writes to a client (answer.py does, through jobs.py), reads or writes a pipe
+       itself (channel.py does), or decides a fate by itself (pool.fate does). It tells
+       the operator side what happened through the `events` it is given (WorkerEvents).
 
-    start:  launcher.start() -> WorkerChannel -> handshake {"pid": master}
-            <- {"pid": its own} -> READY
-    job:    dispatch: request frame ... response frame(s) -> replies -> release(worker):
-            pool.job_done -> KEEP (ready again) or STOP (retired now)
-    end:    its pidfd is readable -> reap -> log what it means -> replace it
+    start:   launcher.start() -> WorkerChannel -> handshake {"pid": master}
+             <- {"pid": its own} -> READY
+    a job:   dispatch(worker, job): the request frame
+    a reply: channel.on_event -> on_frames -> reader.read(job, frame) -> jobs.on_reply -> Verdict
+               MORE     read on (unless the client is backlogged: the pipe waits)
+               FREE     pool.job_done -> ready again, or retired now (max_jobs); the queue moves
+               RECYCLE  the worker asked to be recycled: stopped; its job runs elsewhere
+               BROKEN   killed; its client gets 502
+    its end: its pidfd is readable -> reap -> log what it means -> its jobs fail -> replace it
 """
 
 from __future__ import annotations
@@ -20,50 +27,60 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import List, Optional
+from typing import Callable, List, Optional, Protocol
 
 from ..wire import frame
-from .channel import WorkerChannel, printable
-from ..wire.frame import CODEC_JSON, CONTROL, Frame
-from .jobs import Job, Jobs, Outcome
-from ..wire.messages import RequestHeadEncoder
+from ..wire.frame import CODEC_JSON, CONTROL, PING, PONG, STOP, Frame, FramePart, printable
+from ..wire.heads import request_head_encoder
+from .channel import WorkerChannel
+from .jobs import BROKEN_CHANNEL, DRAINING, FREE, MORE, RECYCLE_WORKER, STREAMING, Job, Jobs, Outcome
 from .pool import READY, STARTING, STOPPING, WORKING, Fate, Pool, Reason, Worker, WorkerState, failed_start, fate
-from .replies import Replies
+from .reply import ReplyReader
 
 log = logging.getLogger("minirr")
 
 LARGE_BODY_BYTES = 64 * 1024           # a request body this large is written on its own, not copied
 STOP_PAYLOAD = json.dumps({"stop": True}).encode()
+PONG_FRAME = frame.encode(0, b"", (), PONG)
+STOP_STREAM_FRAME = frame.encode(0, b"", (), STOP)
+
+
+class WorkerEvents(Protocol):
+    """What the operator side (operations.py) is told about workers."""
+
+    def worker_ready(self, worker: Worker, now: float) -> None: ...
+
+    def worker_gone(self, worker: Worker, was: WorkerState) -> None: ...
+
+    def reload_done(self, replaced: int, seconds: float, error: str, now: float) -> None: ...
 
 
 class Reload:
-    """A reset in progress: `old` workers are replaced one at a time, each retired only
-    once its replacement is ready."""
+    """A reset in progress: the workers of older generations are replaced one at a time,
+    each retired only once its replacement is ready."""
 
-    def __init__(self, old: List[Worker], now: float) -> None:
-        self.old = old
+    def __init__(self, generation: int, now: float) -> None:
+        self.generation = generation
         self.started_at = now
         self.replaced = 0
 
 
 class Backend:
-    """Worker processes and their jobs. `ops` (worker_ready, worker_gone, reload_done) and
-    `child_descriptors` (what else a forked worker must close) are wired by the server."""
+    """Worker processes and their jobs (see the module docstring)."""
 
-    def __init__(self, loop, config, launcher, pool: Pool, jobs: Jobs, front) -> None:
+    def __init__(self, loop, config, launcher, pool: Pool, jobs: Jobs, events: WorkerEvents,
+                 inherited: Callable[[], list] = list) -> None:
         self.loop = loop
         self.config = config
         self.launcher = launcher
         self.pool = pool
         self.jobs = jobs
-        self.front = front
-        self.ops = None
-        self.child_descriptors = list
-        self.request_heads = RequestHeadEncoder()
-        self.replies = Replies(loop, self, pool, jobs, front, config.pool.destroy_timeout)
-        self.trace = config.logs.trace_frames  # log every frame and every worker's moves (for learning)
-        if self.trace:
-            pool.on_move = _log_move
+        self.events = events
+        self.inherited = inherited         # everything else of the master's a forked worker must close
+        self.reader = ReplyReader()
+        self.encode_head = request_head_encoder()
+        self.destroy_timeout_s = config.pool.destroy_timeout
+        self.trace = config.logs.trace_frames  # log every frame (for learning)
         self.stopping = False
         self.reload: Optional[Reload] = None
 
@@ -81,24 +98,23 @@ class Backend:
         worker = self.pool.new_worker(now)
         try:
             # The bootstrap's traceback is printed for the first failure of a run, not each retry.
-            proc = self.launcher.start(self.descriptors() + self.child_descriptors(),
+            proc = self.launcher.start(self.descriptors() + self.inherited(),
                                        print_traceback=self.pool.boot_failures == 0)
         except OSError as exc:
             # The program vanished, or fds or processes ran out: a failed start, with back-off.
             self.pool.exited(worker, now)
             log.error("%s could not be started: %s; next start in %.1fs", worker, exc,
                       max(0.0, self.pool.next_start_at - now))
-            self._after_failed_start(worker, f"it could not be started: {exc}")
+            self._after_failed_start(worker, f"it could not be started: {exc}", now)
             return
         worker.pid = proc.pid
-        worker.channel = WorkerChannel(self.loop, worker, proc, self, self.config.pool.max_frame_size)
-        worker.channel.trace = self.trace
+        worker.channel = WorkerChannel(self.loop, worker, proc, self, self.config.pool.max_frame_size, self.trace)
         worker.channel.open()
         log.info("%s started", worker)
         worker.channel.write(frame.encode(CONTROL | CODEC_JSON, json.dumps({"pid": os.getpid()}).encode()))
 
     def descriptors(self) -> list:
-        """Every descriptor of every worker: a new child closes them all (STYLE.md §5)."""
+        """Every descriptor of every worker: a new child closes them all."""
         items: list = []
         for worker in self.pool.workers.values():
             channel = worker.channel
@@ -119,16 +135,17 @@ class Backend:
             return
         self.pool.hello(worker, pid, now)
         log.info("%s ready in %.0fms", worker, (now - worker.created_at) * 1000)
-        self.ops.worker_ready(worker, now)
+        self.events.worker_ready(worker, now)
         self._continue_reload(now)
-        self.jobs.drain(now)
+        self._drain_queue(now)
 
     # ================================================================== jobs
     def dispatch(self, worker: Worker, job: Job, now: float) -> None:
-        self.pool.assign(worker, job, now)
+        """Send `job` (just dispatched by jobs.py) to `worker`: one request frame."""
         job.worker = worker
+        self.pool.assign(worker, job, job.id)
         request = job.request
-        head = self.request_heads.encode(request)
+        head = self.encode_head(request)
         body = request.body
         header = frame.encode_header(CODEC_JSON, len(head) + len(body), (len(head),))
         if len(body) < LARGE_BODY_BYTES:
@@ -136,53 +153,121 @@ class Backend:
         else:
             worker.channel.write(header + head, body)
 
+    def _drain_queue(self, now: float) -> None:
+        """Give queued jobs to ready workers, oldest first."""
+        while self.jobs.queue:
+            pair = self.jobs.next_pair(now)
+            if pair is None:
+                return
+            self.dispatch(pair[0], pair[1], now)
+
     def on_frames(self, worker: Worker, items: list) -> None:
-        """What a read from the worker's pipe decoded (channel.py), by the worker's state."""
+        """What a read from the worker's pipe decoded (channel.py), by the worker's state.
+
+        WORKING, on the plain wire: frames of the job in flight, one job, one reply, then
+        the next job. Anything after the reply's final frame in the same read is a frame
+        nobody asked for: the channel is broken, and no frame of it may reach the next
+        client."""
+        if worker.state is not WORKING:
+            self._on_other_frames(worker, items)
+            return
         now = self.loop.clock()
+        job = worker.jobs[0]
         last = len(items) - 1
         for index, item in enumerate(items):
-            state = worker.state
-            if state is WORKING:
-                if type(item) is Frame:        # the usual case: the whole answer in one frame
-                    self.replies.on_frame(worker, worker.job, item, now, index < last)
-                else:
-                    self.replies.on_large(worker, worker.job, item, now, index < last)
-            elif state is STARTING:
-                self._on_handshake(worker, item, now)
-            elif state is READY:
-                self.on_broken_channel(worker, "sent a frame with no request in flight")
+            if type(item) is not FramePart and item.stream & PING:
+                self._pong(worker)
+            event = self.reader.read(job, item)
+            verdict = self.jobs.on_reply(job, event, now)
+            if verdict is MORE:
+                self._read_on(worker, job, now)
+                continue
+            if verdict is BROKEN_CHANNEL:
+                self.on_broken_channel(worker, f"sent an invalid response: {event[2]}")
                 return
-            else:
-                return                     # STOPPING or DEAD: nothing it sends matters now
+            if index < last or worker.channel.decoder.buffered_bytes:
+                self.on_broken_channel(worker, "sent a frame after its final response frame")
+                return
+            self._release(worker, job, now, recycle=verdict is RECYCLE_WORKER)
+            return
 
-    def release(self, worker: Worker, now: float) -> None:
-        """Its job is answered: it is ready again, or retired if due (max_jobs, or a soft
-        limit passed while it worked); then the queue moves."""
-        if self.pool.job_done(worker, now) is Fate.STOP:
+    def _on_other_frames(self, worker: Worker, items: list) -> None:
+        state = worker.state
+        if state is STARTING:
+            self._on_handshake(worker, items[0], self.loop.clock())
+            if len(items) > 1 and worker.state is READY:
+                self.on_broken_channel(worker, "sent a frame with no request in flight")
+        elif state is READY:
+            self.on_broken_channel(worker, "sent a frame with no request in flight")
+        # STOPPING or DEAD: nothing it sends matters now
+
+    def _read_on(self, worker: Worker, job: Job, now: float) -> None:
+        """The reply goes on. Backpressure: while its client has HIGH_WATER_BYTES unsent,
+        the worker's pipe is not read (its writes block) and exec_ttl does not count (the
+        wait is the client's). A client gone before the worker showed that it streams gets
+        its worker told STOP now."""
+        if job.state is STREAMING:
+            conn = job.conn
+            if conn.backlogged:
+                worker.channel.pause_reading()
+                self.jobs.held_back(job)
+                conn.wait_for_drain()
+        elif job.state is DRAINING and not job.stop_sent and self.reader.streams(job):
+            self._stop_job(worker, job, now)
+
+    def _release(self, worker: Worker, job: Job, now: float, recycle: bool = False, counted: bool = True) -> None:
+        """The job no longer holds the worker: ready again, or retired if due (max_jobs, a
+        soft limit passed while it worked, its own request to be recycled); then the
+        queue moves."""
+        if recycle:
+            self.pool.mark(worker, Reason.WORKER_REQUEST)
+            counted = False
+        if self.pool.job_done(worker, job.id, now, counted) is Fate.STOP:
             self._stop(worker, worker.reason, now)
             self.ensure_pool(now)
         elif not worker.channel.reading:
             worker.channel.resume_reading()
         if self.jobs.queue:
-            self.jobs.drain(now)
+            self._drain_queue(now)
 
-    def recycle(self, worker: Worker, job: Job, now: float) -> None:
-        """The worker asked to be recycled instead of answering: run the job elsewhere."""
-        worker.job = None
-        job.worker = None
-        self.pool.mark(worker, Reason.WORKER_REQUEST)
-        self._stop(worker, Reason.WORKER_REQUEST, now)
-        self.ensure_pool(now)
-        if not job.cancelled:
-            self.jobs.retry(job, now)
-
-    def abandon(self, job: Job, now: float) -> None:
-        """The client left while its job was at a worker (the replies wind it down)."""
-        self.replies.abandon(job, now)
+    def client_gone(self, job: Job, now: float) -> None:
+        """The client left while its job was at a worker (jobs.py moved it to DRAINING). A
+        stream is told STOP (now, or once its first STREAM frame shows it streams); what
+        the worker still sends is dropped until its final frame, and then it is free again.
+        A worker that goes on past destroy_timeout is killed."""
+        worker = job.worker
+        if worker is None or worker.jobs.get(job.id) is not job or worker.channel is None:
+            return
+        if self.reader.streams(job):
+            self._stop_job(worker, job, now)
+        else:
+            self.jobs.stopped(job, now)
+        worker.channel.resume_reading()
 
     def resume(self, job: Job) -> None:
         """The client took what it had: read the worker's pipe again."""
-        self.replies.resume(job)
+        worker = job.worker
+        if worker is not None and worker.jobs.get(job.id) is job and worker.channel is not None:
+            worker.channel.resume_reading()
+            self.jobs.resumed(job, self.loop.clock())
+
+    def _stop_job(self, worker: Worker, job: Job, now: float) -> None:
+        """STOP, once per job; destroy_timeout from now on bounds what the worker still sends."""
+        job.stop_sent = True
+        worker.channel.write(STOP_STREAM_FRAME)
+        self.jobs.stopped(job, now)
+
+    def _pong(self, worker: Worker) -> None:
+        """Answer a PING at once (docs/external-workers.md, Streamed responses). A worker
+        waits for its PONG before it pings again (RoadRunner's does): a PING while the last
+        PONG still lies unread in its pipe is a broken channel, so a worker that pings and
+        never reads cannot make the master queue PONGs without end."""
+        channel = worker.channel
+        if channel.pong_unread():
+            self.on_broken_channel(worker, "sent PING again before it read the last PONG")
+            return
+        channel.write(PONG_FRAME)
+        channel.pong_written()
 
     # ================================================================== a worker's end
     def retire(self, worker: Worker, reason: Reason, now: float, why: str = "") -> None:
@@ -208,18 +293,27 @@ class Backend:
             self.pool.retire(worker, reason, now)
         channel.proc.kill()
 
+    def _lose_jobs(self, worker: Worker, outcome: Outcome, now: float) -> None:
+        """Every job the worker holds fails now: an error answer, or an answer broken off."""
+        for job in self.pool.drop_jobs(worker):
+            self.jobs.worker_lost(job, outcome, now)
+
     def on_broken_channel(self, worker: Worker, why: str) -> None:
-        """A real fault: kill it now; its client (if any) gets 502 now."""
+        """A real fault: kill it now; its clients get 502 now."""
+        if not worker.live:
+            return
         log.error("%s %s; killing it", worker, why)
-        self._fail_job(worker, Outcome.BAD_RESPONSE, "the worker broke the frame channel")
-        self.retire(worker, Reason.BROKEN_CHANNEL, self.loop.clock(), why)
+        now = self.loop.clock()
+        self._lose_jobs(worker, Outcome.BAD_RESPONSE, now)
+        self.retire(worker, Reason.BROKEN_CHANNEL, now, why)
 
     def on_channel_failed(self, worker: Worker, exc: BaseException) -> None:
         """Our own code raised on this worker's behalf (loop containment): replace it."""
         log.error("%s: handling its channel failed; killing it", worker, exc_info=exc)
         if worker.live and worker.channel is not None and not worker.channel.closed:
-            self._fail_job(worker, Outcome.BAD_RESPONSE, "internal error")
-            self.retire(worker, Reason.BROKEN_CHANNEL, self.loop.clock(), "its channel failed in the master")
+            now = self.loop.clock()
+            self._lose_jobs(worker, Outcome.BAD_RESPONSE, now)
+            self.retire(worker, Reason.BROKEN_CHANNEL, now, "its channel failed in the master")
 
     def on_channel_eof(self, worker: Worker) -> None:
         """EOF on its frame pipe: the process is exiting (its descriptors close a moment
@@ -228,17 +322,6 @@ class Backend:
         if worker.state is not STOPPING:
             worker.channel.proc.kill()
 
-    def _fail_job(self, worker: Worker, outcome: Outcome, why: str) -> None:
-        """The worker's job (if any) fails now: an error answer, or an answer broken off."""
-        job = worker.job
-        worker.job = None
-        if job is None or job.done or job.cancelled:
-            return
-        if job.streaming:
-            self.front.abort(job, why, self.loop.clock())
-        else:
-            self.jobs.fail(job, outcome)
-
     def on_exit(self, worker: Worker) -> None:
         """The process is gone: clean up, then decide what its exit means."""
         channel: WorkerChannel = worker.channel
@@ -246,25 +329,24 @@ class Backend:
         status = channel.proc.reap(timeout=1.0)
         channel.drain_output()
         channel.close()
-        job = worker.job
+        jobs = self.pool.drop_jobs(worker)
         was = self.pool.exited(worker, now)
         self._log_exit(worker, was, status)
-        self.ops.worker_gone(worker, was)
-        if job is not None and not job.done and not job.cancelled:
-            if job.streaming:
-                self.front.abort(job, "the worker died", now)
-            else:
-                self.jobs.fail(job, Outcome.WORKER_DIED)
+        self.events.worker_gone(worker, was)
+        for job in jobs:
+            self.jobs.worker_lost(job, Outcome.WORKER_DIED, now)
         if failed_start(worker, was):
-            self._after_failed_start(worker, self._start_failure(worker, status))
+            self._after_failed_start(worker, self._start_failure(worker, status), now)
         worker.channel = None              # its buffers go with it (a job may still name the worker)
         self.ensure_pool(now)
+        if self.jobs.queue:
+            self._drain_queue(now)
 
-    def _after_failed_start(self, worker: Worker, why: str) -> None:
-        if self.reload is not None and worker.generation == self.pool.generation:
-            self._end_reload(self.loop.clock(), f"{worker} failed to start: {why}")
+    def _after_failed_start(self, worker: Worker, why: str, now: float) -> None:
+        if self.reload is not None and worker.generation == self.reload.generation:
+            self._end_reload(now, f"{worker} failed to start: {why}")
         if not self.pool.serving():
-            self.jobs.fail_all(Outcome.NO_WORKERS)
+            self.jobs.refuse_all(Outcome.NO_WORKERS, now)
 
     @staticmethod
     def _start_failure(worker: Worker, status: Optional[int]) -> str:
@@ -290,9 +372,13 @@ class Backend:
 
     # ================================================================== time
     def expire(self, now: float) -> None:
-        """exec_ttl, start and stop deadlines; exits of workers that have no pidfd."""
+        """Deadlines of jobs (exec_ttl; destroy_timeout after STOP) and of workers (start,
+        stop); exits of workers that have no pidfd."""
+        for worker, job in self.pool.overdue_jobs(now):
+            if worker.live and worker.jobs.get(job.id) is job:
+                self._job_overdue(worker, job, now)
         for worker in self.pool.overdue(now):
-            self._overdue(worker, now)
+            self._worker_overdue(worker, now)
         for worker in list(self.pool.workers.values()):
             channel = worker.channel
             if channel is not None and channel.proc.sentinel is None and not channel.closed and channel.proc.exited():
@@ -300,37 +386,50 @@ class Backend:
         self.ensure_pool(now)
         self._continue_reload(now)
 
-    def _overdue(self, worker: Worker, now: float) -> None:
-        if worker.state is WORKING:
-            job = worker.job
-            if job is not None and job.cancelled:
-                log.warning("%s went on after its client left, past destroy_timeout (%gs); killing it",
-                            worker, self.config.pool.destroy_timeout)
-                self._kill(worker, Reason.DESTROY_TIMEOUT, now)
-                return
-            log.error("%s exceeded exec_ttl (%gs); killing it", worker, self.config.supervisor.exec_ttl)
-            self._fail_job(worker, Outcome.EXEC_TTL, "exec_ttl")
-            self._kill(worker, Reason.EXEC_TTL, now)
-        elif worker.state is STARTING:
+    def _job_overdue(self, worker: Worker, job: Job, now: float) -> None:
+        if job.state is DRAINING:
+            log.warning("%s went on after its client left, past destroy_timeout (%gs); killing it",
+                        worker, self.destroy_timeout_s)
+            self._lose_jobs(worker, Outcome.WORKER_DIED, now)
+            self._kill(worker, Reason.DESTROY_TIMEOUT, now)
+            return
+        log.error("%s exceeded exec_ttl (%gs); killing it", worker, self.config.supervisor.exec_ttl)
+        self.jobs.worker_lost(job, Outcome.EXEC_TTL, now)
+        self._lose_jobs(worker, Outcome.WORKER_DIED, now)
+        self._kill(worker, Reason.EXEC_TTL, now)
+
+    def _worker_overdue(self, worker: Worker, now: float) -> None:
+        if worker.state is STARTING:
             log.error("%s did not finish its start within allocate_timeout (%gs); killing it",
                       worker, self.config.pool.allocate_timeout)
             self._kill(worker, Reason.START_TIMEOUT, now)
         elif worker.state is STOPPING and not worker.channel.failure:
             log.warning("%s did not stop within destroy_timeout (%gs); killing it",
-                        worker, self.config.pool.destroy_timeout)
+                        worker, self.destroy_timeout_s)
             self._kill(worker, Reason.DESTROY_TIMEOUT, now)
 
     # ================================================================== reload
     def begin_reload(self, now: float) -> int:
         """Replace every live worker, one at a time: each old one is retired only once its
-        replacement is ready. -> how many are to be replaced."""
+        replacement is ready. A reload begun while another runs supersedes it: workers of
+        every older generation are old now, and one still starting for the superseded
+        reload is stopped (it would start the code being replaced). -> how many are to be
+        replaced."""
         self.pool.generation += 1
         self.pool.forget_backoff()
-        old = [w for w in self.pool.workers.values() if w.live and w.reason is None]
+        self.pool.surge = 0
+        for worker in list(self.pool.workers.values()):
+            if worker.state is STARTING and worker.reason is None:
+                self.retire(worker, Reason.RESET, now)
+        old = self._old_workers()
         log.info("reloading: replacing %d workers one at a time", len(old))
-        self.reload = Reload(old, now)
+        self.reload = Reload(self.pool.generation, now)
         self._continue_reload(now)
         return len(old)
+
+    def _old_workers(self) -> List[Worker]:
+        generation = self.pool.generation
+        return [w for w in self.pool.workers.values() if w.live and w.reason is None and w.generation < generation]
 
     def _continue_reload(self, now: float) -> None:
         """One step at a time: while a new worker is starting, wait; once there are more
@@ -339,12 +438,11 @@ class Backend:
         reload = self.reload
         if reload is None or self.stopping:
             return
-        generation = self.pool.generation
         while True:
-            new = [w for w in self.pool.workers.values() if w.generation == generation and w.live]
+            new = [w for w in self.pool.workers.values() if w.generation == reload.generation and w.live]
             if any(w.state is STARTING for w in new):
                 return
-            old = [w for w in reload.old if w.live and w.reason is None]
+            old = self._old_workers()
             if not old:
                 self._end_reload(now, "")
                 return
@@ -365,11 +463,16 @@ class Backend:
             log.error("reload stopped: %s; the other workers keep serving", error)
         else:
             log.info("reload complete")
-        self.ops.reload_done(reload.replaced, now - reload.started_at, error, now)
+        self.events.reload_done(reload.replaced, now - reload.started_at, error, now)
 
     @property
     def reloading(self) -> bool:
         return self.reload is not None
+
+    def stop_reload(self) -> None:
+        """A shutdown began: the reload in progress is abandoned."""
+        self.reload = None
+        self.pool.surge = 0
 
     # ================================================================== shutdown
     def stop_idle(self, now: float) -> None:
@@ -394,6 +497,6 @@ class Backend:
             channel.close()
 
 
-def _log_move(worker: Worker, event: str, was: WorkerState) -> None:
+def log_move(worker: Worker, event: str, was: WorkerState) -> None:
     """[logs] trace_frames: one line per move of a worker's state table (pool.TRANSITIONS)."""
     log.info("worker %d (pid %s): %s --%s--> %s", worker.id, worker.pid or "?", was.name, event, worker.state.name)

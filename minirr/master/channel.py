@@ -5,25 +5,31 @@ Owns: writing request frames without blocking (what the pipe does not take waits
       payload is handed on as it arrives, never held whole), pausing those reads when the
       backend says so (backpressure), relaying the worker's stdout and stderr to the log
       within a budget, and noticing the process's exit (its pidfd).
-Never: decides what a frame means or what happens to the worker: frames go to
-       `backend.on_frames(worker, items)`, an exit to `backend.on_exit(worker)`, and a
-       failure of our own code to `backend.on_channel_failed(worker, exc)`.
+Never: decides what a frame means or what happens to the worker: everything goes to its
+       owner (the backend, a `ChannelOwner`): frames to `on_frames(worker, items)`, an exit
+       to `on_exit(worker)`, a pipe the worker broke to `on_broken_channel(worker, why)`,
+       and a failure of our own code to `on_channel_failed(worker, exc)`.
 
-    to_worker   <── write(frame)      pipe full? queued, written on EVENT_WRITE
-    from_worker ──> FrameDecoder ──> backend.on_frames     (not read while paused)
+    to_worker   <── write(frame)      pipe full? queued, written on EVENT_WRITE; a write that
+                                      fails (the worker closed its end) is a broken channel
+    from_worker ──> FrameDecoder ──> owner.on_frames     (not read while paused)
     output      ──> lines ──> log      (at most OUTPUT_LINES_PER_ROUND a round; the rest waits,
                                         and the pipe is not read meanwhile)
-    sentinel    ──> backend.on_exit    (a pidfd; see launch.py)
+    sentinel    ──> owner.on_exit      (a pidfd; see launch.py)
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import struct
+import termios
 from collections import deque
-from typing import Deque, List, Optional
+from typing import Deque, List, Protocol
 
 from ..wire import frame
+from ..wire.frame import printable
 from ..errors import FrameError
 from .loop import READ, WRITE, Handler, Loop
 
@@ -36,6 +42,20 @@ OUTPUT_LINES_PER_ROUND = 100           # lines relayed per loop round and worker
 EXIT_OUTPUT_BYTES = 64 * 1024          # read at most this much more once the worker has exited
 _RELAY_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
                  "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
+
+
+class ChannelOwner(Protocol):
+    """Who is told what happens on a worker's channel (backend.Backend)."""
+
+    def on_frames(self, worker, items: list) -> None: ...
+
+    def on_exit(self, worker) -> None: ...
+
+    def on_channel_eof(self, worker) -> None: ...
+
+    def on_broken_channel(self, worker, why: str) -> None: ...
+
+    def on_channel_failed(self, worker, exc: BaseException) -> None: ...
 
 
 class _Watch(Handler):
@@ -58,11 +78,12 @@ class WorkerChannel(Handler):
     """The master's ends of one worker's pipes (see the module docstring). The loop calls
     `on_event` for frames from the worker; the other descriptors have a _Watch each."""
 
-    def __init__(self, loop: Loop, worker, proc, backend, max_frame_bytes: int) -> None:
+    def __init__(self, loop: Loop, worker, proc, owner: ChannelOwner, max_frame_bytes: int,
+                 trace: bool = False) -> None:
         self.loop = loop
         self.worker = worker
         self.proc = proc                   # launch.WorkerProcess
-        self.backend = backend
+        self.owner = owner
         self.decoder = frame.FrameDecoder(max_frame_bytes, large=frame.PARTS)
         self.out: Deque[memoryview] = deque()   # frames (or parts) not yet taken by the pipe
         self.reading = False               # from_worker is watched (not while paused)
@@ -70,7 +91,10 @@ class WorkerChannel(Handler):
         self.closed = False
         self.failure = ""                  # why the master gave up on it (for the exit log line)
         self.last_error = ""               # the last ERROR line it logged (why a start failed)
-        self.trace = False                 # [logs] trace_frames: log every frame both ways
+        self.trace = trace                 # [logs] trace_frames: log every frame both ways
+        self.write_error = ""              # why a write to the worker failed (reported once)
+        self._pong_sent = False            # a PONG went in, and the worker may not have read it yet ...
+        self._after_pong = 0               # ... with this many bytes written behind it
         self._output_tail = b""            # an unfinished line of its output
         self._backlog: Deque[bytes] = deque()   # output lines read but not relayed yet
         self._watches = {name: _Watch(callback, self) for name, callback in (
@@ -85,7 +109,7 @@ class WorkerChannel(Handler):
             self.loop.register(proc.sentinel, READ, self._watches["exit"])
 
     def contain(self, exc: BaseException) -> None:
-        self.backend.on_channel_failed(self.worker, exc)
+        self.owner.on_channel_failed(self.worker, exc)
 
     # ---- frames to the worker ------------------------------------------------------------
     def write(self, data: bytes, tail: bytes = b"") -> None:
@@ -96,13 +120,16 @@ class WorkerChannel(Handler):
             return
         if self.trace:
             self._trace("master → %s" % self.worker, frame.describe(bytes(data) + bytes(tail[:64])))
+        if self._pong_sent:
+            self._after_pong += len(data) + len(tail)
         if not self.out:
             # The usual case: nothing queued, and the pipe takes the whole frame at once.
             try:
                 written = os.write(self.proc.to_worker, data)
             except BlockingIOError:
                 written = 0
-            except OSError:                # BrokenPipeError: the process is gone; its pidfd will tell
+            except OSError as exc:         # BrokenPipeError: it closed its end (or is gone)
+                self._write_failed(exc)
                 return
             if written == len(data) and not tail:
                 return
@@ -124,8 +151,9 @@ class WorkerChannel(Handler):
                 written = os.write(fd, out[0])
             except BlockingIOError:
                 break
-            except OSError:                # BrokenPipeError: the process is gone; its pidfd will tell
+            except OSError as exc:         # BrokenPipeError: it closed its end (or is gone)
                 out.clear()
+                self._write_failed(exc)
                 break
             if written < len(out[0]):
                 out[0] = out[0][written:]
@@ -138,6 +166,36 @@ class WorkerChannel(Handler):
                 self.loop.register(fd, WRITE, self._watches["to"])
             else:
                 self.loop.unregister(fd)
+
+    def _write_failed(self, exc: OSError) -> None:
+        """The worker's request pipe refused a write: it closed its end (a worker that is
+        alive but reads no more) or it is exiting. Either way the job written to it can
+        never be answered: a broken channel. Told at the end of the round, never inside
+        the write (which may be the dispatch of a job still being set up)."""
+        if not self.write_error:
+            self.write_error = f"closed its request pipe ({exc.strerror or exc})"
+            self.loop.soon(self, self._report_write_error)
+
+    def _report_write_error(self) -> None:
+        if not self.closed:
+            self.owner.on_broken_channel(self.worker, self.write_error)
+
+    def pong_unread(self) -> bool:
+        """Is the last PONG still in the pipe, unread by the worker? FIONREAD on the write
+        end counts the bytes the worker has not read; the pipe is FIFO, so the PONG is
+        unread while more is unread than was written after it (a STOP, say)."""
+        if not self._pong_sent:
+            return False
+        if self.out:
+            return True
+        unread = struct.unpack("i", fcntl.ioctl(self.proc.to_worker, termios.FIONREAD, b"\0\0\0\0"))[0]
+        if unread <= self._after_pong:
+            self._pong_sent = False
+        return self._pong_sent
+
+    def pong_written(self) -> None:
+        self._pong_sent = True
+        self._after_pong = 0
 
     # ---- frames from the worker ------------------------------------------------------------
     def pause_reading(self) -> None:
@@ -164,17 +222,18 @@ class WorkerChannel(Handler):
             # EOF: the process is exiting, or it closed its end and is of no use any more.
             # Either way its pidfd reports the exit; kill() makes sure it comes.
             self.pause_reading()
-            self.backend.on_channel_eof(self.worker)
+            self.owner.on_channel_eof(self.worker)
             return
         try:
             items = self.decoder.feed(data)
         except FrameError as exc:
-            self.backend.on_broken_channel(self.worker, f"broke the frame channel ({exc}); it sent: "
-                                                        f"{printable(self.decoder.buffered[:64])}")
+            self.owner.on_broken_channel(self.worker, f"broke the frame channel ({exc}); it sent: "
+                                                      f"{printable(self.decoder.buffered[:64])}")
             return
         if self.trace:
             self._trace_items(items)
-        self.backend.on_frames(self.worker, items)
+        if items:                          # (a read may hold half a frame: nothing yet)
+            self.owner.on_frames(self.worker, items)
 
     # ---- watching the wire ([logs] trace_frames) ---------------------------------------------
     def _trace_items(self, items: list) -> None:
@@ -288,7 +347,7 @@ class WorkerChannel(Handler):
     # ---- its exit ---------------------------------------------------------------------------
     def _on_exit(self) -> None:
         if not self.closed:
-            self.backend.on_exit(self.worker)
+            self.owner.on_exit(self.worker)
 
     def close(self) -> None:
         """Unregister and close every descriptor (after the process has been reaped)."""
@@ -301,16 +360,3 @@ class WorkerChannel(Handler):
         self.proc.close()
         self.proc.output = None
         self._backlog.clear()
-
-
-def printable(data: bytes) -> str:
-    text = bytes(data).decode("latin-1")
-    return repr("".join(ch if 32 <= ord(ch) < 127 else "." for ch in text))
-
-
-def frame_summary(item) -> Optional[str]:
-    """Not used on the hot path: a frame's header in words (flags, stream bits, length)."""
-    if isinstance(item, frame.Frame):
-        return (f"flags={frame.names(item.flags, frame.FLAG_NAMES)} stream={frame.names(item.stream, frame.STREAM_NAMES)}"
-                f" options={list(item.options)} payload={len(item.payload)} bytes")
-    return None

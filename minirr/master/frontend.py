@@ -1,19 +1,18 @@
-"""The master's HTTP side: the application listener, its client connections, and the
-answers they get.
+"""The master's HTTP side: the application listener and its client connections.
 
 Owns: binding and accepting on `[http] address`, a parser per connection, finishing each
-      Request with what only the server knows (its address, proxy trust), and writing
-      answers in HTTP/1.1: whole, streamed (Content-Length, chunked, or close-delimited),
-      or as errors.
-Never: talks to workers or decides a request's fate: a parsed request goes to
-       `jobs.submit`, and the backend hands answers back through `answer`, `begin`,
-       `part` and `end`. Never buffers more of a streamed answer than HIGH_WATER_BYTES
-       (connection.py): past it, the backend stops reading the worker's pipe.
+      Request with what only the server knows (its address, proxy trust), making its Job
+      and submitting it, telling the job's life when its client leaves or drains, and a
+      graceful stop on the client side (idle clients go at once; a request still being
+      read is read, answered and then closed).
+Never: writes an answer (answer.py does, for jobs.py) or decides a request's fate: a
+       parsed request goes to `jobs.submit`, and a worker it names gets it from
+       `backend.dispatch`.
 
-    listener ──accept──> Connection(RequestParser) ──Request──> on_request ──> jobs.submit
-    backend ──answer(job, head, body)──────────────> one write (most answers)
-            ──begin / part ... / end──────────────> head, body parts as they come, the end
-    jobs ──answer_error(job, status, message)─────> a small text answer
+    listener ──accept──> Connection(RequestParser) ──Request──> on_request ──> Job ──> jobs.submit
+                                                                          a free worker? ──> backend.dispatch
+    connection closed ──on_closed──> (end of the round) jobs.client_gone ──a worker has it──> backend.client_gone
+    connection drained ──on_drain──> backend.resume (read the worker's pipe again)
 """
 
 from __future__ import annotations
@@ -21,20 +20,30 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import Optional, Tuple
+from typing import Optional, Protocol, Tuple
 
-from ..http import forwarded
-from ..http.parser import RequestLimits, RequestParser
-from ..http.grammar import target_uri
 from ..config import HTTPConfig
+from ..http import forwarded
+from ..http.grammar import target_uri
+from ..http.parser import RequestLimits, RequestParser
+from ..http.responses import DateCache, error_response
 from .connection import Connection
-from .jobs import Job, Jobs
-from .lifecycle import ConnectionLimits
+from .jobs import DONE, Job, Jobs
+from .lifecycle import IDLE, LINGERING, ConnectionLimits
 from .listener import Listener, bind
 from .loop import Loop
-from ..http.responses import LAST_CHUNK, DateCache, ResponseHead, chunk, complete_response, error_response, streamed_head
 
 log = logging.getLogger("minirr")
+
+
+class Dispatch(Protocol):
+    """What the frontend asks of the worker side (backend.Backend)."""
+
+    def dispatch(self, worker, job: Job, now: float) -> None: ...
+
+    def client_gone(self, job: Job, now: float) -> None: ...
+
+    def resume(self, job: Job) -> None: ...
 
 
 def finish_request(request, peer: str, host: Optional[str], default_host: str, trusted_proxies: tuple) -> None:
@@ -50,14 +59,14 @@ def finish_request(request, peer: str, host: Optional[str], default_host: str, t
 
 
 class Frontend:
-    """The application listener and its clients. `back` is wired in by the server."""
+    """The application listener and its clients (connection.py's owner for each)."""
 
-    def __init__(self, loop: Loop, config: HTTPConfig, jobs: Jobs, dates: DateCache) -> None:
+    def __init__(self, loop: Loop, config: HTTPConfig, jobs: Jobs, backend: Dispatch, dates: DateCache) -> None:
         self.loop = loop
         self.config = config
         self.jobs = jobs
+        self.backend = backend
         self.dates = dates
-        self.back = None
         self.limits = ConnectionLimits(config.header_timeout, config.body_timeout, config.keepalive_timeout,
                                        config.min_body_rate, config.min_send_rate)
         self.request_limits = RequestLimits(
@@ -93,111 +102,33 @@ class Frontend:
         finish_request(request, conn.peer, parser.host, self.default_host, self.config.trusted_proxies)
         now = self.loop.clock()
         job = conn.job = Job(conn, request, not parser.close_requested and not self.stopping, now)
-        self.jobs.submit(job, now)
+        worker = self.jobs.submit(job, now)
+        if worker is not None:
+            self.backend.dispatch(worker, job, now)
 
     def on_bad_request(self, conn: Connection, error) -> None:
         conn.reject(error.status, error.msg)
 
     def rejection(self, status: int, message: str) -> bytes:
-        return error_response(status, message, date=self.http_date())
+        return error_response(status, message, date=self.dates.get(time.time()))
 
     def on_closed(self, conn: Connection) -> None:
+        """The client is gone. Its job, if still owed an answer, is told at the end of the
+        round: never inside the callback that closed the connection, which may be the
+        very write of that job's answer."""
         job = conn.job
-        if job is not None and not job.done:
-            self.jobs.abandon(job, self.loop.clock())
+        if job is not None and job.state is not DONE:
+            self.loop.soon(conn, lambda: self._client_gone(job))
+
+    def _client_gone(self, job: Job) -> None:
+        now = self.loop.clock()
+        if self.jobs.client_gone(job, now):
+            self.backend.client_gone(job, now)
 
     def on_drain(self, conn: Connection) -> None:
         job = conn.job
         if job is not None and job.worker is not None:
-            self.back.resume(job)
-
-    # ---- answers -------------------------------------------------------------------------------
-    def answer(self, job: Job, head: ResponseHead, body, now: float) -> None:
-        """A whole answer in one piece: the usual case, one write."""
-        status = job.status = head.status
-        head_only = job.request.method == "HEAD"
-        data = complete_response(head.http, status, body, keep_alive=job.keep_alive, head_only=head_only,
-                                 date=self.dates.get(time.time()), protocol=job.request.protocol)
-        job.body_bytes = 0 if head_only or status == 204 or status == 304 else len(body)
-        self.jobs.finished(job, now)
-        job.conn.respond(data, job.keep_alive)
-
-    def answer_error(self, job: Job, status: int, message: str, headers: tuple, keep_alive: bool) -> None:
-        job.status = status
-        job.keep_alive = job.keep_alive and keep_alive and not self.stopping
-        data = error_response(status, message, date=self.http_date(), keep_alive=job.keep_alive,
-                              extra_headers=headers)
-        job.body_bytes = len(message) + 1
-        self.jobs.finished(job, self.loop.clock())
-        job.conn.respond(data, job.keep_alive)
-
-    def begin(self, job: Job, head: ResponseHead, content_length: Optional[int], first: bytes) -> bool:
-        """The head of an answer whose body is still coming, and its first bytes. False if
-        those bytes already pass the app's own Content-Length: then only the head goes out,
-        and the answer is broken off (the client sees a body shorter than announced)."""
-        job.status = head.status
-        reply = job.reply
-        data, reply.framing = streamed_head(head.http, head.status, content_length, keep_alive=job.keep_alive,
-                                            date=self.http_date(), protocol=job.request.protocol)
-        job.streaming = True
-        if reply.framing == "close":
-            job.keep_alive = False
-        reply.length_left = content_length or 0
-        if reply.framing == "length" and len(first) > content_length:
-            job.conn.start_stream(data)
-            self.abort(job, "the body was longer than its Content-Length", self.loop.clock())
-            return False
-        job.conn.start_stream(data + self._body(job, first) if first else data)
-        return True
-
-    def part(self, job: Job, data: bytes) -> bool:
-        """More body. False, and nothing of it written, if it would pass the app's own
-        Content-Length (the caller breaks the answer off)."""
-        reply = job.reply
-        if reply.framing == "length" and len(data) > reply.length_left:
-            return False
-        if data:
-            job.conn.write(self._body(job, data))
-        return True
-
-    def end(self, job: Job, last: bytes, now: float) -> bool:
-        """The last body bytes: the answer is complete. False (and the connection closed)
-        if the body did not match the app's Content-Length."""
-        reply = job.reply
-        if reply.framing == "length" and len(last) != reply.length_left:
-            self.abort(job, f"the body was {'longer' if len(last) > reply.length_left else 'shorter'} than its "
-                            f"Content-Length", now)
-            return False
-        data = self._body(job, last) if last else b""
-        if reply.framing == "chunked" and not job.head_only:
-            data += LAST_CHUNK
-        self.jobs.finished(job, now)
-        job.conn.respond(data, job.keep_alive and reply.framing != "close")
-        return True
-
-    def abort(self, job: Job, why: str, now: float) -> None:
-        """An answer broken off after its head went out: it cannot become an error answer
-        any more, so the connection closes (a chunked body without its last chunk, or a
-        short one, tells the client it is incomplete)."""
-        log.warning("%s: %s %s: answer broken off after %d body bytes: %s", job.conn, job.request.method,
-                    job.request.path, job.body_bytes, why)
-        self.jobs.finished(job, now)
-        job.conn.close()
-
-    def _body(self, job: Job, data: bytes) -> bytes:
-        """Body bytes as the framing wants them (nothing for HEAD)."""
-        reply = job.reply
-        if job.head_only or reply.framing == "none":
-            return b""
-        job.body_bytes += len(data)
-        if reply.framing == "chunked":
-            return chunk(data)
-        if reply.framing == "length":
-            reply.length_left -= len(data)
-        return data
-
-    def http_date(self) -> bytes:
-        return self.dates.get(time.time())
+            self.backend.resume(job)
 
     # ---- time and the end ------------------------------------------------------------------------
     def expire(self, now: float) -> None:
@@ -205,25 +136,34 @@ class Frontend:
             self.listener.expire(now)
 
     def stop_accepting(self) -> None:
-        """A shutdown: close the listener; idle clients go now, busy ones after their answer."""
+        """A graceful stop: close the listener; clients with nothing under way go now. A
+        request still being read is read and answered (within its own timeouts), then its
+        connection closes, as does every connection once its answer is out."""
         self.stopping = True
         if self.listener is None:
             return
         self.listener.close()
         for conn in list(self.listener.connections.values()):
-            if conn.job is None and not conn.out:
+            conn.closing = True
+            if self._idle(conn):
                 conn.close()
-            else:
-                conn.closing = True
-                if conn.job is not None:
-                    conn.job.keep_alive = False
+
+    @staticmethod
+    def _idle(conn: Connection) -> bool:
+        return conn.phase is IDLE and not conn.out and not conn.parser.has_partial_request
 
     def busy(self) -> bool:
-        """An answer is still being made for some client."""
-        return any(conn.job is not None and not conn.job.done for conn in self.connections.values())
+        """Some client is still owed an answer, or is still sending its request (a
+        connection lingering after its last answer is owed nothing)."""
+        return any(not self._idle(conn) and conn.phase is not LINGERING for conn in self.connections.values())
 
     def unsent(self) -> bool:
         return any(conn.out for conn in self.connections.values())
+
+    def close_idle(self) -> None:
+        for conn in list(self.connections.values()):
+            if self._idle(conn):
+                conn.close()
 
     def close(self) -> None:
         if self.listener is not None:

@@ -51,7 +51,7 @@ from ..errors import MinirrError
 LINGER_S = 2.0                         # after the last response: drain the peer this long at most
 
 
-class Phase(enum.Enum):
+class Phase(str, enum.Enum):             # str: see pool.WorkerState
     IDLE = "waiting for a request"
     READING = "reading a request"
     WAITING = "the request is with a worker"
@@ -59,8 +59,6 @@ class Phase(enum.Enum):
     SENDING = "writing the response"
     LINGERING = "half-closed after the last response"
     CLOSED = "closed"
-
-    __hash__ = object.__hash__         # identity: members are singletons (see pool.WorkerState)
 
 
 IDLE, READING, WAITING, STREAMING, SENDING, LINGERING, CLOSED = Phase

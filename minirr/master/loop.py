@@ -2,7 +2,7 @@
 
 Owns: waiting (the only `select()` in the master), running the callback of each ready
       descriptor, work deferred to the end of a round (`soon`), the clock every part
-      reads (`now`), and what happens when a callback raises.
+      reads (`clock()`), and what happens when a callback raises.
 Never: knows what a descriptor is for. Each registration names a `Handler`: an object
        with the callback and a `contain(exc)` that knows what failing means for it
        (a client is answered 500 and closed, a worker is killed and replaced, an
@@ -15,9 +15,10 @@ One round:
                                                 │ contain raises too ─> the round ends; the error escapes
     then every `soon` callback, in order (each contained like an event, by its handler)
 
-A key is skipped if its descriptor was unregistered or re-registered earlier in the same
-round: the object it belonged to may be closed, and its number reused by a new one.
-The selector is level-triggered, so an event skipped for a re-registration comes again.
+A key is skipped if its descriptor was registered, modified or unregistered earlier in
+the same round: the object it belonged to may be closed, and its number reused by a new
+one. The selector is level-triggered, so an event skipped for a re-registration comes
+again next round.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import logging
 import selectors
 import time
 from collections import deque
-from typing import Callable, Deque, Tuple
+from typing import Callable, Deque, Set, Tuple
 
 log = logging.getLogger("minirr")
 
@@ -53,27 +54,21 @@ class Loop:
 
     def __init__(self, selector: selectors.BaseSelector = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.selector = selector if selector is not None else selectors.DefaultSelector()
-        self.clock = clock
+        self.clock = clock                 # monotonic seconds; a test passes a clock it moves by hand
         self._soon: Deque[Tuple[Handler, Callable[[], None]]] = deque()
-        # The selector's own fd -> key dict (CPython's selectors keep it as _fd_to_key): a
-        # plain dict lookup per event, where get_map() would cost four Python calls.
-        self._current = getattr(self.selector, "_fd_to_key", None)
-
-    def now(self) -> float:
-        """The loop's clock (the hot paths call `loop.clock()` itself: one Python call less)."""
-        return self.clock()
+        self._changed: Set[int] = set()    # descriptors (un)registered during this round
 
     # ---- registration --------------------------------------------------------------
     def register(self, fileobj, events: int, handler: Handler) -> None:
-        self.selector.register(fileobj, events, handler)
+        self._changed.add(self.selector.register(fileobj, events, handler).fd)
 
     def modify(self, fileobj, events: int, handler: Handler) -> None:
-        self.selector.modify(fileobj, events, handler)
+        self._changed.add(self.selector.modify(fileobj, events, handler).fd)
 
     def unregister(self, fileobj) -> None:
         """Forget `fileobj` if it is registered (closing code calls this unconditionally)."""
         try:
-            self.selector.unregister(fileobj)
+            self._changed.add(self.selector.unregister(fileobj).fd)
         except (KeyError, ValueError):
             pass
 
@@ -93,11 +88,10 @@ class Loop:
     def run_once(self, timeout: float) -> None:
         if self._soon:
             timeout = 0.0
-        current = self._current
-        if current is None:
-            current = self.selector.get_map()
+        changed = self._changed
+        changed.clear()
         for key, mask in self.selector.select(timeout):
-            if current.get(key.fd) is not key:
+            if changed and key.fd in changed:
                 continue                   # unregistered or replaced earlier in this round
             handler = key.data
             try:

@@ -6,13 +6,13 @@ Owns: the three operator listeners and what they answer (control calls: workers,
       the metric events of workers (ready, gone) and reloads, and sd_notify's READY,
       RELOADING and STOPPING.
 Never: moves bytes itself (connection.py does, for these connections as for clients),
-       decides which worker is due (supervisor.py does), or ends a worker: that goes
-       through the backend (`retire`, `begin_reload`), and a stop through the server.
+       decides which worker is due (supervisor.py does), or ends a worker, reloads or
+       stops: it asks the server (its `Controls`), which has the parts that do.
 
     control socket ──Connection(CallParser)──> on_request(conn, Call) ──> workers | reset | stop
     status, metrics ──Connection(RequestParser)──> on_request(conn, Request) ──> (status, headers, body)
 
-    reset: call ──> backend.begin_reload() ──> PendingReset ─┬─ reload_done(error="") ──> answer
+    reset: call ──> controls.begin_reload() ──> PendingReset ─┬─ reload_done(error="") ──> answer
                                                              ├─ reload_done(error) ────> error answer
                                                              └─ reset_timeout ─────────> error answer
 """
@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Protocol, Tuple
 
 from . import control, procfs, supervisor
 from ..http.parser import RequestLimits, RequestParser
@@ -68,20 +68,32 @@ def probe(kind: str, counts: Dict[str, int], stopping: bool, queue_length: int) 
     return (200 if ok else 503), body
 
 
+class Controls(Protocol):
+    """What the operator side may ask of the master (server.Server)."""
+
+    stopping: bool
+
+    def queue_length(self) -> int: ...
+
+    def begin_reload(self) -> None: ...
+
+    def begin_shutdown(self, force: bool = False) -> None: ...
+
+    def retire(self, worker: Worker, reason, now: float) -> None: ...
+
+
 class Operations:
-    """Operator-facing behaviour of the master. `back` and `server` are wired in by the
-    server (the server offers `stopping`, `queue_length()` and `begin_shutdown(force)`)."""
+    """Operator-facing behaviour of the master; `controls` is the server."""
 
     def __init__(self, loop: Loop, config: Config, pool: Pool, metrics: ServerMetrics, dates: DateCache,
-                 announce: Callable[[str], None]) -> None:
+                 announce: Callable[[str], None], controls: Controls) -> None:
         self.loop = loop
         self.config = config
         self.pool = pool
         self.metrics = metrics
         self.dates = dates
         self.announce = announce
-        self.back = None
-        self.server = None
+        self.controls = controls
         sup = config.supervisor
         self.soft_limits = supervisor.SoftLimits(sup.ttl, sup.idle_ttl, sup.max_worker_memory)
         self.listeners: Dict[str, Listener] = {}
@@ -93,7 +105,7 @@ class Operations:
         self._next_watch_at = 0.0
         self._notified_ready = False
         self._notified_stopping = False
-        self._started_at = loop.now()
+        self._started_at = loop.clock()
         self._owners = {"control": _ControlPeers(self), "status": _HTTPPeers(self, "status"),
                         "metrics": _HTTPPeers(self, "metrics")}
 
@@ -171,7 +183,7 @@ class Operations:
         if not self.soft_limits.active or now < self._next_watch_at:
             return
         self._next_watch_at = now + (self.config.supervisor.watch_tick or 1.0)
-        if self.server.stopping:
+        if self.controls.stopping:
             return
         rss = self._read_rss() if self.soft_limits.max_memory_mb else {}
         choice = supervisor.next_retirement(self.pool.workers.values(), now, self.soft_limits, rss)
@@ -180,7 +192,7 @@ class Operations:
         worker, reason, detail = choice
         log.info("%s %s; replacing it%s", worker, detail, " after its request" if worker.state is WORKING else "",
                  extra={"worker": worker.id, "pid": worker.pid, "reason": reason.value})
-        self.back.retire(worker, reason, now)
+        self.controls.retire(worker, reason, now)
 
     def _read_rss(self) -> Dict[int, int]:
         readings = {}
@@ -259,13 +271,13 @@ class Operations:
                 "age_s": round(age, 3)}
 
     def _call_reset(self, conn: Connection, call: Call, now: float) -> None:
-        if self.server.stopping:
+        if self.controls.stopping:
             self._answer_error(conn, call, "the server is stopping")
             return
         log.info("reset requested over the control socket")
         timeout = self.config.pool.reset_timeout
         self._pending_resets.append(PendingReset(conn, call.seq, now, now + timeout if timeout else 0.0))
-        self.server.begin_reload()
+        self.controls.begin_reload()
 
     def _finish_resets(self, now: float, error: str, done: Optional[Tuple[int, float]]) -> None:
         """Answer each reset whose reload has ended (`done`, with `error` if it failed), or
@@ -295,7 +307,7 @@ class Operations:
         # Answer, but leave the call open (the connection stays WAITING, so no idle limit
         # closes it): the cli sees EOF when the master has exited.
         conn.write(control.encode_answer(call.seq, call.method, {"pid": os.getpid(), "force": force}))
-        self.server.begin_shutdown(force=force)
+        self.controls.begin_shutdown(force=force)
 
     # ================================================================== status and metrics
     def answer_http(self, endpoint: str, request, now: float) -> Tuple[int, list, bytes]:
@@ -313,12 +325,12 @@ class Operations:
         return answer()
 
     def _answer_probe(self, kind: str) -> Tuple[int, list, bytes]:
-        status, body = probe(kind, self.pool.counts(), self.server.stopping, self.server.queue_length())
+        status, body = probe(kind, self.pool.counts(), self.controls.stopping, self.controls.queue_length())
         headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
         return status, headers, json.dumps(body).encode() + b"\n"
 
     def _answer_metrics(self, now: float) -> Tuple[int, list, bytes]:
-        text = self.metrics.render(self.pool.counts(), self.server.queue_length(), self._read_rss(),
+        text = self.metrics.render(self.pool.counts(), self.controls.queue_length(), self._read_rss(),
                                    now - self._started_at)
         return 200, [("Content-Type", CONTENT_TYPE)], text.encode("utf-8")
 

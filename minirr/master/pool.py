@@ -1,14 +1,17 @@
 """The worker pool's bookkeeping: worker records, their state table, and their fate.
 
-Owns: which workers exist, what state each is in, which one gets the next job, what
+Owns: which workers exist, what state each is in, which jobs each holds (by request id:
+      one at a time for the plain wire, up to `slots` for a worker that takes ids), which
+      one gets the next job (an idle one, else the least loaded with a free slot), what
       happens to a worker and why (`fate`, `Reason`), when one is overdue, and the
       back-off after failed starts.
 Never: touches a process, a pipe or a clock. The backend does the I/O and passes `now`
-       in; job payloads are opaque to the pool.
+       in; of a job the pool reads only its `deadline_at`.
 
 Worker state table (one `_advance` applies it and raises on a move it does not allow):
 
-    STARTING --hello--> READY --assign--> WORKING --done--> READY
+    STARTING --hello--> READY --assign--> WORKING --done--> READY   (done: its last job ended)
+    WORKING --assign--> WORKING                        (another job in a free slot)
     READY | WORKING | STARTING --retire--> STOPPING   (stop frame sent, or killed)
     any live state --exit--> DEAD                      (DEAD is terminal)
 
@@ -33,17 +36,16 @@ from typing import Callable, Deque, Dict, List, Optional
 from ..errors import MinirrError
 
 
-class WorkerState(enum.Enum):
-    """The names are what `minirr workers`, the logs and the metrics show."""
+class WorkerState(str, enum.Enum):
+    """The names are what `minirr workers`, the logs and the metrics show. A str enum,
+    like every state table's here: a state then hashes as its string does, in C (a plain
+    Enum member hashes in Python code, and tables are looked up several times a request)."""
     STARTING = "starting"
     READY = "ready"
     WORKING = "working"
     STOPPING = "stopping"
     DEAD = "dead"
 
-    # Enum's own __hash__ is Python code; states are dict keys looked up a few times per
-    # request, and members are singletons, so identity will do (as in http11.State).
-    __hash__ = object.__hash__
 
 
 STARTING, READY, WORKING, STOPPING, DEAD = WorkerState
@@ -52,6 +54,7 @@ LIVE = (STARTING, READY, WORKING)
 TRANSITIONS = {
     (STARTING, "hello"): READY,
     (READY, "assign"): WORKING,
+    (WORKING, "assign"): WORKING,
     (WORKING, "done"): READY,
     (STARTING, "retire"): STOPPING,
     (READY, "retire"): STOPPING,
@@ -133,8 +136,9 @@ class Worker:
         self.last_done_at = 0.0           # when it last finished a job (idle_ttl)
         self.max_jobs = max_jobs           # 0 = unlimited; already jittered
         self.jobs_done = 0
-        self.job: object = None            # the job it is working on (opaque)
-        self.deadline_at = 0.0             # WORKING: exec_ttl; STARTING: handshake; STOPPING: kill
+        self.slots = 1                     # jobs it may hold at once (more once it takes request ids)
+        self.jobs: Dict[int, object] = {}  # request id -> the job (opaque); id 0 on the plain wire
+        self.deadline_at = 0.0             # STARTING: handshake; STOPPING: kill (a job's own deadline is the job's)
         self.reason: Optional[Reason] = None   # set when its retirement is decided
         self.generation = 0                # bumped by reset: older generations are replaced
         self.channel: object = None        # owned by the backend
@@ -170,13 +174,12 @@ def failed_start(worker: Worker, was: WorkerState) -> bool:
 class Pool:
     """Decisions about a fixed-size set of workers. Time comes in as `now`."""
 
-    def __init__(self, size: int, max_jobs: int = 0, exec_ttl_s: float = 0.0,
-                 allocate_timeout_s: float = 60.0, destroy_timeout_s: float = 60.0,
-                 rng: Optional[random.Random] = None) -> None:
+    def __init__(self, size: int, max_jobs: int = 0, allocate_timeout_s: float = 60.0,
+                 destroy_timeout_s: float = 60.0, rng: Optional[random.Random] = None,
+                 on_move: Optional[Callable[["Worker", str, "WorkerState"], None]] = None) -> None:
         self.size = size
         self.surge = 0                     # extra workers allowed for now (a reload's replacement)
         self.max_jobs = max_jobs
-        self.exec_ttl_s = exec_ttl_s
         self.allocate_timeout_s = allocate_timeout_s
         self.destroy_timeout_s = destroy_timeout_s
         self.rng = rng or random.Random()
@@ -186,7 +189,8 @@ class Pool:
         self.next_start_at = 0.0           # back-off: no start before this
         self._next_id = 1
         self._ready: Deque[Worker] = deque()
-        self.on_move: Optional[Callable[[Worker, str, WorkerState], None]] = None   # [logs] trace_frames
+        self._shared = False               # some worker holds several jobs at once: look past idle ones
+        self.on_move = on_move             # told of every move ([logs] trace_frames)
 
     # ---- lifecycle -------------------------------------------------------------
     def new_worker(self, now: float) -> Worker:
@@ -200,10 +204,13 @@ class Pool:
         self.workers[worker.id] = worker
         return worker
 
-    def hello(self, worker: Worker, pid: int, now: float) -> None:
+    def hello(self, worker: Worker, pid: int, now: float, slots: int = 1) -> None:
         """The worker finished its bootstrap and answered the handshake."""
         _advance(worker, "hello", self.on_move)
         worker.pid = pid or worker.pid
+        worker.slots = slots
+        if slots > 1:
+            self._shared = True
         worker.ready_at = now
         worker.last_done_at = now
         worker.deadline_at = 0.0
@@ -212,37 +219,51 @@ class Pool:
         self._ready.append(worker)
 
     def ready_worker(self) -> Optional[Worker]:
-        """The worker that should take the next job, or None."""
+        """The worker that should take the next job, or None: the idle one that has waited
+        longest, else the least loaded worker with a free slot."""
         while self._ready:
             worker = self._ready.popleft()
             if worker.state is READY:
                 return worker
+        if self._shared:
+            free = [w for w in self.workers.values()
+                    if w.state is WORKING and w.reason is None and len(w.jobs) < w.slots]
+            if free:
+                return min(free, key=lambda w: len(w.jobs))
         return None
 
-    def assign(self, worker: Worker, job: object, now: float) -> None:
+    def assign(self, worker: Worker, job: object, job_id: int) -> None:
+        if len(worker.jobs) >= worker.slots or job_id in worker.jobs:
+            raise MinirrError(f"{worker}: no free slot for request id {job_id} ({len(worker.jobs)} of {worker.slots})")
         _advance(worker, "assign", self.on_move)
-        worker.job = job
-        worker.deadline_at = now + self.exec_ttl_s if self.exec_ttl_s else 0.0
+        worker.jobs[job_id] = job
 
-    def extend_deadline(self, worker: Worker, now: float) -> None:
-        """A streamed response made progress: exec_ttl counts again from now."""
-        if self.exec_ttl_s:
-            worker.deadline_at = now + self.exec_ttl_s
-
-    def job_done(self, worker: Worker, now: float) -> Fate:
-        """The worker's job is answered: STOP when it must now be retired (max_jobs, or a
-        retirement decided while it was busy), else KEEP (it is ready again)."""
-        worker.jobs_done += 1
-        worker.job = None
+    def job_done(self, worker: Worker, job_id: int, now: float, counted: bool = True) -> Fate:
+        """Job `job_id` no longer holds the worker (`counted`: it was served, for max_jobs).
+        When that was its last: STOP if it must now be retired (max_jobs, or a retirement
+        decided while it was busy), else KEEP (it is ready again). While others are in
+        flight: KEEP."""
+        del worker.jobs[job_id]
+        if counted:
+            worker.jobs_done += 1
         worker.last_done_at = now
         if worker.max_jobs and worker.jobs_done >= worker.max_jobs and worker.reason is None:
             worker.reason = Reason.MAX_JOBS
+        if worker.jobs:
+            return Fate.KEEP
         if worker.reason is not None:
             return Fate.STOP
         _advance(worker, "done", self.on_move)
-        worker.deadline_at = 0.0
         self._ready.append(worker)
         return Fate.KEEP
+
+    @staticmethod
+    def drop_jobs(worker: Worker) -> list:
+        """The worker is lost (killed, exited, broke its channel): its jobs no longer hold
+        it. -> those jobs, for the caller to fail."""
+        jobs = list(worker.jobs.values())
+        worker.jobs = {}
+        return jobs
 
     def retire(self, worker: Worker, reason: Reason, now: float) -> None:
         """Move a worker to STOPPING: the backend has sent it a stop frame or killed it."""
@@ -258,7 +279,7 @@ class Pool:
         """The process is gone. Returns the state it was in when it went."""
         was = worker.state
         _advance(worker, "exit", self.on_move)
-        worker.job = None                  # nothing may keep a dead worker's job (and its buffers) alive
+        worker.jobs = {}                   # nothing may keep a dead worker's jobs (and their buffers) alive
         if failed_start(worker, was):
             self._boot_failed(now)
         del self.workers[worker.id]
@@ -297,9 +318,17 @@ class Pool:
         return sum(1 for w in self.workers.values() if w.state is READY or w.state is WORKING)
 
     def overdue(self, now: float) -> List[Worker]:
-        """Working past exec_ttl, starting past allocate_timeout, stopping past destroy_timeout."""
-        return [w for w in self.workers.values()
-                if w.deadline_at and now >= w.deadline_at and w.state is not READY]
+        """Starting past allocate_timeout, stopping past destroy_timeout."""
+        return [w for w in self.workers.values() if w.deadline_at and now >= w.deadline_at]
+
+    def overdue_jobs(self, now: float) -> List[tuple]:
+        """(worker, job) for every job at a worker past its own deadline (exec_ttl, or
+        destroy_timeout after its client left)."""
+        return [(w, job) for w in self.workers.values() for job in w.jobs.values()
+                if job.deadline_at and now >= job.deadline_at]
+
+    def in_flight(self) -> int:
+        return sum(len(w.jobs) for w in self.workers.values())
 
     def counts(self) -> Dict[str, int]:
         counts = {state.value: 0 for state in WorkerState if state is not DEAD}

@@ -1,18 +1,26 @@
 """The master: the parts wired together, the loop's rounds, signals, reload and shutdown.
 
-Owns: building the parts and wiring them, the round (select, then time-driven work),
-      signals, the reload and shutdown sequences, and the orderly end when anything
+Owns: building the parts — each gets the parts it calls in its constructor, so this is
+      the one place that shows who calls whom — the round (select, then time-driven
+      work), signals, the reload and shutdown sequences, and the orderly end when anything
       escapes the loop (listeners closed, workers stopped, exit status 1: never a hang).
 Never: parses HTTP, reads a frame or decides a worker's fate; each part does its own.
 
-    ┌────────────── Server ───────────────────────────────────────────────────────┐
-    │  Loop (loop.py): one selector, the clock, containment of every callback     │
-    │                                                                             │
-    │  Frontend ──Job──> Jobs (queue, outcomes) ──dispatch──> Backend ──frames──> WorkerChannel
-    │  (listener,              │                                │                 │
-    │   Connections)  <──answer / begin / part / end────────────┘                 │
-    │  Operations: control socket, /health /ready /metrics, supervisor, systemd  │
-    └─────────────────────────────────────────────────────────────────────────────┘
+    ┌────────────── Server ──────────────────────────────────────────────────────────┐
+    │  Loop (loop.py): one selector, the clock, containment of every callback        │
+    │                                                                                │
+    │  Frontend ──Job──> Jobs.submit ──a free worker──> Backend.dispatch ──frame──> WorkerChannel
+    │  (listener,          │ queue, the job's table          │ reply frames <────────┘
+    │   Connections) <──Answers (answer.py) <── Jobs.on_reply <── ReplyReader (reply.py)
+    │  Operations: control socket, /health /ready /metrics, supervisor, systemd      │
+    └────────────────────────────────────────────────────────────────────────────────┘
+
+    built in this order (each line needs only the lines above it):
+      pool, metrics, answers                 decisions and the client-side writer
+      jobs(pool, answers)                    the job's life
+      ops(pool, metrics, controls=server)    the operator side
+      backend(pool, jobs, events=ops)        workers
+      front(jobs, backend)                   clients
 
 A round:  loop.run_once(timeout) -> if a tick is due: `_on_tick(now)` -> flush the logs.
 """
@@ -24,17 +32,18 @@ import signal
 import socket
 from typing import Optional
 
-from .backend import Backend
 from ..config import Config
 from ..errors import MinirrError
+from ..http.responses import DateCache
+from ..logs import AccessLog, LogWriter, writer as default_log_writer
+from .answer import Answers
+from .backend import Backend, log_move
 from .frontend import Frontend
 from .jobs import Jobs, Outcome
-from ..logs import AccessLog, LogWriter, writer as default_log_writer
 from .loop import READ, Handler, Loop
 from .metrics import ServerMetrics
 from .operations import Operations
-from .pool import Pool
-from ..http.responses import DateCache
+from .pool import Pool, Reason, Worker
 
 log = logging.getLogger("minirr")
 
@@ -78,24 +87,19 @@ class Server:
         self.loop = loop or Loop()
         self.log_writer = log_writer or default_log_writer()
         pool_cfg = config.pool
-        self.pool = Pool(pool_cfg.num_workers, pool_cfg.max_jobs, config.supervisor.exec_ttl,
-                         pool_cfg.allocate_timeout, pool_cfg.destroy_timeout)
+        self.pool = Pool(pool_cfg.num_workers, pool_cfg.max_jobs, pool_cfg.allocate_timeout, pool_cfg.destroy_timeout,
+                         on_move=log_move if config.logs.trace_frames else None)
         self.metrics = ServerMetrics()
         dates = DateCache()
         access_log = None
         if config.logs.access_log and config.logs.level in ("debug", "info"):
             access_log = AccessLog(self.log_writer, config.logs.format)
-        self.jobs = Jobs(self.pool, pool_cfg.max_queue_size, pool_cfg.allocate_timeout, config.supervisor.exec_ttl,
-                         self.metrics, access_log)
-        self.front = Frontend(self.loop, config.http, self.jobs, dates)
-        self.back = Backend(self.loop, config, launcher, self.pool, self.jobs, self.front)
-        self.ops = Operations(self.loop, config, self.pool, self.metrics, dates, self._announce)
-        # The wiring, in one place: who calls whom.
-        self.jobs.front, self.jobs.back = self.front, self.back
-        self.front.back = self.back
-        self.back.ops = self.ops
-        self.back.child_descriptors = self._child_descriptors
-        self.ops.back, self.ops.server = self.back, self
+        self.jobs = Jobs(self.pool, Answers(dates), pool_cfg.max_queue_size, pool_cfg.allocate_timeout,
+                         config.supervisor.exec_ttl, pool_cfg.destroy_timeout, self.metrics, access_log)
+        self.ops = Operations(self.loop, config, self.pool, self.metrics, dates, self._announce, controls=self)
+        self.back = Backend(self.loop, config, launcher, self.pool, self.jobs, events=self.ops,
+                            inherited=self._child_descriptors)
+        self.front = Frontend(self.loop, config.http, self.jobs, self.back, dates)
         self.stopping = False
         self._stop_deadline_at = 0.0
         self._exit_status: Optional[int] = None
@@ -177,6 +181,10 @@ class Server:
     def queue_length(self) -> int:
         return self.jobs.waiting
 
+    def retire(self, worker: Worker, reason: Reason, now: float) -> None:
+        """The supervisor found `worker` past a soft limit (operations.py asks)."""
+        self.back.retire(worker, reason, now)
+
     # ================================================================== signals
     def _install_signals(self) -> None:
         """Handlers only wake the loop: the signal number arrives on a socketpair."""
@@ -195,22 +203,18 @@ class Server:
         self.back.begin_reload(self.loop.clock())
 
     def begin_shutdown(self, force: bool = False) -> None:
-        """SIGTERM/SIGINT: stop accepting, finish in-flight and queued work, stop workers.
-        A second signal (or force) exits at once."""
+        """SIGTERM/SIGINT: stop accepting, finish what is under way (requests being read,
+        in flight and queued), stop the workers. A second signal (or force) exits at once."""
         self.ops.shutdown_started()
         if self.stopping or force:
             log.warning("stopping now: killing %d workers", len(self.pool.workers))
             self.back.kill_all()
             self._exit_status = 0 if force and not self.stopping else 1
             return
-        in_flight = sum(1 for conn in self.front.connections.values()
-                        if conn.job is not None and conn.job.worker is not None and not conn.job.done)
-        log.info("stopping: finishing %d in-flight and %d queued requests", in_flight, self.jobs.waiting)
+        log.info("stopping: finishing %d in-flight and %d queued requests", self.pool.in_flight(), self.jobs.waiting)
         self.stopping = True
         self.back.stopping = True
-        if self.back.reloading:
-            self.back.reload = None
-            self.pool.surge = 0
+        self.back.stop_reload()
         destroy = self.config.pool.destroy_timeout
         self._stop_deadline_at = self.loop.clock() + destroy if destroy else 0.0
         self.front.stop_accepting()
@@ -220,18 +224,17 @@ class Server:
         if not self.stopping:
             return
         if not self.pool.serving() and self.jobs.queue:
-            self.jobs.fail_all(Outcome.SHUTDOWN)
+            self.jobs.refuse_all(Outcome.SHUTDOWN, now)
         busy = self.front.busy() or self.jobs.waiting
         if not busy:
-            for conn in list(self.front.connections.values()):
-                if not conn.out:
-                    conn.close()
+            self.front.close_idle()
             self.back.stop_idle(now)
         past_deadline = self._stop_deadline_at and now >= self._stop_deadline_at
         if past_deadline:
             self.back.kill_all()
-        # Answers still draining to slow readers get until the stop deadline.
-        if not self.pool.workers and not busy and (not self.front.unsent() or past_deadline):
+        # Answers still draining to slow readers, and requests still arriving, get until
+        # the stop deadline.
+        if not self.pool.workers and (not busy or past_deadline) and (not self.front.unsent() or past_deadline):
             log.info("stopped")
             self._exit_status = 0
 

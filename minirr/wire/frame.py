@@ -305,3 +305,9 @@ class FrameDecoder:
         if words < 3 or words - 3 > MAX_OPTIONS:
             raise FrameError(f"frame header length {words} words is out of range 3..{3 + MAX_OPTIONS}")
         raise FrameError(f"frame payload {length} bytes exceeds {self.max_payload_bytes}")
+
+
+def printable(data: bytes) -> str:
+    """Bytes from a peer, for a log line: latin-1, with anything unprintable shown as `.`."""
+    text = bytes(data).decode("latin-1")
+    return repr("".join(ch if 32 <= ord(ch) < 127 else "." for ch in text))

@@ -39,7 +39,8 @@ from typing import Callable, Optional
 
 from ..wire import frame
 from ..wire.frame import CODEC_JSON, CONTROL, PONG, STOP, FrameDecoder
-from ..wire.messages import Response, ResponseHeadEncoder, decode_request
+from ..wire.heads import decode_request, response_head_encoder
+from ..wire.messages import Response
 from .load import AppHandler, describe_failure, load_handler
 from .stream import ResponseStream
 
@@ -161,8 +162,8 @@ def serve(channel: FramePipe, bootstrap: Callable[[], AppHandler], print_traceba
         log.error("bootstrap failed: %s%s", describe_failure(exc), details)
         return EXIT_BOOT_FAILED
     channel.send(CONTROL, json.dumps({"pid": os.getpid()}).encode())
-    heads = ResponseHeadEncoder()
-    stream = ResponseStream(channel, heads)
+    encode_head = response_head_encoder()
+    stream = ResponseStream(channel, encode_head)
     attach = getattr(handler, "attach_stream", None)
     if attach is not None:
         attach(stream)                   # the WSGI adapter: write() sends each block at once through it
@@ -176,7 +177,7 @@ def serve(channel: FramePipe, bootstrap: Callable[[], AppHandler], print_traceba
             continue
         if request_frame.stream:
             continue                     # a STOP (or PONG) that crossed the end of its stream: it is over
-        _answer(channel, handler, heads, stream, request_frame)
+        _answer(channel, handler, encode_head, stream, request_frame)
 
 
 def _is_stop(payload: bytes) -> bool:
@@ -186,7 +187,7 @@ def _is_stop(payload: bytes) -> bool:
         return False
 
 
-def _answer(channel: FramePipe, handler: AppHandler, heads: ResponseHeadEncoder, stream: ResponseStream,
+def _answer(channel: FramePipe, handler: AppHandler, encode_head: Callable[[Response], bytes], stream: ResponseStream,
             request_frame: frame.Frame) -> None:
     head_len = request_frame.options[0] if request_frame.options else len(request_frame.payload)
     payload = request_frame.payload
@@ -207,7 +208,7 @@ def _answer(channel: FramePipe, handler: AppHandler, heads: ResponseHeadEncoder,
         return
     body = response.body
     if type(body) is bytes and not stream.started:    # the usual case: the whole answer in one frame
-        head = heads.encode(response)
+        head = encode_head(response)
         channel.send(CODEC_JSON, head, (len(head),), body)
         return
     stream.send_body(response)

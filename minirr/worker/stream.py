@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import logging
 import traceback
-from typing import Optional
+from typing import Callable, Optional
 
 from ..errors import ClientDisconnected
 from ..wire.frame import CODEC_JSON, ERROR, STREAM
-from ..wire.messages import Response, ResponseHeadEncoder, body_block
+from ..wire.messages import Response, body_block
 
 log = logging.getLogger("minirr.worker")     # it runs in the worker: its lines are the worker's
 
@@ -48,9 +48,9 @@ class ResponseStream:
 
     One per worker, made before its first request and reused for each response."""
 
-    def __init__(self, channel, heads: ResponseHeadEncoder) -> None:
+    def __init__(self, channel, encode_head: Callable[[Response], bytes]) -> None:
         self.channel = channel
-        self.heads = heads
+        self.encode_head = encode_head   # wire.heads.response_head_encoder()
         self.started = False             # a frame of the current response went out
         self.stopped = False             # the master said STOP for the current response
         self.complete = False            # ... and it was the whole response, in one frame
@@ -68,7 +68,7 @@ class ResponseStream:
         if self.started:
             self.channel.send(CODEC_JSON, b"", (0,), block, STREAM)
         else:
-            head = self.heads.encode(response)
+            head = self.encode_head(response)
             if len(block) == _declared_length(response):
                 self.channel.send(CODEC_JSON, head, (len(head),), block)
                 self.started = self.complete = True
@@ -128,7 +128,7 @@ class ResponseStream:
         elif self.started:
             self.channel.send(CODEC_JSON, b"", (0,))
         else:
-            head = self.heads.encode(response)
+            head = self.encode_head(response)
             self.channel.send(CODEC_JSON, head, (len(head),))
         self._reset()
 

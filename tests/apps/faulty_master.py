@@ -40,8 +40,7 @@ def worker() -> None:
     original = backend.Backend.on_frames
 
     def on_frames(self, worker_, items):
-        job = worker_.job
-        if job is not None:
+        for job in worker_.jobs.values():
             _raise_for(job.request.path, "backend")
         return original(self, worker_, items)
     backend.Backend.on_frames = on_frames

@@ -15,7 +15,8 @@ import os
 import sys
 
 from minirr.wire.frame import CODEC_JSON, CONTROL
-from minirr.wire.messages import Response, decode_request, encode_response_head
+from minirr.wire.messages import Response
+from minirr.wire.heads import decode_request, encode_response_head
 from minirr.worker.loop import FramePipe
 
 STRAY_TEXT = "debug: a stray line on stdout"

@@ -20,7 +20,8 @@ import sys
 import time
 
 from minirr.wire.frame import CODEC_JSON, CONTROL, encode_header
-from minirr.wire.messages import Response, decode_request, encode_response_head
+from minirr.wire.messages import Response
+from minirr.wire.heads import decode_request, encode_response_head
 from minirr.worker.loop import FramePipe
 
 DEEP = "[" * 100000 + "]" * 100000

@@ -12,7 +12,7 @@ PREDICTIONS = {
     "/raise": (500, "kept"),           # a soft error: an ERROR frame; the worker is fine
     "/exit": (502, "replaced"),        # the process is gone before it answered
     "/loop": (504, "replaced"),        # past exec_ttl: killed, it would never answer
-    "/bad-status": (502, "replaced"),  # an answer that breaks the protocol: killed
+    "/bad-status": (500, "kept"),  # the app's answer is wrong, the frames are fine: its 500
 }
 
 

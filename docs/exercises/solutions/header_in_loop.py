@@ -10,7 +10,7 @@ import os
 import traceback
 
 from minirr.wire.frame import CODEC_JSON, CONTROL
-from minirr.wire.messages import ResponseHeadEncoder, decode_request
+from minirr.wire.heads import decode_request, response_head_encoder
 from minirr.worker.stream import ResponseStream
 
 log = logging.getLogger("your_loop")
@@ -22,8 +22,8 @@ def serve(channel, bootstrap):
         return 0
     handler = bootstrap()                              # the app's create_app(): once
     channel.send(CONTROL, json.dumps({"pid": os.getpid()}).encode())
-    heads = ResponseHeadEncoder()
-    stream = ResponseStream(channel, heads)
+    encode_head = response_head_encoder()
+    stream = ResponseStream(channel, encode_head)
     served = 0
     while True:
         frame = channel.receive()
@@ -36,10 +36,10 @@ def serve(channel, bootstrap):
         if frame.stream:
             continue                                   # a STOP that crossed the end of its stream
         served += 1
-        answer(channel, handler, heads, stream, frame, served)
+        answer(channel, handler, encode_head, stream, frame, served)
 
 
-def answer(channel, handler, heads, stream, frame, served):
+def answer(channel, handler, encode_head, stream, frame, served):
     """One request frame -> the handler -> one response frame (or a stream of them)."""
     head_len = frame.options[0]
     try:
@@ -52,7 +52,7 @@ def answer(channel, handler, heads, stream, frame, served):
     # Here, before the two ways out: a whole body and a streamed one both get them.
     response.headers += [("X-Served-By", str(os.getpid())), ("X-Request-Count", str(served))]
     if type(response.body) is bytes:                   # the whole answer in one frame
-        head = heads.encode(response)
+        head = encode_head(response)
         channel.send(CODEC_JSON, head, (len(head),), response.body)
         return
     stream.send_body(response)                         # a generator: a frame per block

@@ -14,7 +14,7 @@ import os
 import traceback
 
 from minirr.wire.frame import CODEC_JSON, CONTROL
-from minirr.wire.messages import ResponseHeadEncoder, decode_request
+from minirr.wire.heads import decode_request, response_head_encoder
 from minirr.worker.stream import ResponseStream
 
 log = logging.getLogger("your_loop")
@@ -26,8 +26,8 @@ def serve(channel, bootstrap):
         return 0
     handler = bootstrap()                              # the app's create_app(): once
     channel.send(CONTROL, json.dumps({"pid": os.getpid()}).encode())
-    heads = ResponseHeadEncoder()
-    stream = ResponseStream(channel, heads)
+    encode_head = response_head_encoder()
+    stream = ResponseStream(channel, encode_head)
     while True:
         frame = channel.receive()
         if frame is None:
@@ -38,10 +38,10 @@ def serve(channel, bootstrap):
             continue
         if frame.stream:
             continue                                   # a STOP that crossed the end of its stream
-        answer(channel, handler, heads, stream, frame)
+        answer(channel, handler, encode_head, stream, frame)
 
 
-def answer(channel, handler, heads, stream, frame):
+def answer(channel, handler, encode_head, stream, frame):
     """One request frame -> the handler -> one response frame (or a stream of them)."""
     head_len = frame.options[0]
     try:
@@ -54,7 +54,7 @@ def answer(channel, handler, heads, stream, frame):
     # TODO: every response, whole or streamed, carries X-Served-By (this worker's pid) and
     # X-Request-Count (how many requests this worker has answered, this one included).
     if type(response.body) is bytes:                   # the whole answer in one frame
-        head = heads.encode(response)
+        head = encode_head(response)
         channel.send(CODEC_JSON, head, (len(head),), response.body)
         return
     stream.send_body(response)                         # a generator: a frame per block
