@@ -46,6 +46,9 @@ class Owner:
     def on_closed(self, conn) -> None:
         self.calls.append(("closed",))
 
+    def on_eof(self, conn) -> None:
+        self.calls.append(("eof",))
+
     def on_drain(self, conn) -> None:
         self.calls.append(("drain", len(conn.out)))
 

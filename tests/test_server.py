@@ -73,7 +73,11 @@ def test_pipelined_requests_are_answered_in_order(serve, mode):
 
 
 def test_pipelined_requests_then_half_close_are_all_answered(serve, mode):
+    """Each request goes to a worker at once (one is ready): a half-closed client still
+    gets every answer. (EOF while a request waits in the queue is a client gone:
+    tests/test_job_life.py.)"""
     srv = serve(config(mode))
+    assert get(srv, "/")[0] == 200                     # a worker is ready
     reqs = b"".join(f"GET /request?{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in range(3))
     data = srv.raw(reqs, shutdown=True)
     assert data.count(b"HTTP/1.1 200 OK") == 3

@@ -21,6 +21,7 @@ The owner is any object with these methods:
     on_bad_request(conn, error)   the parser refused the bytes (ProtocolError, ControlError)
     rejection(status, message)    the bytes that answer a request the connection refuses (408, 500)
     on_closed(conn)               the connection is gone; a request it had is abandoned
+    on_eof(conn)                  the peer sent EOF while its request waits for an answer
     on_drain(conn)                `out` fell below LOW_WATER_BYTES after wait_for_drain()
 """
 
@@ -95,6 +96,14 @@ class Connection(Handler):
     def start(self) -> None:
         self._sync_events()
 
+    def unread_input(self) -> bool:
+        """Bytes of the peer's wait in the kernel, not read yet (a peek, for a graceful stop:
+        a request may have arrived in the same round as the signal)."""
+        try:
+            return bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:                 # BlockingIOError: nothing; anything else: nothing to read
+            return False
+
     # ---- the loop's callbacks ----------------------------------------------------------
     def on_event(self, mask: int) -> None:
         if mask & WRITE:
@@ -139,6 +148,8 @@ class Connection(Handler):
                 self.close()            # the peer is gone and nothing is owed to it
             else:
                 self._sync_events()
+                if not data and self.phase is WAITING:
+                    self.owner.on_eof(self)   # its request may not be at a worker yet
 
     def _count_body_bytes(self, count: int, now: float) -> None:
         if not self.body_started_at:

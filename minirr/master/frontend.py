@@ -12,6 +12,7 @@ Never: writes an answer (answer.py does, for jobs.py) or decides a request's fat
     listener ──accept──> Connection(RequestParser) ──Request──> on_request ──> Job ──> jobs.submit
                                                                           a free worker? ──> backend.dispatch
     connection closed ──on_closed──> (end of the round) jobs.client_gone ──a worker has it──> backend.client_gone
+    EOF while queued ──on_eof──> the connection closed (as above): a queued job never waits for nobody
     connection drained ──on_drain──> backend.resume (read the worker's pipe again)
 """
 
@@ -28,7 +29,7 @@ from ..http.grammar import target_uri
 from ..http.parser import RequestLimits, RequestParser
 from ..http.responses import DateCache, error_response
 from .connection import Connection
-from .jobs import DONE, Job, Jobs
+from .jobs import DONE, QUEUED, Job, Jobs
 from .lifecycle import IDLE, LINGERING, ConnectionLimits
 from .listener import Listener, bind
 from .loop import Loop
@@ -105,6 +106,8 @@ class Frontend:
         worker = self.jobs.submit(job, now)
         if worker is not None:
             self.backend.dispatch(worker, job, now)
+        elif conn.peer_closed and job.state is QUEUED:
+            conn.close()                   # its client already left: it must not wait in the queue (on_eof)
 
     def on_bad_request(self, conn: Connection, error) -> None:
         conn.reject(error.status, error.msg)
@@ -124,6 +127,15 @@ class Frontend:
         now = self.loop.clock()
         if self.jobs.client_gone(job, now):
             self.backend.client_gone(job, now)
+
+    def on_eof(self, conn: Connection) -> None:
+        """The client sent EOF while waiting for its answer. One whose request is still
+        queued has left (nginx and Go's net/http, RoadRunner's, take EOF as gone): it is
+        closed, and its job removed from the queue at once. One whose request is at a
+        worker may have only half-closed: it gets its answer."""
+        job = conn.job
+        if job is not None and job.state is QUEUED:
+            conn.close()
 
     def on_drain(self, conn: Connection) -> None:
         job = conn.job
@@ -150,7 +162,9 @@ class Frontend:
 
     @staticmethod
     def _idle(conn: Connection) -> bool:
-        return conn.phase is IDLE and not conn.out and not conn.parser.has_partial_request
+        """Nothing under way: no request being read (not even one whose bytes arrived in
+        this very round, unread yet), none being answered."""
+        return conn.phase is IDLE and not conn.out and not conn.parser.has_partial_request and not conn.unread_input()
 
     def busy(self) -> bool:
         """Some client is still owed an answer, or is still sending its request (a

@@ -363,6 +363,9 @@ class _ControlPeers:
     def on_closed(self, conn: Connection) -> None:
         """A pending reset still completes; its answer has nowhere to go."""
 
+    def on_eof(self, conn: Connection) -> None:
+        """A call under way (a reset, a stop) is answered all the same."""
+
     def on_drain(self, conn: Connection) -> None:
         """Control answers are never held back."""
 
@@ -393,6 +396,9 @@ class _HTTPPeers:
         return error_response(status, message, date=self._http_date())
 
     def on_closed(self, conn: Connection) -> None:
+        pass
+
+    def on_eof(self, conn: Connection) -> None:
         pass
 
     def on_drain(self, conn: Connection) -> None:

@@ -2,6 +2,7 @@
 
 Files in the worker's working directory (the server's folder) steer them:
     fail-bootstrap     create_app raises while it exists (a reload whose new bootstrap fails)
+    slow-bootstrap     create_app first sleeps as many seconds as the file says (a slow start)
     helper.pid         create_app_with_helper writes its helper process's pid here
     yes.pid            /spawn-yes writes the pid of the `yes` it starts here
 """
@@ -10,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from urllib.parse import unquote
 
 from minirr import Response
 
@@ -51,12 +53,19 @@ def route(request):
         return Response(200, {}, str(proc.pid))
     if path == "/bytes":
         return Response(200, {"Content-Type": "application/octet-stream"}, b"x" * int(request.query or "0"))
+    if path == "/redirect":
+        # Decoded input in a header, as a redirect built from the query string is: a client
+        # can put CR LF in it.
+        return Response(302, {"Location": unquote(request.query)}, b"")
     return Response(200, {}, "ok")
 
 
 def create_app():
     if os.path.exists("fail-bootstrap"):
         raise RuntimeError("the new bootstrap fails: fail-bootstrap exists")
+    if os.path.exists("slow-bootstrap"):
+        with open("slow-bootstrap") as f:
+            time.sleep(float(f.read() or "1"))
     return route
 
 

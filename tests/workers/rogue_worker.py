@@ -12,6 +12,8 @@ Routes (anything else answers its pid; /id?X answers X):
     /header-number   a header value is a number    /header-null     a header value is null
     /deep-head       a head nested 100000 deep     /status-103      a 1xx final status
     /huge-frame      a frame header announcing 2 GiB, then 1 MB of it, then nothing more
+    /close-stdin     answers, then closes its request pipe and stays alive, reading nothing
+    /ping-flood      starts a stream, then sends PING after PING and never reads a PONG
 """
 
 import json
@@ -19,7 +21,7 @@ import os
 import sys
 import time
 
-from minirr.wire.frame import CODEC_JSON, CONTROL, encode_header
+from minirr.wire.frame import CODEC_JSON, CONTROL, PING, STREAM, encode_header
 from minirr.wire.messages import Response
 from minirr.wire.heads import decode_request, encode_response_head
 from minirr.worker.loop import FramePipe
@@ -50,6 +52,16 @@ ROGUE_HEADS = {
 }
 
 
+def linger_without_stdin() -> None:
+    """Stay alive, reading nothing, until the master kills us (or has gone: then leave)."""
+    master = os.getppid()
+    for _ in range(600):
+        if os.getppid() != master:
+            break
+        time.sleep(0.1)
+    os._exit(0)
+
+
 def main() -> int:
     pipe = FramePipe(sys.stdin.fileno(), sys.stdout.fileno())
     if pipe.receive() is None:
@@ -72,6 +84,17 @@ def main() -> int:
         path = request.path
         if path == "/id":
             out.write(answer(request.query))
+        elif path == "/close-stdin":
+            out.write(answer_pid())
+            os.close(pipe.read_fd)           # stdin: the request pipe's only reader
+            linger_without_stdin()
+        elif path == "/ping-flood":
+            head = encode_response_head(Response(200, {}, b""))
+            out.write(encode_header(CODEC_JSON, len(head) + 5, (len(head),), STREAM) + head + b"first")
+            ping = encode_header(CODEC_JSON, 4, (0,), STREAM | PING) + b"ping"
+            for _ in range(100000):          # 800 KB of PINGs: the pipe holds them; nothing is read
+                out.write(ping)
+            linger_without_stdin()
         elif path == "/double":
             out.write(answer_pid() + answer_pid())
         elif path == "/double-idle":
