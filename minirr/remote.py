@@ -137,12 +137,13 @@ def relative_time(seconds: float) -> str:
 
 
 def format_table(rows: list, now_epoch: float) -> str:
-    """The `minirr workers` table: PID  Status  Execs  Memory  CPU%  Created."""
-    header = ("PID", "Status", "Execs", "Memory", "CPU%", "Created")
+    """The `minirr workers` table: PID  Status  Execs  In-flight  Memory  CPU%  Created."""
+    header = ("PID", "Status", "Execs", "In-flight", "Memory", "CPU%", "Created")
     lines = [header]
     for row in rows:
-        lines.append((str(row["pid"]), row["status"], str(row["execs"]), human_bytes(row["memory_bytes"]),
-                      f"{row['cpu_percent']:.1f}", relative_time(now_epoch - row["created_at"])))
+        lines.append((str(row["pid"]), row["status"], str(row["execs"]), str(row.get("in_flight", 0)),
+                      human_bytes(row["memory_bytes"]), f"{row['cpu_percent']:.1f}",
+                      relative_time(now_epoch - row["created_at"])))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
                      for line in lines) + "\n"

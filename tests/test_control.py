@@ -95,13 +95,13 @@ def test_workers_rows_match_the_pids_the_app_reports(serve):
     proc = cli(srv, "workers")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].split() == ["PID", "Status", "Execs", "Memory", "CPU%", "Created"]
+    assert lines[0].split() == ["PID", "Status", "Execs", "In-flight", "Memory", "CPU%", "Created"]
     rows = [line.split() for line in lines[1:]]
     assert sorted(int(row[0]) for row in rows) == pids and served
     for row in rows:
-        assert row[1] == "ready" and int(row[2]) >= 1
-        assert row[4] in ("KB", "MB") and float(row[3]) > 0
-        assert float(row[5]) >= 0
+        assert row[1] == "ready" and int(row[2]) >= 1 and row[3] == "0"       # idle: nothing in flight
+        assert row[5] in ("KB", "MB") and float(row[4]) > 0
+        assert float(row[6]) >= 0
         assert row[-1] == "ago" or row[-2:] == ["just", "now"]
 
 

@@ -101,7 +101,7 @@ def test_server_metrics_render():
     m.request_answered(503, 20.0)
     m.worker_restarted("ttl")
     m.no_free_worker()
-    text = m.render({"ready": 2, "working": 1}, 4, {4121: 2048}, 12.5)
+    text = m.render({"ready": 2, "working": 1}, 4, 3, {4121: 2048}, 12.5)
     families = parse_exposition(text)
     samples = {(s[0], tuple(s[1].items())): s[2] for f in families.values() for s in f["samples"]}
     assert samples[("minirr_requests_total", (("status", "503"),))] == 1
@@ -111,6 +111,7 @@ def test_server_metrics_render():
     assert samples[("minirr_worker_restarts_total", (("reason", "ttl"),))] == 1
     assert samples[("minirr_worker_restarts_total", (("reason", "crash"),))] == 0
     assert samples[("minirr_queue_length", ())] == 4
+    assert samples[("minirr_requests_in_flight", ())] == 3
     assert samples[("minirr_no_free_workers_total", ())] == 1
     assert samples[("minirr_uptime_seconds", ())] == 12.5
     check_histogram(families["minirr_request_duration_seconds"])
@@ -142,17 +143,17 @@ def test_request_answered_counts_bucket_bounds_as_inclusive():
     m = ServerMetrics()
     m.request_answered(200, 0.005)                       # le="0.005" includes 0.005
     m.request_answered(200, 0.0051)
-    text = m.render({}, 0, {}, 0.0)
+    text = m.render({}, 0, 0, {}, 0.0)
     assert 'minirr_request_duration_seconds_bucket{le="0.005"} 1\n' in text
     assert 'minirr_request_duration_seconds_bucket{le="0.01"} 2\n' in text
 
 
 def test_a_status_seen_first_is_rendered_with_its_count():
     m = ServerMetrics()
-    assert "minirr_requests_total{" not in m.render({}, 0, {}, 0.0)
+    assert "minirr_requests_total{" not in m.render({}, 0, 0, {}, 0.0)
     m.request_answered(418, 0.1)
     m.request_answered(418, 0.1)
-    families = parse_exposition(m.render({}, 0, {}, 0.0))
+    families = parse_exposition(m.render({}, 0, 0, {}, 0.0))
     assert families["minirr_requests_total"]["samples"] == [("minirr_requests_total", {"status": "418"}, 2.0)]
 
 

@@ -115,7 +115,8 @@ def test_workers_answers_one_row_per_worker_in_id_order():
     rows = answer.result["workers"]
     assert [(row["id"], row["status"], row["execs"], row["age_s"]) for row in rows] == [
         (ready.id, "ready", 0, 3.5), (working.id, "working", 0, 1.0)]
-    assert set(rows[0]) == {"id", "pid", "status", "execs", "memory_bytes", "cpu_percent", "created_at", "age_s"}
+    assert set(rows[0]) == {"id", "pid", "status", "execs", "in_flight", "slots", "memory_bytes", "cpu_percent",
+                            "created_at", "age_s"}
     assert rows[0]["memory_bytes"] > 0                  # this process's RSS, read from /proc
 
 

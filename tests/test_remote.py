@@ -15,7 +15,7 @@ def test_table_formatting():
             {"pid": 77, "status": "working", "execs": 3, "memory_bytes": 900, "cpu_percent": 0,
              "created_at": 1000.0 - 7200}]
     lines = remote.format_table(rows, now_epoch=1000.0 + 130).splitlines()
-    assert lines[0].split() == ["PID", "Status", "Execs", "Memory", "CPU%", "Created"]
+    assert lines[0].split() == ["PID", "Status", "Execs", "In-flight", "Memory", "CPU%", "Created"]
     assert lines[1].split() == ["4121", "ready", "12", "22.3", "MB", "1.2", "2", "minutes", "ago"]
     assert lines[2].split() == ["77", "working", "3", "900", "B", "0.0", "2", "hours", "ago"]
     assert remote.relative_time(0.5) == "just now" and remote.relative_time(61) == "1 minute ago"
@@ -40,7 +40,7 @@ def test_relative_time(seconds, shown):
 
 
 def test_an_empty_table_is_its_header():
-    assert remote.format_table([], 0.0) == "PID  Status  Execs  Memory  CPU%  Created\n"
+    assert remote.format_table([], 0.0) == "PID  Status  Execs  In-flight  Memory  CPU%  Created\n"
 
 
 def test_columns_are_as_wide_as_their_widest_cell():

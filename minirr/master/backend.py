@@ -29,17 +29,18 @@ import logging
 import os
 from typing import Callable, List, Optional, Protocol
 
-from ..wire import frame
-from ..wire.frame import CODEC_JSON, CONTROL, PING, PONG, STOP, Frame, FramePart, printable
+from ..wire import frame, multiplex
+from ..wire.frame import CODEC_JSON, CONTROL, PING, PONG, STOP, Frame, FrameStart, FramePart, printable
 from ..wire.heads import request_head_encoder
 from .channel import WorkerChannel
-from .jobs import BROKEN_CHANNEL, DRAINING, FREE, MORE, RECYCLE_WORKER, STREAMING, Job, Jobs, Outcome
+from .jobs import AT_WORKER, BROKEN_CHANNEL, DRAINING, FREE, MORE, RECYCLE_WORKER, STREAMING, Job, Jobs, Outcome
 from .pool import READY, STARTING, STOPPING, WORKING, Fate, Pool, Reason, Worker, WorkerState, failed_start, fate
 from .reply import ReplyReader
 
 log = logging.getLogger("minirr")
 
 LARGE_BODY_BYTES = 64 * 1024           # a request body this large is written on its own, not copied
+CARRIES_BODY = frozenset(("begin", "body", "end"))   # reply events whose data is body bytes for the client
 STOP_PAYLOAD = json.dumps({"stop": True}).encode()
 PONG_FRAME = frame.encode(0, b"", (), PONG)
 STOP_STREAM_FRAME = frame.encode(0, b"", (), STOP)
@@ -79,6 +80,7 @@ class Backend:
         self.inherited = inherited         # everything else of the master's a forked worker must close
         self.reader = ReplyReader()
         self.encode_head = request_head_encoder()
+        self._large: dict = {}             # worker id -> the job whose large frame is arriving in parts (ids)
         self.destroy_timeout_s = config.pool.destroy_timeout
         self.trace = config.logs.trace_frames  # log every frame (for learning)
         self.stopping = False
@@ -123,31 +125,38 @@ class Backend:
         return items
 
     def _on_handshake(self, worker: Worker, item, now: float) -> None:
-        pid = None
+        """{"pid": N} makes it READY; {"pid": N, "ids": M} too, on the multiplexed wire
+        with min(M, [pool] max_concurrency) jobs at once (wire/multiplex.py)."""
+        hello = pid = None
         if type(item) is Frame and item.flags & CONTROL:
             try:
-                pid = json.loads(item.payload)["pid"]
+                hello = json.loads(item.payload)
+                pid = hello["pid"]
             except (ValueError, KeyError, TypeError, RecursionError):
                 pid = None
         if not isinstance(pid, int) or isinstance(pid, bool):
             shown = printable(item.payload[:64]) if type(item) is Frame else "a large frame"
             self.on_broken_channel(worker, f"answered the handshake with {shown}")
             return
-        self.pool.hello(worker, pid, now)
-        log.info("%s ready in %.0fms", worker, (now - worker.created_at) * 1000)
+        ids = multiplex.offered_ids(hello)
+        self.pool.hello(worker, pid, now, min(ids, self.config.pool.max_concurrency) if ids else 0)
+        log.info("%s ready in %.0fms%s", worker, (now - worker.created_at) * 1000,
+                 f", {worker.slots} requests at once" if worker.multiplexed else "")
         self.events.worker_ready(worker, now)
         self._continue_reload(now)
         self._drain_queue(now)
 
     # ================================================================== jobs
     def dispatch(self, worker: Worker, job: Job, now: float) -> None:
-        """Send `job` (just dispatched by jobs.py) to `worker`: one request frame."""
+        """Send `job` (just dispatched by jobs.py) to `worker`: one request frame, naming
+        its request id on the multiplexed wire."""
         job.worker = worker
+        job.id = self.pool.next_id(worker)
         self.pool.assign(worker, job, job.id)
         request = job.request
         head = self.encode_head(request)
         body = request.body
-        header = frame.encode_header(CODEC_JSON, len(head) + len(body), (len(head),))
+        header = frame.encode_header(CODEC_JSON, len(head) + len(body), multiplex.options(len(head), job.id))
         if len(body) < LARGE_BODY_BYTES:
             worker.channel.write(header + head + body)
         else:
@@ -171,6 +180,9 @@ class Backend:
         if worker.state is not WORKING:
             self._on_other_frames(worker, items)
             return
+        if worker.multiplexed:
+            self._on_multiplexed(worker, items)
+            return
         now = self.loop.clock()
         job = worker.jobs[0]
         last = len(items) - 1
@@ -190,6 +202,55 @@ class Backend:
                 return
             self._release(worker, job, now, recycle=verdict is RECYCLE_WORKER)
             return
+
+    def _on_multiplexed(self, worker: Worker, items: list) -> None:
+        """Frames of a worker that holds several jobs: each names its job (its second
+        option; the parts of a large frame belong to the frame that began them). A frame
+        for an id not in flight is a broken channel. Backpressure is per job, by CREDIT:
+        what was read for a client is credited back once it has left the master for it."""
+        now = self.loop.clock()
+        credited = []
+        for item in items:
+            if type(item) is FramePart:
+                job = self._large.get(worker.id)
+            else:
+                request_id = item.options[1] if len(item.options) == 2 else None
+                job = worker.jobs.get(request_id)
+                if job is None:
+                    what = "without its request id" if request_id is None else f"for request id {request_id}, " \
+                                                                             f"which is not in flight"
+                    self.on_broken_channel(worker, f"sent a frame {what}")
+                    return
+                if type(item) is FrameStart:
+                    self._large[worker.id] = job
+            event = self.reader.read(job, item)
+            verdict = self.jobs.on_reply(job, event, now)
+            if verdict is MORE:
+                if event[0] in CARRIES_BODY:
+                    job.credit += len(event[2])
+                    if not job.conn.backlogged or job.state is DRAINING:
+                        credited.append(job)
+                if job.state is DRAINING and not job.stop_sent:
+                    self._stop_job(worker, job, now)
+                elif job.state is STREAMING and job.conn.backlogged:
+                    self.jobs.held_back(job)
+                    job.conn.wait_for_drain()
+                continue
+            if verdict is BROKEN_CHANNEL:
+                self.on_broken_channel(worker, f"sent an invalid response: {event[2]}")
+                return
+            self._large.pop(worker.id, None)
+            self._release(worker, job, now, recycle=verdict is RECYCLE_WORKER)
+            if not worker.live:
+                return
+        for job in credited:
+            self._credit(job)
+
+    def _credit(self, job: Job) -> None:
+        """Give the bytes of `job`'s stream that left the master back to its window."""
+        if job.credit and job.worker is not None and job.worker.jobs.get(job.id) is job:
+            job.worker.channel.write(multiplex.credit_frame(job.credit, job.id))
+            job.credit = 0
 
     def _on_other_frames(self, worker: Worker, items: list) -> None:
         state = worker.state
@@ -238,23 +299,29 @@ class Backend:
         worker = job.worker
         if worker is None or worker.jobs.get(job.id) is not job or worker.channel is None:
             return
-        if self.reader.streams(job):
+        if worker.multiplexed or self.reader.streams(job):
             self._stop_job(worker, job, now)
         else:
             self.jobs.stopped(job, now)
-        worker.channel.resume_reading()
+        if worker.multiplexed:
+            self._credit(job)
+        else:
+            worker.channel.resume_reading()
 
     def resume(self, job: Job) -> None:
         """The client took what it had: read the worker's pipe again."""
         worker = job.worker
         if worker is not None and worker.jobs.get(job.id) is job and worker.channel is not None:
-            worker.channel.resume_reading()
+            if worker.multiplexed:
+                self._credit(job)
+            else:
+                worker.channel.resume_reading()
             self.jobs.resumed(job, self.loop.clock())
 
     def _stop_job(self, worker: Worker, job: Job, now: float) -> None:
         """STOP, once per job; destroy_timeout from now on bounds what the worker still sends."""
         job.stop_sent = True
-        worker.channel.write(STOP_STREAM_FRAME)
+        worker.channel.write(multiplex.stop_frame(job.id) if worker.multiplexed else STOP_STREAM_FRAME)
         self.jobs.stopped(job, now)
 
     def _pong(self, worker: Worker) -> None:
@@ -330,6 +397,7 @@ class Backend:
         channel.drain_output()
         channel.close()
         jobs = self.pool.drop_jobs(worker)
+        self._large.pop(worker.id, None)
         was = self.pool.exited(worker, now)
         self._log_exit(worker, was, status)
         self.events.worker_gone(worker, was)
@@ -392,6 +460,12 @@ class Backend:
                         worker, self.destroy_timeout_s)
             self._lose_jobs(worker, Outcome.WORKER_DIED, now)
             self._kill(worker, Reason.DESTROY_TIMEOUT, now)
+            return
+        if worker.multiplexed:
+            log.error("%s: request %s %s exceeded exec_ttl (%gs); told to stop it", worker, job.request.method,
+                      job.request.path, self.config.supervisor.exec_ttl)
+            self.jobs.timed_out(job, now)
+            self._stop_job(worker, job, now)
             return
         log.error("%s exceeded exec_ttl (%gs); killing it", worker, self.config.supervisor.exec_ttl)
         self.jobs.worker_lost(job, Outcome.EXEC_TTL, now)

@@ -32,7 +32,7 @@ running: what it sends is dropped until its final frame.
 
 Each field of a Job has one writer: this module (state, times, outcome), answer.py (what
 the client got: status, body bytes, the body writer), reply.py (`reply`, its reading
-state) and backend.py (`worker`, `id`, `stop_sent`: where it runs).
+state) and backend.py (`worker`, `id`, `stop_sent`, `credit`: where it runs).
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ class Job:
     which field)."""
 
     __slots__ = ("conn", "request", "keep_alive", "state", "queued_at", "deadline_at", "worker", "id",
-                 "stop_sent", "status", "body_bytes", "writer", "reply", "outcome")
+                 "stop_sent", "credit", "status", "body_bytes", "writer", "reply", "outcome")
 
     def __init__(self, conn, request, keep_alive: bool, now: float) -> None:
         self.conn = conn                   # the client connection (connection.Connection)
@@ -156,6 +156,7 @@ class Job:
         self.worker = None                 # pool.Worker, once dispatched (backend)
         self.id = 0                        # its request id on that worker (backend)
         self.stop_sent = False             # the worker was told STOP (backend)
+        self.credit = 0                    # streamed bytes read from its worker, not credited back yet (backend)
         self.status = 0                    # the answer's status, once its head is written (answer.py)
         self.body_bytes = 0                # body bytes written for the client (answer.py)
         self.writer = None                 # a streamed answer's body writer (answer.py)
@@ -339,7 +340,8 @@ class Jobs:
         destroy_timeout from now on bounds what it still does (or exec_ttl, if sooner)."""
         if self.destroy_timeout_s:
             bound = now + self.destroy_timeout_s
-            job.deadline_at = min(job.deadline_at, bound) if job.deadline_at else bound
+            pending = job.deadline_at and now < job.deadline_at    # exec_ttl still running (not the one just passed)
+            job.deadline_at = min(job.deadline_at, bound) if pending else bound
 
     def _progress(self, job: Job, now: float) -> None:
         """A stream made progress: exec_ttl counts again from now (not while the client holds
@@ -357,6 +359,15 @@ class Jobs:
             self._break(job, ERROR_ANSWERS[outcome].message, now, event="worker_lost")
         elif job.state is DRAINING:
             self._move(job, "worker_lost", now)
+
+    def timed_out(self, job: Job, now: float) -> None:
+        """exec_ttl passed on a worker that holds other jobs too (request ids): this client
+        gets 504, or its stream is broken off, and the worker is told STOP for this job
+        alone (the backend); the job drains, bounded by destroy_timeout."""
+        if job.state is AT_WORKER:
+            self.fail(job, Outcome.EXEC_TTL, now, early=True)
+        elif job.state is STREAMING:
+            self._break(job, ERROR_ANSWERS[Outcome.EXEC_TTL].message, now)
 
     def fail(self, job: Job, outcome: Outcome, now: float, early: bool = False) -> None:
         """The one place a failed job becomes what its client sees (ERROR_ANSWERS)."""

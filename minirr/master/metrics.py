@@ -168,6 +168,7 @@ class ServerMetrics:
         self.memory = Gauge("minirr_worker_memory_bytes", "Resident memory (RSS) of each worker process.", ("pid",))
         self.restarts = Counter("minirr_worker_restarts_total", "Workers replaced, by reason.", ("reason",))
         self.queue = Gauge("minirr_queue_length", "Requests waiting for a free worker.")
+        self.in_flight = Gauge("minirr_requests_in_flight", "Requests at a worker now (an async worker holds many).")
         self.no_free_workers = Counter("minirr_no_free_workers_total",
                                        "Requests answered 503 because no worker was free "
                                        "(allocate_timeout, queue full, workers failing to start).")
@@ -193,12 +194,13 @@ class ServerMetrics:
     def no_free_worker(self) -> None:
         self.no_free_workers.inc()
 
-    def render(self, counts: Dict[str, int], queue_length: int, memory_by_pid: Dict[int, int],
+    def render(self, counts: Dict[str, int], queue_length: int, in_flight: int, memory_by_pid: Dict[int, int],
                uptime_s: float) -> str:
         """Set the gauges from the master's state now, then render everything."""
         self.workers.replace({(state,): counts.get(state, 0) for state in WORKER_STATES})
         self.memory.replace({(str(pid),): rss for pid, rss in memory_by_pid.items()})
         self.queue.set(queue_length)
+        self.in_flight.set(in_flight)
         self.uptime.set(uptime_s)
         return render([self.requests, self.duration, self.workers, self.memory, self.restarts,
-                       self.queue, self.no_free_workers, self.uptime])
+                       self.queue, self.in_flight, self.no_free_workers, self.uptime])

@@ -267,6 +267,7 @@ class Operations:
             self._cpu_samples[worker.pid] = sample
         age = now - worker.created_at
         return {"id": worker.id, "pid": worker.pid, "status": worker.state.value, "execs": worker.jobs_done,
+                "in_flight": len(worker.jobs), "slots": worker.slots,
                 "memory_bytes": rss or 0, "cpu_percent": round(cpu, 1), "created_at": round(wall - age, 3),
                 "age_s": round(age, 3)}
 
@@ -330,7 +331,8 @@ class Operations:
         return status, headers, json.dumps(body).encode() + b"\n"
 
     def _answer_metrics(self, now: float) -> Tuple[int, list, bytes]:
-        text = self.metrics.render(self.pool.counts(), self.controls.queue_length(), self._read_rss(),
+        text = self.metrics.render(self.pool.counts(), self.controls.queue_length(), self.pool.in_flight(),
+                                   self._read_rss(),
                                    now - self._started_at)
         return 200, [("Content-Type", CONTENT_TYPE)], text.encode("utf-8")
 

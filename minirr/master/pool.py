@@ -122,6 +122,7 @@ def restart_label(was: WorkerState, reason: Optional[Reason]) -> Optional[str]:
 BOOT_BACKOFF_FIRST_S = 0.5
 BOOT_BACKOFF_MAX_S = 30.0
 MAX_JOBS_JITTER = 0.15        # up to +15% per worker, so a pool never recycles all at once
+MAX_REQUEST_ID = 0xFFFFFFFF   # request ids are u32 option words, 1 and up
 
 
 class Worker:
@@ -137,7 +138,9 @@ class Worker:
         self.max_jobs = max_jobs           # 0 = unlimited; already jittered
         self.jobs_done = 0
         self.slots = 1                     # jobs it may hold at once (more once it takes request ids)
+        self.multiplexed = False           # it asked for request ids: every frame names its job
         self.jobs: Dict[int, object] = {}  # request id -> the job (opaque); id 0 on the plain wire
+        self.last_id = 0                   # the request id given last (ids are 1 and up)
         self.deadline_at = 0.0             # STARTING: handshake; STOPPING: kill (a job's own deadline is the job's)
         self.reason: Optional[Reason] = None   # set when its retirement is decided
         self.generation = 0                # bumped by reset: older generations are replaced
@@ -204,11 +207,13 @@ class Pool:
         self.workers[worker.id] = worker
         return worker
 
-    def hello(self, worker: Worker, pid: int, now: float, slots: int = 1) -> None:
-        """The worker finished its bootstrap and answered the handshake."""
+    def hello(self, worker: Worker, pid: int, now: float, slots: int = 0) -> None:
+        """The worker finished its bootstrap and answered the handshake; `slots` > 0: it
+        takes request ids, and that many jobs at once."""
         _advance(worker, "hello", self.on_move)
         worker.pid = pid or worker.pid
-        worker.slots = slots
+        worker.multiplexed = slots > 0
+        worker.slots = max(1, slots)
         if slots > 1:
             self._shared = True
         worker.ready_at = now
@@ -256,6 +261,20 @@ class Pool:
         _advance(worker, "done", self.on_move)
         self._ready.append(worker)
         return Fate.KEEP
+
+    @staticmethod
+    def next_id(worker: Worker) -> int:
+        """The request id for a new job: 0 on the plain wire; else the next u32 after the
+        last one given that is not in flight (ids wrap around; an id is used again only
+        once its last job's final frame is in)."""
+        if not worker.multiplexed:
+            return 0
+        request_id = worker.last_id
+        while True:
+            request_id = request_id % MAX_REQUEST_ID + 1
+            if request_id not in worker.jobs:
+                worker.last_id = request_id
+                return request_id
 
     @staticmethod
     def drop_jobs(worker: Worker) -> list:
