@@ -278,7 +278,7 @@ class Operations:
                 pending.conn.respond(control.encode_answer(pending.seq, "reset", {
                     "replaced": done[0], "seconds": round(done[1], 3)}), True)
             elif done is not None:
-                pending.conn.respond(control.encode_error(pending.seq, "reset", f"reset failed: {error}"), True)
+                pending.conn.respond(control.encode_error(pending.seq, "reset", error), True)   # the cli says "reset failed"
             elif pending.deadline_at and now >= pending.deadline_at:
                 log.warning("reset did not complete within reset_timeout (%gs)", self.config.pool.reset_timeout)
                 pending.conn.respond(control.encode_error(
