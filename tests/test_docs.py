@@ -497,3 +497,19 @@ def test_comparison() -> None:
                                   "INFO minirr: worker 1 (pid 9): WORKING --done--> READY"], log)
     assert missing_log_lines(["INFO minirr: worker 1 (pid 9): WORKING --done--> READY",
                               "INFO minirr: worker 1 (pid 9): READY --assign--> WORKING"], log)
+
+
+def test_follow_request_ends_quietly_when_its_reader_stops_reading() -> None:
+    """`docs/examples/follow_request.py | head` is how a reader skims it: once head has
+    read enough, the script ends with status 0 and no BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "docs" / "examples" / "follow_request.py")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(ROOT))
+    try:
+        assert proc.stdout.readline().startswith(b"the client sends")
+        proc.stdout.close()              # what head does after its lines
+        err = proc.stderr.read()
+        assert proc.wait(30) == 0 and err == b"", err.decode(errors="replace")[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
