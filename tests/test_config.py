@@ -163,12 +163,16 @@ def test_counts_that_would_refuse_every_request_must_be_at_least_1(key):
 
 
 def test_an_empty_value_means_the_documented_default_for_every_key():
-    both_endpoints = MINIMAL + "[status]\n[metrics]\n"
-    defaults = config.parse(both_endpoints, environ={})
+    every_section = MINIMAL + "[status]\n[metrics]\n[static]\ndir = public\n"
+    defaults = config.parse(every_section, environ={})
+    required = {"server": {"app"}, "static": {"dir"}}
+
+    def section_of(cfg, section):
+        return cfg.static[0] if section == "static" else getattr(cfg, section)
     for section, (_, parsers) in config.SCHEMA.items():
-        for key in set(parsers) - ({"app"} if section == "server" else set()):
-            cfg = config.parse(both_endpoints, overrides=[f"{section}.{key}="], environ={})
-            assert getattr(getattr(cfg, section), key) == getattr(getattr(defaults, section), key), (section, key)
+        for key in set(parsers) - required.get(section, set()):
+            cfg = config.parse(every_section, overrides=[f"{section}.{key}="], environ={})
+            assert getattr(section_of(cfg, section), key) == getattr(section_of(defaults, section), key), (section, key)
     cpus = os.cpu_count() or 1
     assert config.parse(MINIMAL + "[pool]\nnum_workers =\n", environ={}).pool.num_workers == cpus
     assert config.parse(MINIMAL + "[pool]\nnum_workers = 2\n", overrides=["pool.num_workers="],
