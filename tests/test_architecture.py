@@ -45,6 +45,7 @@ ALLOWED = {
     "http.chunked": {"errors", "http.grammar"},
     "http.parser": {"errors", "http.chunked", "http.grammar", "http.sections", "wire.messages"},
     "http.responses": {"http.grammar", "wire.messages"},
+    "http.files": {"http.responses"},
     # the wire
     "wire.__init__": set(),
     "wire.frame": {"errors"},
