@@ -125,6 +125,8 @@ def cmd_serve(args) -> int:
     config = _config_or_exit(args, serving=True)
     log_writer = logs.configure(config.logs.level, config.logs.format)
     try:
+        from .master import static
+        static.check_folders(config)    # "[static] dir = staticfiles: /srv/app/staticfiles is not a folder"
         launcher = make_launcher(config)
         # Import the app once, in a short-lived child, before anything is bound: a wrong
         # [server] app then stops minirr with one line, instead of every worker failing

@@ -36,7 +36,7 @@ ALLOWED = {
     "__main__": {"cli"},
     "remote": {"errors", "master.control", "wire.frame"},
     "cli": {"__init__", "config", "errors", "logs", "master.command", "master.control", "master.launch",
-            "master.server", "remote"},
+            "master.server", "master.static", "remote"},
     # HTTP as bytes
     "http.__init__": set(),
     "http.grammar": {"errors"},
@@ -74,8 +74,10 @@ ALLOWED = {
                           "master.pool", "master.procfs", "master.supervisor"},
     "master.launch": {"errors", "worker.load", "worker.loop"},
     "master.command": {"errors", "master.launch"},
+    "master.static": {"config", "errors", "http.files", "http.responses"},
     "master.server": {"config", "errors", "http.responses", "logs", "master.backend", "master.frontend",
-                      "master.jobs", "master.loop", "master.metrics", "master.operations", "master.pool"},
+                      "master.jobs", "master.loop", "master.metrics", "master.operations", "master.pool",
+                      "master.static"},
     # the worker side: frames and Request objects, never HTTP
     "worker.__init__": set(),
     "worker.__main__": {"worker.loop"},

@@ -69,6 +69,7 @@ class Frontend:
         self.address: Tuple[str, int] = ("", 0)
         self.default_host = "localhost"    # the Host of an HTTP/1.0 request without one: our address
         self.stopping = False
+        self.static = None                 # static.StaticFiles when [static] is set (wired by the server)
 
     # ---- listening -------------------------------------------------------------------------
     def bind(self) -> None:
@@ -92,7 +93,10 @@ class Frontend:
         parser = conn.parser
         finish_request(request, conn.peer, parser.host, self.default_host, self.config.trusted_proxies)
         now = self.loop.clock()
-        job = conn.job = Job(conn, request, not parser.close_requested and not self.stopping, now)
+        keep_alive = not parser.close_requested and not self.stopping
+        if self.static is not None and self.static.answer(conn, request, keep_alive, now):
+            return                         # under a [static] mount: the master answers (master/static.py)
+        job = conn.job = Job(conn, request, keep_alive, now)
         self.jobs.submit(job, now)
 
     def on_bad_request(self, conn: Connection, error) -> None:
@@ -211,7 +215,7 @@ class Frontend:
             return
         self.listener.close()
         for conn in list(self.listener.connections.values()):
-            if conn.job is None and not conn.out:
+            if conn.job is None and not conn.unsent:
                 conn.close()
             else:
                 conn.closing = True
@@ -223,7 +227,7 @@ class Frontend:
         return any(conn.job is not None and not conn.job.done for conn in self.connections.values())
 
     def unsent(self) -> bool:
-        return any(conn.out for conn in self.connections.values())
+        return any(conn.unsent for conn in self.connections.values())
 
     def close(self) -> None:
         if self.listener is not None:

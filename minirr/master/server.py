@@ -34,6 +34,7 @@ from .loop import READ, Handler, Loop
 from .metrics import ServerMetrics
 from .operations import Operations
 from .pool import Pool
+from .static import StaticFiles
 from ..http.responses import DateCache
 
 log = logging.getLogger("minirr")
@@ -88,6 +89,7 @@ class Server:
         self.jobs = Jobs(self.pool, pool_cfg.max_queue_size, pool_cfg.allocate_timeout, config.supervisor.exec_ttl,
                          self.metrics, access_log)
         self.front = Frontend(self.loop, config.http, self.jobs, dates)
+        self.front.static = StaticFiles.from_config(config, self.metrics, access_log, dates)
         self.back = Backend(self.loop, config, launcher, self.pool, self.jobs, self.front)
         self.ops = Operations(self.loop, config, self.pool, self.metrics, dates, self._announce)
         # The wiring, in one place: who calls whom.
@@ -224,7 +226,7 @@ class Server:
         busy = self.front.busy() or self.jobs.waiting
         if not busy:
             for conn in list(self.front.connections.values()):
-                if not conn.out:
+                if not conn.unsent:
                     conn.close()
             self.back.stop_idle(now)
         past_deadline = self._stop_deadline_at and now >= self._stop_deadline_at
