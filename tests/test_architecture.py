@@ -75,9 +75,10 @@ ALLOWED = {
     "master.launch": {"errors", "worker.load", "worker.loop"},
     "master.command": {"errors", "master.launch"},
     "master.static": {"config", "errors", "http.files", "http.responses"},
+    "master.reload": {"config", "master.launch", "master.loop"},
     "master.server": {"config", "errors", "http.responses", "logs", "master.backend", "master.frontend",
                       "master.jobs", "master.loop", "master.metrics", "master.operations", "master.pool",
-                      "master.static"},
+                      "master.reload", "master.static"},
     # the worker side: frames and Request objects, never HTTP
     "worker.__init__": set(),
     "worker.__main__": {"worker.loop"},
