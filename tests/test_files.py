@@ -149,13 +149,14 @@ EARLIER = "Sun, 06 Nov 1994 07:49:37 GMT"
     ([("If-Match", '"other"'), ("If-None-Match", ETAG)], 412),
 ])
 def test_preconditions_in_rfc_9110_order(headers, status):
-    assert files.precondition_status("GET", headers, ETAG, EPOCH_1994) == status
-    assert files.precondition_status("HEAD", headers, ETAG, EPOCH_1994) == status
+    fields = files.request_fields(headers)
+    assert files.precondition_status("GET", fields, ETAG, EPOCH_1994) == status
+    assert files.precondition_status("HEAD", fields, ETAG, EPOCH_1994) == status
 
 
 def test_if_modified_since_is_for_get_and_head_only():
-    assert files.precondition_status("POST", [("If-Modified-Since", LATER)], ETAG, EPOCH_1994) == 0
-    assert files.precondition_status("POST", [("If-None-Match", ETAG)], ETAG, EPOCH_1994) == 412
+    assert files.precondition_status("POST", {"if-modified-since": LATER}, ETAG, EPOCH_1994) == 0
+    assert files.precondition_status("POST", {"if-none-match": ETAG}, ETAG, EPOCH_1994) == 412
 
 
 # ---- ranges ----------------------------------------------------------------------------------------------
@@ -231,7 +232,7 @@ def test_codings_to_try(value, codings):
 # ---- the plan and its head --------------------------------------------------------------------------------
 
 def plan(headers=(), method="GET", coding="identity", info=INFO):
-    return files.plan(method, list(headers), info, coding, "text/css; charset=utf-8", "no-cache", NOW)
+    return files.plan(method, files.request_fields(headers), info, coding, "text/css; charset=utf-8", "no-cache", NOW)
 
 
 def fields(answer):
@@ -289,6 +290,14 @@ def test_a_coded_file_says_its_coding_and_has_its_own_etag():
     answer = plan(coding="br")
     assert fields(answer)["Content-Encoding"] == "br" and fields(answer)["ETag"] == files.etag_of(INFO, "br")
     assert plan([("If-None-Match", ETAG)], coding="br").status == 200     # the identity tag is another file's
+
+
+def test_request_fields_reads_the_conditional_fields_once_and_joins_their_lines():
+    headers = [("Host", "x"), ("if-none-match", '"a"'), ("Range", "bytes=0-1"), ("If-None-Match", '"b"'),
+               ("X-Other", "y"), ("ACCEPT-ENCODING", "gzip")]
+    assert files.request_fields(headers) == {"if-none-match": '"a", "b"', "range": "bytes=0-1",
+                                             "accept-encoding": "gzip"}
+    assert files.field(headers, "If-None-Match") == '"a", "b"' and files.field(headers, "If-Match") is None
 
 
 def test_the_head_bytes():

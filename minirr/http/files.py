@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import calendar
 import datetime
+import functools
 import re
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from .responses import http_date, response_head, streamed_head
 
@@ -57,12 +58,15 @@ def relative_path(path: str, prefix: str) -> Union[str, Refusal]:
     another control character, a bad escape, bytes that are not UTF-8. Not found (404):
     an empty segment (a folder: there are no listings), a name starting with a dot."""
     rest = path[len(prefix):]
-    names: List[str] = []
-    for raw in rest.split("/"):
-        name = _decode_segment(raw)
-        if isinstance(name, Refusal):
-            return name
-        names.append(name)
+    if "%" in rest or "\\" in rest or _CONTROL_RE.search(rest):
+        names: List[str] = []
+        for raw in rest.split("/"):
+            name = _decode_segment(raw)
+            if isinstance(name, Refusal):
+                return name
+            names.append(name)
+    else:
+        names = rest.split("/")         # the usual path: nothing to decode
     for name in names:
         if name in (".", ".."):
             return Refusal(400, "a dot segment in the path (RFC 3986 §3.3)")
@@ -189,23 +193,39 @@ def field(headers: Sequence[Tuple[str, str]], name: str) -> Optional[str]:
     return ", ".join(values) if values else None
 
 
-def precondition_status(method: str, headers: Sequence[Tuple[str, str]], etag: str, modified_s: int) -> int:
-    """RFC 9110 §13.2.2, in its order -> 412, 304, or 0 (go on with the request)."""
-    if_match = field(headers, "If-Match")
+CONDITIONAL_FIELDS = frozenset(("if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "range",
+                                "if-range", "accept-encoding"))
+
+
+def request_fields(headers: Sequence[Tuple[str, str]]) -> Dict[str, str]:
+    """The fields a file answer depends on, by lower-case name, each field's lines joined
+    with commas (RFC 9110 §5.3): one pass over the request's headers."""
+    found: Dict[str, str] = {}
+    for key, value in headers:
+        name = key.lower()
+        if name in CONDITIONAL_FIELDS:
+            found[name] = f"{found[name]}, {value}" if name in found else value
+    return found
+
+
+def precondition_status(method: str, fields: Dict[str, str], etag: str, modified_s: int) -> int:
+    """RFC 9110 §13.2.2, in its order -> 412, 304, or 0 (go on with the request).
+    `fields` is request_fields(headers)."""
+    if_match = fields.get("if-match")
     if if_match is not None:
         if not _matches(if_match, etag, weak=False):
             return 412
     else:
-        since = field(headers, "If-Unmodified-Since")
+        since = fields.get("if-unmodified-since")
         date = parse_http_date(since) if since is not None else None
         if date is not None and modified_s > date:
             return 412
-    if_none_match = field(headers, "If-None-Match")
+    if_none_match = fields.get("if-none-match")
     if if_none_match is not None:
         if _matches(if_none_match, etag, weak=True):
             return 304 if method in ("GET", "HEAD") else 412
         return 0
-    since = field(headers, "If-Modified-Since")
+    since = fields.get("if-modified-since")
     if since is not None and method in ("GET", "HEAD"):
         date = parse_http_date(since)
         if date is not None and modified_s <= date:
@@ -294,39 +314,55 @@ class Plan(NamedTuple):
     length: int                        # ... and how many (0: none, e.g. a 304 or a HEAD)
 
 
-def plan(method: str, headers: Sequence[Tuple[str, str]], info: FileInfo, coding: str, content_type: str,
+def plan(method: str, fields: Dict[str, str], info: FileInfo, coding: str, content_type: str,
          cache_control: str, now: float) -> Plan:
-    """The answer to GET or HEAD of a file (`coding` says which of its files `info` is)."""
+    """The answer to GET or HEAD of a file (`coding` says which of its files `info` is).
+    `fields` is request_fields(headers)."""
     etag = etag_of(info, coding)
     modified_s = last_modified_s(info, now)
     validators = [("ETag", etag), ("Cache-Control", cache_control), ("Vary", "Accept-Encoding")]
-    status = precondition_status(method, headers, etag, modified_s)
+    status = precondition_status(method, fields, etag, modified_s)
     if status == 304:
         # RFC 9110 §15.4.5: the fields a 200 would carry to update a cache, no metadata.
         return Plan(304, validators, 0, 0, 0)
     if status == 412:
         return Plan(412, [], 0, 0, 0)
-    fields = [("Content-Type", content_type), ("Last-Modified", http_date(modified_s).decode("ascii"))]
-    fields += validators + [("Accept-Ranges", "bytes")]
+    headers = [("Content-Type", content_type), ("Last-Modified", _http_date(modified_s))]
+    headers += validators + [("Accept-Ranges", "bytes")]
     if coding != "identity":
-        fields.append(("Content-Encoding", coding))
+        headers.append(("Content-Encoding", coding))
     size = info.size
-    wanted = field(headers, "Range") if method == "GET" else None   # §14.2: ranges are for GET
+    wanted = fields.get("range") if method == "GET" else None     # §14.2: ranges are for GET
     span = parse_range(wanted, size) if wanted is not None else None
-    if span is not None and not if_range_allows(field(headers, "If-Range"), etag, modified_s, now):
+    if span is not None and not if_range_allows(fields.get("if-range"), etag, modified_s, now):
         span = None
     if span == UNSATISFIABLE:
         return Plan(416, [("Content-Range", f"bytes */{size}")] + validators, 0, 0, 0)
     if span is not None:
         first, last = span
-        fields.append(("Content-Range", f"bytes {first}-{last}/{size}"))
+        headers.append(("Content-Range", f"bytes {first}-{last}/{size}"))
         count = last - first + 1
-        return Plan(206, fields, count, first, count if method == "GET" else 0)
-    return Plan(200, fields, size, 0, size if method == "GET" else 0)
+        return Plan(206, headers, count, first, count if method == "GET" else 0)
+    return Plan(200, headers, size, 0, size if method == "GET" else 0)
+
+
+@functools.lru_cache(maxsize=1024)
+def _http_date(seconds: int) -> str:
+    """Last-Modified, formatted once per file (a pure function, remembered)."""
+    return http_date(seconds).decode("ascii")
+
+
+@functools.lru_cache(maxsize=16)
+def _status_line(status: int) -> bytes:
+    return response_head(status, [])
 
 
 def answer_head(answer: Plan, keep_alive: bool, date: bytes, protocol: str) -> bytes:
-    """The bytes of the answer's head: status line, fields, Date, Content-Length, Connection."""
-    head, _ = streamed_head(response_head(answer.status, answer.headers), answer.status, answer.content_length,
+    """The bytes of the answer's head: status line, fields, Date, Content-Length, Connection.
+    Every field here is made by us (validators, ranges) or checked where it came from
+    (cache_control by config.parse_header_value, types from mimetypes' tables), so the
+    lines are joined as they are, without response_head's per-field checks."""
+    lines = "".join(f"{name}: {value}\r\n" for name, value in answer.headers).encode("latin-1")
+    head, _ = streamed_head(_status_line(answer.status) + lines, answer.status, answer.content_length,
                             keep_alive=keep_alive, date=date, protocol=protocol)
     return head

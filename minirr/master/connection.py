@@ -301,7 +301,7 @@ class Connection(Handler):
         if not keep_alive:
             self.closing = True
         advance(self, "respond")
-        self.write(head)
+        self._write_head(head)
         if self.phase is CLOSED:
             _close_fd(fd)
             return
@@ -314,6 +314,22 @@ class Connection(Handler):
         self._flush()                   # most of a small file goes now; the rest on EVENT_WRITE
         if self.phase is not CLOSED and (self.out or self.file_left):
             self._sync_events()
+
+    def _write_head(self, head: bytes) -> None:
+        """write(head), telling the kernel more follows (MSG_MORE): the head and the start
+        of the file leave in one segment, not a small one and then the rest."""
+        if self.out:
+            self.out += head
+            return
+        try:
+            sent = self.sock.send(head, socket.MSG_MORE)
+        except BlockingIOError:
+            sent = 0
+        except OSError:                 # BrokenPipeError, ConnectionResetError: the peer is gone
+            self.close()
+            return
+        if sent < len(head):
+            self.write(head[sent:])
 
     def _send_file(self) -> None:
         """Hand the kernel what it takes of the file, up to SENDFILE_BUDGET_BYTES a round.

@@ -40,7 +40,8 @@ from ..http.responses import DateCache, error_response
 
 log = logging.getLogger("minirr")
 
-ROOT_CHECK_S = 1.0                     # a folder's real path is looked up again this often (a deploy may switch a link)
+ROOT_CHECK_S = 1.0                     # a real path is looked up again this often (a deploy may switch a link)
+RESOLVED_ENTRIES = 4096                # real paths remembered per mount (names come from clients: bounded)
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC   # NONBLOCK: a FIFO must not hang the loop
 # Types an older Python (or a bare container without /etc/mime.types) does not know.
 WEB_TYPES = {".woff2": "font/woff2", ".woff": "font/woff", ".webp": "image/webp", ".avif": "image/avif",
@@ -70,14 +71,26 @@ class Mount:
         self.folder = os.path.abspath(os.path.join(base_dir, config.dir))
         self.cache_control = config.cache_control
         self._real = ""
-        self._real_at = float("-inf")
+        self._resolved: Dict[str, str] = {}
+        self._resolved_at = float("-inf")
 
-    def real_folder(self, now: float) -> str:
-        """The folder's real path, looked up again every ROOT_CHECK_S, with a trailing /."""
-        if now - self._real_at >= ROOT_CHECK_S:
+    def resolve(self, name: str, now: float) -> Optional[str]:
+        """The real path of `name` in the folder, or None if it leads out of the folder (a
+        link whose target is outside) or to a dot-name. realpath costs an lstat per
+        component, so results are remembered, and all forgotten every ROOT_CHECK_S (a
+        deploy that switches a linked folder is followed within a second)."""
+        if now - self._resolved_at >= ROOT_CHECK_S:
             self._real = os.path.join(os.path.realpath(self.folder), "")
-            self._real_at = now
-        return self._real
+            self._resolved = {}
+            self._resolved_at = now
+        real = self._resolved.get(name)
+        if real is None:
+            real = os.path.realpath(self._real + name)
+            if not real.startswith(self._real) or _hidden(real[len(self._real):]):
+                real = ""                  # remembered as "not ours" too
+            if len(self._resolved) < RESOLVED_ENTRIES:
+                self._resolved[name] = real
+        return real or None
 
 
 class Found:
@@ -139,10 +152,11 @@ class StaticFiles:
         if isinstance(name, files.Refusal):
             return self._error(conn, name.status, name.message, keep_alive)
         wall = self.clock()
-        found = self._find(mount, name, request.headers, wall)
+        fields = files.request_fields(request.headers)
+        found = self._find(mount, name, fields.get("accept-encoding"), wall)
         if found is None:
             return self._error(conn, 404, "not found", keep_alive)
-        plan = files.plan(method, request.headers, found.info, found.coding, self._content_type(name),
+        plan = files.plan(method, fields, found.info, found.coding, self._content_type(name),
                           mount.cache_control, wall)
         head = files.answer_head(plan, keep_alive, self.dates.get(wall), request.protocol)
         if plan.length:
@@ -158,18 +172,17 @@ class StaticFiles:
         return status, len(message) + 1
 
     # ---- finding the file -------------------------------------------------------------------------
-    def _find(self, mount: Mount, name: str, headers, wall: float) -> Optional[Found]:
+    def _find(self, mount: Mount, name: str, accept_encoding: Optional[str], wall: float) -> Optional[Found]:
         """The open file `name` names in the mount's folder, or its br/gzip file when the
         client takes one; None if there is no such regular file inside the folder."""
-        folder = mount.real_folder(wall)
-        real = os.path.realpath(os.path.join(folder, name))
-        if not real.startswith(folder) or _hidden(real[len(folder):]):
+        real = mount.resolve(name, wall)
+        if real is None:
             return None                  # a link that leaves the folder, or lands on a dot-name
         opened = _open_regular(real)
         if opened is None:
             return None
         fd, info = opened
-        for coding in files.codings_to_try(files.field(headers, "Accept-Encoding")):
+        for coding in files.codings_to_try(accept_encoding):
             variant = _open_variant(real + dict(files.PRECOMPRESSED)[coding])
             if variant is not None:
                 os.close(fd)
