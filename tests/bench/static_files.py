@@ -221,7 +221,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def print_summary(results: Dict[Tuple[str, str], List[Load]], rounds: int) -> None:
     print("\nmedian of the rounds; ratios are minirr's, taken within each round, then the median")
     for name in FILES:
-        line = [f"{name:>4}:"]
+        line = []
         for server in ("minirr", "nginx", "whitenoise"):
             runs = results.get((server, name))
             if runs:
@@ -234,7 +234,7 @@ def print_summary(results: Dict[Tuple[str, str], List[Load]], rounds: int) -> No
                           if theirs.requests_per_s]
                 if ratios:
                     line.append(f"minirr/{other} {statistics.median(ratios):.2f}x (goal >= {goal:g}x)")
-        print("  " + "; ".join(line))
+        print(f"  {name:>4}: " + "; ".join(line))
 
 
 if __name__ == "__main__":
