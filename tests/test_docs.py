@@ -286,7 +286,10 @@ class Runner:
         self.worker_pids: set = set()
         bin_dir = tmp / "bin"
         bin_dir.mkdir()
-        (bin_dir / "python").symlink_to(sys.executable)   # `python` in a command is this Python
+        # `python` in a command is this Python. A script, not a symlink: a symlink to a
+        # venv's python, run from elsewhere, finds no pyvenv.cfg beside it and loses the venv.
+        (bin_dir / "python").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+        (bin_dir / "python").chmod(0o755)
         self.env = dict(os.environ)
         self.env["PATH"] = f"{bin_dir}{os.pathsep}{self.env.get('PATH', '')}"
         for name in ("PYTHONPATH", "VAULT_HOST", "MINIRR_ADDRESS"):
