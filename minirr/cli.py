@@ -63,21 +63,49 @@ def _unquote(value: str, origin: str) -> str:
     return value[1:end]
 
 
-def load_config(path: str, overrides: List[str], dotenv: Optional[str] = None) -> config_module.Config:
-    """Read --dotenv, then the config file; raises ConfigError / OSError."""
+class NothingToServe(MinirrError):
+    """`minirr serve` with neither an app named nor an rr.ini: the message says how to start."""
+
+
+DEFAULT_CONFIG = "rr.ini"
+NOTHING_TO_SERVE = """no rr.ini here ({folder}) and no app named. Name the app (module:attribute):
+    minirr serve myapp:app
+or write an rr.ini beside it, the three lines:
+    [server]
+    app = myapp:app
+    interface = wsgi            ; for Flask, Django and other WSGI apps"""
+
+
+def load_config(path: Optional[str], overrides: List[str], dotenv: Optional[str] = None, app: str = "",
+                serving: bool = True) -> config_module.Config:
+    """Read --dotenv, then the config file; raises ConfigError / OSError.
+
+    `path` None means ./rr.ini if there is one, else the defaults (the current folder is
+    then the config's folder): `minirr serve myapp:app` needs no file, and `minirr reset`
+    beside it finds its control socket. Serving from the defaults needs `app`."""
     if dotenv:
         with open(dotenv, encoding="utf-8") as f:
             load_dotenv(f.read(), os.environ, dotenv)
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    base_dir = os.path.dirname(os.path.abspath(path))
-    return config_module.parse(text, path=path, base_dir=base_dir, overrides=overrides)
+    text = ""
+    if path is not None or os.path.exists(DEFAULT_CONFIG):
+        path = path or DEFAULT_CONFIG
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    elif serving and not app:
+        raise NothingToServe(NOTHING_TO_SERVE.format(folder=os.getcwd()))
+    base_dir = os.path.dirname(os.path.abspath(path or DEFAULT_CONFIG))
+    return config_module.parse(text, path=path or DEFAULT_CONFIG, base_dir=base_dir, overrides=overrides,
+                               require_app=serving, app=app)
 
 
-def _config_or_exit(args) -> config_module.Config:
+def _config_or_exit(args, serving: bool = False) -> config_module.Config:
+    overrides = list(args.override or [])
+    if getattr(args, "reload", False):
+        overrides.append("server.reload=true")
     try:
-        return load_config(args.config, args.override or [], getattr(args, "dotenv", None))
-    except ConfigError as exc:           # names its origin: the file and line, or the -o item
+        return load_config(args.config, overrides, getattr(args, "dotenv", None), getattr(args, "app", None) or "",
+                           serving)
+    except (ConfigError, NothingToServe) as exc:   # names its origin: the file and line, or the -o item
         print(f"minirr: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG)
     except OSError as exc:
@@ -94,9 +122,11 @@ def make_launcher(config: config_module.Config):
 
 def cmd_serve(args) -> int:
     from .master.server import Server
-    config = _config_or_exit(args)
+    config = _config_or_exit(args, serving=True)
     log_writer = logs.configure(config.logs.level, config.logs.format)
     try:
+        from .master import static
+        static.check_folders(config)    # "[static] dir = staticfiles: /srv/app/staticfiles is not a folder"
         launcher = make_launcher(config)
         # Import the app once, in a short-lived child, before anything is bound: a wrong
         # [server] app then stops minirr with one line, instead of every worker failing
@@ -155,13 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-c", "--config", default="rr.ini", help="config file (default: ./rr.ini)")
+        p.add_argument("-c", "--config", default=None,
+                       help="config file (default: ./rr.ini, or the defaults when there is none)")
         p.add_argument("-o", "--override", action="append", metavar="SECTION.KEY=VALUE",
                        help="override a config value (repeatable)")
 
     serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("app", nargs="?", metavar="MODULE:APP",
+                       help="the app to serve ([server] app), e.g. mysite.wsgi:application; with no rr.ini, "
+                            "the defaults and the current folder first on sys.path")
     common(serve)
     serve.add_argument("--dotenv", metavar="FILE", help="load KEY=VALUE lines into the environment first")
+    serve.add_argument("--reload", action="store_true",
+                       help="for development: replace the workers when a file of the app changes ([server] reload)")
     serve.set_defaults(func=cmd_serve)
 
     workers = sub.add_parser("workers", help="show the workers of a running server")

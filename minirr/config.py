@@ -19,6 +19,7 @@ must not quietly turn into an empty value, which would mean the default); only
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import difflib
 import ipaddress
 import os
@@ -143,6 +144,27 @@ def parse_listen(text: str) -> str:
     raise ValueError(f"expected unix:PATH or tcp://127.0.0.1:PORT, got {text!r}")
 
 
+def parse_paths(text: str) -> Tuple[str, ...]:
+    """`templates, config/*.yaml`? No globs: `templates, settings.yaml` -> ("templates", "settings.yaml")."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def parse_url_prefix(text: str) -> str:
+    """`/static/` or `/static` -> `/static/`: a path that starts a request's path, ending in `/`
+    (so `/static` does not also take `/staticky`)."""
+    prefix = text.strip()
+    if not prefix.startswith("/") or any(c in prefix for c in "?#%\\ \t") or "/." in prefix:
+        raise ValueError(f"expected a URL path such as /static/ (no ?, #, %, spaces or dot segments), got {text!r}")
+    return prefix.rstrip("/") + "/"
+
+
+def parse_header_value(text: str) -> str:
+    value = text.strip()
+    if any(ord(c) < 0x20 and c != "\t" or ord(c) == 0x7f for c in value) or not value.isascii():
+        raise ValueError(f"expected a header value (printable ASCII), got {text!r}")
+    return value
+
+
 def _cpu_count() -> int:
     return os.cpu_count() or 1
 
@@ -156,6 +178,8 @@ class ServerConfig:
     interface: str = "minirr"          # minirr | wsgi
     command: Tuple[str, ...] = ()      # external worker program (instead of app)
     env: Tuple[Tuple[str, str], ...] = ()   # [server.env] for external workers
+    reload: bool = False               # development: replace the workers when the app's files change
+    reload_paths: Tuple[str, ...] = ()  # more files or folders to watch (relative to the config's folder)
 
 
 @dataclass(frozen=True)
@@ -220,6 +244,15 @@ class LogsConfig:
 
 
 @dataclass(frozen=True)
+class StaticConfig:
+    """One mount: `[static]`, or `[static.NAME]` for another (media, docs)."""
+    url: str = "/static/"              # the request paths under it are files of `dir`
+    dir: str = ""                      # required; relative paths start at the config's folder
+    cache_control: str = "no-cache"    # sent with every file: revalidate (a 304) before reuse
+    section: str = "static"            # where it was written, for messages
+
+
+@dataclass(frozen=True)
 class Config:
     path: str = "rr.ini"               # the file it came from, for messages
     base_dir: str = "."                # its folder: app imports and relative paths start here
@@ -231,6 +264,7 @@ class Config:
     status: Optional[EndpointConfig] = None     # off unless [status] is present
     metrics: Optional[EndpointConfig] = None    # off unless [metrics] is present
     logs: LogsConfig = LogsConfig()
+    static: Tuple[StaticConfig, ...] = ()   # [static] and [static.NAME] mounts, longest url first
     # (section, key) -> where its value was written, for messages (see origin())
     origins: Mapping[Tuple[str, str], str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -245,6 +279,7 @@ SCHEMA: Dict[str, Tuple[type, Dict[str, Callable[[str], object]]]] = {
     "server": (ServerConfig, {
         "app": parse_app, "factory": parse_bool,
         "interface": parse_choice("minirr", "wsgi"), "command": parse_command,
+        "reload": parse_bool, "reload_paths": parse_paths,
     }),
     "http": (HTTPConfig, {
         "address": parse_address, "max_request_size": parse_size,
@@ -271,8 +306,11 @@ SCHEMA: Dict[str, Tuple[type, Dict[str, Callable[[str], object]]]] = {
         "level": parse_choice("debug", "info", "warning", "error"),
         "format": parse_choice("text", "json"), "access_log": parse_bool, "trace_frames": parse_bool,
     }),
+    "static": (StaticConfig, {"url": parse_url_prefix, "dir": str.strip, "cache_control": parse_header_value}),
 }
 FREE_SECTIONS = {"server.env"}          # any key allowed: environment for external workers
+# [static.media], [static.docs]: more mounts, with the keys of [static]
+REPEATED_SECTIONS = {"static"}
 
 
 def expand_env(value: str, environ: Mapping[str, str]) -> str:
@@ -341,23 +379,32 @@ def _apply_overrides(raw: Dict[str, Dict[str, str]], overrides: Sequence[str],
 # ---- parsing the values ------------------------------------------------------------------
 
 def parse(text: str, path: str = "rr.ini", base_dir: str = ".", overrides: Sequence[str] = (),
-          environ: Optional[Mapping[str, str]] = None) -> Config:
-    """Parse rr.ini `text` into a Config. Raises ConfigError naming where the bad value was written."""
+          environ: Optional[Mapping[str, str]] = None, require_app: bool = True,
+          app: str = "") -> Config:
+    """Parse rr.ini `text` into a Config. Raises ConfigError naming where the bad value was
+    written. `require_app`: false for the commands that talk to a running server (they
+    need its control socket, not its app). `app`: `minirr serve APP`, which sets
+    `[server] app` over the file's (and is named as typed in messages)."""
     environ = os.environ if environ is None else environ
     raw = _read_ini(text, path)
     origins = {(section, key): f"{path} [{section}] {key} = {value}"
                for section, values in raw.items() for key, value in values.items()}
     section_origins = {section: f"{path} [{section}]" for section in raw}
+    if app:
+        raw.setdefault("server", {})["app"] = app
+        origins[("server", "app")] = f"minirr serve {app}"
+        section_origins.setdefault("server", f"minirr serve {app}")
     _apply_overrides(raw, overrides, origins, section_origins)
     built: Dict[str, object] = {}
     for section, values in raw.items():
         if section in FREE_SECTIONS:
             continue
-        if section not in SCHEMA:
+        kind = _section_kind(section)
+        if kind not in SCHEMA:
             known = sorted(SCHEMA) + sorted(FREE_SECTIONS)
             raise ConfigError(section, "", _unknown("section", section, known),
                               origin=section_origins[section])
-        cls, parsers = SCHEMA[section]
+        cls, parsers = SCHEMA[kind]
         kwargs = {}
         for key, value in values.items():
             origin = origins[(section, key)]
@@ -370,14 +417,41 @@ def parse(text: str, path: str = "rr.ini", base_dir: str = ".", overrides: Seque
                 kwargs[key] = parsers[key](text_value)
             except ValueError as exc:
                 raise ConfigError(section, key, str(exc), origin=origin) from None
+        if kind in REPEATED_SECTIONS:
+            kwargs["section"] = section
         built[section] = cls(**kwargs)
     # [server.env] hands the environment on: there an unset ${VAR} is simply empty.
     env = tuple((k, expand_env(v, environ)) for k, v in raw.get("server.env", {}).items())
-    server = built.get("server", ServerConfig())
-    server = ServerConfig(server.app, server.factory, server.interface, server.command, env)
-    _validate(server, origins, path)
+    server = dataclasses.replace(built.get("server", ServerConfig()), env=env)
+    if require_app:
+        _validate(server, origins, path)
     built["server"] = server
-    return Config(path=path, base_dir=base_dir, origins=origins, **built)
+    mounts = tuple(built.pop(name) for name in list(built) if _section_kind(name) == "static")
+    return Config(path=path, base_dir=base_dir, origins=origins, static=_check_mounts(mounts, origins, path),
+                  **built)
+
+
+def _section_kind(section: str) -> str:
+    """`static.media` -> `static` (a repeated section); any other name is its own kind."""
+    kind, dot, name = section.partition(".")
+    return kind if dot and name and kind in REPEATED_SECTIONS else section
+
+
+def _check_mounts(mounts: Sequence[StaticConfig], origins: Mapping[Tuple[str, str], str],
+                  path: str) -> Tuple[StaticConfig, ...]:
+    """Each mount names its folder, and no two share a url. Longest url first: a request
+    goes to the most specific mount (`/static/admin/` before `/static/`)."""
+    seen: Dict[str, StaticConfig] = {}
+    for mount in mounts:
+        if not mount.dir:
+            raise ConfigError(mount.section, "dir", "set dir, the folder whose files are served under url "
+                                                    f"({mount.url})", origin=f"{path} [{mount.section}]")
+        other = seen.get(mount.url)
+        if other is not None:
+            raise ConfigError(mount.section, "url", f"[{other.section}] serves {mount.url} already",
+                              origin=origins.get((mount.section, "url")) or f"{path} [{mount.section}]")
+        seen[mount.url] = mount
+    return tuple(sorted(mounts, key=lambda m: len(m.url), reverse=True))
 
 
 def _expand(section: str, key: str, value: str, environ: Mapping[str, str], origin: str) -> str:

@@ -268,10 +268,11 @@ class RequestLoop:
             t.join()
 
 
-def run_cli(*args: str, timeout: float = 60.0, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: float = 60.0, env: Optional[Dict[str, str]] = None,
+            cwd: Optional[str] = None) -> subprocess.CompletedProcess:
     """Run `python -m minirr ARGS...` (e.g. "workers", "-c", path) to completion."""
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), full_env.get("PYTHONPATH", "")])
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "minirr", *args], capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
+                          timeout=timeout, env=full_env, cwd=cwd)

@@ -36,7 +36,7 @@ ALLOWED = {
     "__main__": {"cli"},
     "remote": {"errors", "master.control", "wire.frame"},
     "cli": {"__init__", "config", "errors", "logs", "master.command", "master.control", "master.launch",
-            "master.server", "remote"},
+            "master.server", "master.static", "remote"},
     # HTTP as bytes
     "http.__init__": set(),
     "http.grammar": {"errors"},
@@ -45,6 +45,7 @@ ALLOWED = {
     "http.chunked": {"errors", "http.grammar"},
     "http.parser": {"errors", "http.chunked", "http.grammar", "http.sections", "wire.messages"},
     "http.responses": {"http.grammar"},
+    "http.files": {"http.responses"},
     # the wire
     "wire.__init__": set(),
     "wire.frame": {"errors"},
@@ -74,9 +75,11 @@ ALLOWED = {
                           "master.pool", "master.procfs", "master.supervisor"},
     "master.launch": {"errors", "worker.load", "worker.loop"},
     "master.command": {"errors", "master.launch"},
+    "master.static": {"config", "errors", "http.files", "http.responses"},
+    "master.reload": {"config", "master.launch", "master.loop"},
     "master.server": {"config", "errors", "http.responses", "logs", "master.answer", "master.backend",
                       "master.frontend", "master.jobs", "master.loop", "master.metrics", "master.operations",
-                      "master.pool"},
+                      "master.pool", "master.reload", "master.static"},
     # the worker side: frames and Request objects, never HTTP
     "worker.__init__": set(),
     "worker.__main__": {"worker.loop"},

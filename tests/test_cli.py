@@ -187,3 +187,57 @@ def test_a_check_that_does_not_finish_in_allocate_timeout_is_killed_and_the_star
     checker = int(line.split("(pid ")[1].split(")")[0])
     assert not pid_alive(checker) and checker not in srv.workers()
     assert srv.request("GET", "/")[2] == b"ok"
+
+
+# ---- starting without an rr.ini -----------------------------------------------------------------
+
+def serve_here(folder, *args, timeout=20.0):
+    """`python -m minirr serve ARGS` run in `folder` (no -c), on port 0 -> ServerProcess."""
+    import os
+    import subprocess
+    import sys
+    from serverproc import ROOT, ServerProcess
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "minirr", "serve", *args, "-o", "http.address=127.0.0.1:0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(folder), env=env, text=True,
+                            bufsize=1)
+    server = ServerProcess(proc, folder / "rr.ini")
+    try:
+        server.wait_ready(timeout)
+    except AssertionError:
+        server.kill()
+        raise
+    return server
+
+
+def test_serve_with_neither_an_app_nor_an_rr_ini_says_how_to_start(tmp_path):
+    proc = run_cli("serve", cwd=str(tmp_path))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"minirr: no rr.ini here ({tmp_path}) and no app named."), proc.stderr
+    assert "    minirr serve myapp:app\n" in proc.stderr and "    [server]\n    app = myapp:app\n" in proc.stderr
+
+
+def test_serve_module_app_without_an_rr_ini_serves_with_the_defaults_from_this_folder(tmp_path):
+    (tmp_path / "hello.py").write_text(HELLO_APP)
+    srv = serve_here(tmp_path, "hello:app", "-o", "pool.num_workers=1")
+    try:
+        assert srv.request("GET", "/")[::2] == (200, b"hi")
+        assert len(srv.workers()) == 1                            # -o works as ever
+        assert (tmp_path / "minirr.sock").exists()                # the defaults: the control socket here
+        workers = run_cli("workers", "--json", cwd=str(tmp_path))  # ... found again with no rr.ini
+        assert workers.returncode == 0 and '"status": "ready"' in workers.stdout, workers.stderr
+    finally:
+        assert srv.stop() == 0
+
+
+def test_an_app_named_on_the_command_line_wins_over_the_rr_ini_and_is_blamed_as_typed(tmp_path):
+    (tmp_path / "hello.py").write_text(HELLO_APP)
+    (tmp_path / "rr.ini").write_text("[server]\napp = nosuchmodule:app\n[pool]\nnum_workers = 1\n")
+    srv = serve_here(tmp_path, "hello:app")
+    try:
+        assert srv.request("GET", "/")[::2] == (200, b"hi")
+    finally:
+        assert srv.stop() == 0
+    proc = run_cli("serve", "nosuch:app", cwd=str(tmp_path))
+    assert proc.returncode == 3
+    assert proc.stderr.strip() == "minirr: minirr serve nosuch:app: ModuleNotFoundError: No module named 'nosuch'"

@@ -163,12 +163,16 @@ def test_counts_that_would_refuse_every_request_must_be_at_least_1(key):
 
 
 def test_an_empty_value_means_the_documented_default_for_every_key():
-    both_endpoints = MINIMAL + "[status]\n[metrics]\n"
-    defaults = config.parse(both_endpoints, environ={})
+    every_section = MINIMAL + "[status]\n[metrics]\n[static]\ndir = public\n"
+    defaults = config.parse(every_section, environ={})
+    required = {"server": {"app"}, "static": {"dir"}}
+
+    def section_of(cfg, section):
+        return cfg.static[0] if section == "static" else getattr(cfg, section)
     for section, (_, parsers) in config.SCHEMA.items():
-        for key in set(parsers) - ({"app"} if section == "server" else set()):
-            cfg = config.parse(both_endpoints, overrides=[f"{section}.{key}="], environ={})
-            assert getattr(getattr(cfg, section), key) == getattr(getattr(defaults, section), key), (section, key)
+        for key in set(parsers) - required.get(section, set()):
+            cfg = config.parse(every_section, overrides=[f"{section}.{key}="], environ={})
+            assert getattr(section_of(cfg, section), key) == getattr(section_of(defaults, section), key), (section, key)
     cpus = os.cpu_count() or 1
     assert config.parse(MINIMAL + "[pool]\nnum_workers =\n", environ={}).pool.num_workers == cpus
     assert config.parse(MINIMAL + "[pool]\nnum_workers = 2\n", overrides=["pool.num_workers="],
@@ -214,3 +218,47 @@ def test_shipped_rr_ini_says_where_it_differs_from_the_defaults():
             shipped = config.parse(MINIMAL, overrides=[f"{section}.{line.replace(' = ', '=', 1)}"], environ={})
             if getattr(getattr(shipped, section), key) != getattr(getattr(defaults, section), key):
                 assert "default:" in lines[number - 1], f"rr.ini [{section}] {line!r} is not the default"
+
+
+# ---- [static] mounts and [server] reload ----------------------------------------------------------
+
+def test_static_mounts_longest_url_first_with_their_defaults():
+    cfg = config.parse(MINIMAL + "[static]\ndir = staticfiles\n[static.media]\nurl = /media\ndir = uploads\n"
+                       "cache_control = public, max-age=60\n[static.admin]\nurl = /static/admin/\ndir = admin\n",
+                       environ={})
+    assert [(m.section, m.url, m.dir, m.cache_control) for m in cfg.static] == [
+        ("static.admin", "/static/admin/", "admin", "no-cache"),
+        ("static", "/static/", "staticfiles", "no-cache"),
+        ("static.media", "/media/", "uploads", "public, max-age=60")]
+    assert config.parse(MINIMAL, environ={}).static == ()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[static]\nurl = /s/\n", "rr.ini [static]: set dir, the folder whose files are served under url (/s/)"),
+    ("[static]\ndir = a\n[static.b]\nurl = /static\ndir = b\n",
+     "rr.ini [static.b] url = /static: [static] serves /static/ already"),
+    ("[static]\nurl = static/\ndir = a\n", "rr.ini [static] url = static/: expected a URL path such as /static/"),
+    ("[static]\nurl = /a/../b/\ndir = a\n", "rr.ini [static] url = /a/../b/: expected a URL path such as /static/"),
+    ("[static]\nurl = /a%20b/\ndir = a\n", "rr.ini [static] url = /a%20b/: expected a URL path such as /static/"),
+    ("[static]\ndir = a\ncache_control = caf\u00e9\n", "rr.ini [static] cache_control = caf\u00e9: expected a header value"),
+    ("[statics]\ndir = a\n", "rr.ini [statics]: unknown section; did you mean static?"),
+    ("[static.media]\ndir = a\nroot = b\n", "rr.ini [static.media] root = b: unknown key"),
+])
+def test_static_mistakes_name_where_they_were_written(text, message):
+    assert error_of(MINIMAL + text).startswith(message), error_of(MINIMAL + text)
+
+
+def test_reload_and_its_paths():
+    cfg = config.parse(MINIMAL + "reload = yes\nreload_paths = templates, settings.yaml ,\n", environ={})
+    assert cfg.server.reload is True and cfg.server.reload_paths == ("templates", "settings.yaml")
+    assert config.parse(MINIMAL, environ={}).server.reload is False
+
+
+def test_an_app_from_the_command_line_sets_server_app_and_is_named_as_typed():
+    cfg = config.parse("", app="hello:app", environ={})
+    assert cfg.server.app == "hello:app" and cfg.origin("server", "app") == "minirr serve hello:app"
+    cfg = config.parse(MINIMAL, app="other:app", environ={})
+    assert cfg.server.app == "other:app"
+    assert config.parse("", require_app=False, environ={}).rpc.listen == "unix:minirr.sock"
+    with pytest.raises(ConfigError, match="set app"):
+        config.parse("", environ={})

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -12,7 +13,7 @@ from minirr.master import control
 from minirr.wire import frame
 from minirr.master.connection import CONTINUE_RESPONSE, HIGH_WATER_BYTES, LOW_WATER_BYTES, Connection
 from minirr.master.control import Call, CallParser, ControlError
-from minirr.errors import ProtocolError
+from minirr.errors import MinirrError, ProtocolError
 from minirr.http.parser import RequestLimits, RequestParser
 from minirr.master.lifecycle import (CLOSED, IDLE, LINGER_S, LINGERING, READING, SENDING, STREAMING, WAITING,
                               ConnectionLimits)
@@ -509,3 +510,148 @@ def test_eof_on_a_control_connection_closes(setup):
     s.peer.shutdown(socket.SHUT_WR)
     s.round()
     assert_closed(s)
+
+
+# ---- a file region after the head (respond_file, os.sendfile) ------------------------------------------
+
+def file_of(tmp_path, data: bytes) -> int:
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    return os.open(str(path), os.O_RDONLY)
+
+
+def fd_is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_a_file_region_follows_its_head_and_its_descriptor_is_closed(setup, tmp_path):
+    s = setup()
+    s.send(GET)
+    fd = file_of(tmp_path, b"0123456789")
+    s.conn.respond_file(b"HEAD\r\n\r\n", fd, 2, 5, keep_alive=True)
+    assert s.received() == b"HEAD\r\n\r\n23456"
+    assert not fd_is_open(fd) and s.conn.file_fd == -1
+    assert s.conn.phase is IDLE and s.conn.served == 1 and s.watched() == READ
+    s.send(GET_B)                                        # and the next request is read
+    assert [r.path for r in s.owner.requests()] == ["/a", "/b"]
+
+
+def test_a_large_file_goes_out_as_the_peer_reads_and_counts_as_unsent(setup, tmp_path):
+    s = setup()
+    s.send(GET)
+    data = bytes(range(256)) * (BIG // 256)
+    fd = file_of(tmp_path, data)
+    s.conn.respond_file(b"H\r\n\r\n", fd, 0, len(data), keep_alive=True)
+    assert s.conn.phase is SENDING and s.watched() & WRITE
+    assert 0 < s.conn.unsent <= len(data) and s.conn.descriptors() == [s.ours, fd]
+    got = bytearray()
+    for _ in range(1000):
+        got += s.received()
+        s.round()
+        if s.conn.phase is IDLE:
+            break
+    got += s.received()
+    assert bytes(got) == b"H\r\n\r\n" + data
+    assert not fd_is_open(fd) and s.conn.unsent == 0 and s.watched() == READ
+
+
+def test_a_head_that_waits_in_out_goes_before_the_file(setup, tmp_path):
+    s = setup()
+    s.send(GET)
+    head = b"H" * BIG                                    # more than the socket takes at once
+    fd = file_of(tmp_path, b"FILE")
+    s.conn.respond_file(head, fd, 0, 4, keep_alive=True)
+    assert s.conn.out and s.conn.file_left == 4
+    got = bytearray()
+    for _ in range(1000):
+        got += s.received()
+        s.round()
+        if s.conn.phase is IDLE:
+            break
+    got += s.received()
+    assert bytes(got) == head + b"FILE" and not fd_is_open(fd)
+
+
+def test_without_keep_alive_the_connection_closes_after_the_file(setup, tmp_path):
+    s = setup()
+    s.send(GET)
+    fd = file_of(tmp_path, b"abc")
+    s.conn.respond_file(b"H\r\n\r\n", fd, 0, 3, keep_alive=False)
+    assert s.received() == b"H\r\n\r\nabc" and s.peer_sees_eof()
+    assert_closed(s)
+    assert not fd_is_open(fd)
+
+
+def test_a_reader_that_stops_is_closed_by_body_timeout_and_the_file_is_released(setup, tmp_path):
+    s = setup()
+    s.send(GET)
+    fd = file_of(tmp_path, b"x" * BIG)
+    s.conn.respond_file(b"H\r\n\r\n", fd, 0, BIG, keep_alive=True)
+    s.clock.advance(LIMITS.body_timeout)
+    s.conn.expire(s.clock())
+    assert_closed(s)
+    assert not fd_is_open(fd)
+
+
+def test_a_slow_reader_is_held_to_min_send_rate_by_the_file_bytes_it_takes(setup, tmp_path):
+    s = setup(limits=ConnectionLimits(body_timeout=10.0, min_send_rate=1 << 20))
+    s.send(GET)
+    fd = file_of(tmp_path, b"x" * BIG)
+    s.conn.respond_file(b"H\r\n\r\n", fd, 0, BIG, keep_alive=True)
+    for _ in range(10):                                  # a little progress every second ...
+        s.clock.advance(1.0)
+        s.peer.recv(4096)
+        s.round()
+        s.conn.expire(s.clock())
+    assert s.conn.sent_since > 0
+    assert s.conn.phase is CLOSED and not fd_is_open(fd)   # ... far below 1 MB/s
+
+
+def test_the_peer_going_away_mid_file_closes_and_releases(setup, tmp_path):
+    s = setup()
+    s.send(GET)
+    fd = file_of(tmp_path, b"x" * BIG)
+    s.conn.respond_file(b"H\r\n\r\n", fd, 0, BIG, keep_alive=True)
+    s.peer.close()
+    s.round(5)
+    assert s.conn.phase is CLOSED and not fd_is_open(fd)
+
+
+def test_close_mid_file_releases_it(setup, tmp_path):
+    s = setup()
+    s.send(GET)
+    fd = file_of(tmp_path, b"x" * BIG)
+    s.conn.respond_file(b"H\r\n\r\n", fd, 0, BIG, keep_alive=True)
+    s.conn.close()
+    assert not fd_is_open(fd) and s.conn.unsent == 0
+
+
+def test_a_file_that_shrank_while_sent_closes_the_connection(setup, tmp_path):
+    """The head promised `count` bytes: fewer than that cannot be a whole answer."""
+    s = setup()
+    s.send(GET)
+    fd = file_of(tmp_path, b"short")
+    s.conn.respond_file(b"H\r\n\r\n", fd, 0, 100, keep_alive=True)
+    assert s.received() == b"H\r\n\r\nshort"
+    assert s.conn.phase is CLOSED and not fd_is_open(fd)
+
+
+def test_nothing_may_be_written_while_a_file_is_being_sent(setup, tmp_path):
+    s = setup()
+    s.send(GET)
+    fd = file_of(tmp_path, b"x" * BIG)
+    s.conn.respond_file(b"H\r\n\r\n", fd, 0, BIG, keep_alive=True)
+    with pytest.raises(MinirrError, match="while a file answer is being sent"):
+        s.conn.write(b"more")
+
+
+def test_an_empty_region_is_a_plain_answer(setup, tmp_path):
+    s = setup()
+    s.send(GET)
+    fd = file_of(tmp_path, b"")
+    s.conn.respond_file(b"H\r\n\r\n", fd, 0, 0, keep_alive=True)
+    assert s.received() == b"H\r\n\r\n" and s.conn.phase is IDLE and not fd_is_open(fd)

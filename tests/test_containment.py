@@ -511,6 +511,7 @@ def test_a_failing_reload_keeps_the_old_workers_and_reset_says_why(serve):
         loader.join()
     assert proc.returncode == 1
     assert "reset failed" in proc.stderr and "the new bootstrap fails: fail-bootstrap exists" in proc.stderr
+    assert proc.stderr.startswith("minirr: reset failed: worker ") and proc.stderr.count("reset failed") == 1
     assert failures == []
     assert sorted(srv.workers()) == sorted(old), srv.log     # the old workers serve on
     srv.wait_for_log("reload stopped: worker .* failed to start")

@@ -23,6 +23,15 @@ a fenced block:
                                of the last run block (polled until they appear, or a deadline).
     <!-- doc-test: stop -->    the server is stopped as Ctrl-C stops it (SIGINT to the master);
                                the lines are what it must log while stopping; exit status 0.
+    <!-- doc-test: file path=P -->  the block's text is written to P in the session's project
+                               folder (a reader's own project: hello.py, rr.ini, mysite/...).
+
+Projects. A block with `project=NAME` begins a session of its own that runs in a new
+folder (a project's, outside the repository: minirr is found as an installed package
+would be), so that a recipe can create files, run a framework's commands, then serve;
+its serve block does not begin another session. `needs=MODULE[,MODULE]` on that first
+block skips the session, saying what to install, when a module it needs is missing
+(Flask, Django: test tools, never dependencies).
 
 Options after the kind: `timeout=S` (seconds; 30 for a command or a stop, 10 for a log block), `check=NAME` (an extra check
 of a run block's output, from CHECKS) and `digits=any` (in this block any number matches
@@ -59,14 +68,15 @@ from serverproc import READY_RE, ServerProcess, child_pids, pid_alive, wait_unti
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = sorted([ROOT / "README.md"] + list((ROOT / "docs").rglob("*.md")))
-MARKER_RE = re.compile(r"^<!-- doc-test: (\w+)((?: [\w-]+=[\w.-]+)*) -->$")
-KINDS = ("serve", "run", "log", "stop")
+MARKER_RE = re.compile(r"^<!-- doc-test: (\w+)((?: [\w-]+=[\w.,/-]+)*) -->$")
+KINDS = ("serve", "run", "log", "stop", "file")
 DEFAULT_TIMEOUT_S = 30.0
 LOG_TIMEOUT_S = 10.0                 # a log block: lines not there by then are missing
 ELLIPSIS = "…"
 DOC_ADDRESS = "127.0.0.1:8080"
 # Documents that must keep their walkthroughs under test (a lost marker fails here).
-MUST_HAVE = {"docs/life-of-a-request.md": ("serve", "run", "log", "stop"), "docs/bootstrap-once.md": ("run",)}
+MUST_HAVE = {"docs/life-of-a-request.md": ("serve", "run", "log", "stop"), "docs/bootstrap-once.md": ("run",),
+             "README.md": ("file", "serve", "run")}     # the Flask and Django recipes
 
 VARYING: List[Tuple[str, str]] = [
     (r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", ""),            # the log's timestamps
@@ -97,6 +107,12 @@ class Block:
 class Session:
     doc: str
     blocks: List[Block] = field(default_factory=list)
+    project: str = ""               # runs in a project folder of its own (see the module docstring)
+    needs: Tuple[str, ...] = ()     # modules it needs, or it is skipped
+
+    @property
+    def serves(self) -> bool:
+        return any(block.kind == "serve" for block in self.blocks)
 
     @property
     def title(self) -> str:
@@ -137,8 +153,12 @@ def sessions_of(path: Path) -> List[Session]:
     rel = path.relative_to(ROOT).as_posix()
     sessions: List[Session] = []
     for block in read_blocks(path):
-        if block.kind == "serve" or not sessions:
-            sessions.append(Session(rel))
+        current = sessions[-1] if sessions else None
+        project = block.options.get("project", "")
+        first_serve_of_a_project = current is not None and current.project and not current.serves
+        if current is None or project or (block.kind == "serve" and not first_serve_of_a_project):
+            needs = tuple(name for name in block.options.get("needs", "").split(",") if name)
+            sessions.append(Session(rel, project=project, needs=needs))
         sessions[-1].blocks.append(block)
     return sessions
 
@@ -259,18 +279,32 @@ CHECKS: Dict[str, Callable[[str], None]] = {"bootstrap": check_bootstrap, "two_p
 class Runner:
     """One session: its server (if it has one), its commands, and their clean-up."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, project: str = "") -> None:
         self.tmp = tmp
         self.server: Optional[ServerProcess] = None
         self.log_mark = 0                # log lines before the last run block began
         self.worker_pids: set = set()
         bin_dir = tmp / "bin"
         bin_dir.mkdir()
-        (bin_dir / "python").symlink_to(sys.executable)   # `python` in a command is this Python
+        # `python` in a command is this Python. A script, not a symlink: a symlink to a
+        # venv's python, run from elsewhere, finds no pyvenv.cfg beside it and loses the venv.
+        (bin_dir / "python").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+        (bin_dir / "python").chmod(0o755)
         self.env = dict(os.environ)
         self.env["PATH"] = f"{bin_dir}{os.pathsep}{self.env.get('PATH', '')}"
         for name in ("PYTHONPATH", "VAULT_HOST", "MINIRR_ADDRESS"):
             self.env.pop(name, None)
+        self.folder = ROOT               # where commands run: the repository, or a project's folder
+        if project:
+            self.folder = tmp / project
+            self.folder.mkdir()
+            self.env["PYTHONPATH"] = str(ROOT)   # minirr as if installed; the project's own folder is its own
+
+    def file(self, block: Block) -> None:
+        path = self.folder / block.options["path"]
+        assert self.folder != ROOT, f"{block.where}: a file block belongs to a project session (project=NAME)"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(block.lines) + "\n")
 
     @property
     def socket(self) -> str:
@@ -287,8 +321,8 @@ class Runner:
         argv = shlex.split(command) + ["-o", "http.address=127.0.0.1:0", "-o", f"rpc.listen={self.socket}"]
         assert argv[:4] == ["python", "-m", "minirr", "serve"], f"{block.where}: not a serve command: {command}"
         proc = subprocess.Popen([sys.executable] + argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                cwd=str(ROOT), env=self.env, text=True, bufsize=1, start_new_session=True)
-        self.server = ServerProcess(proc, ROOT / "rr.ini")
+                                cwd=str(self.folder), env=self.env, text=True, bufsize=1, start_new_session=True)
+        self.server = ServerProcess(proc, self.folder / "rr.ini")
         self.server.wait_ready(float(block.options.get("timeout", DEFAULT_TIMEOUT_S)))
         self.log_mark = 0
         stdout = [line for line in self.server.stdout_lines if READY_RE.search(line)]
@@ -311,7 +345,7 @@ class Runner:
 
     def shell(self, command: str, timeout: float, block: Block) -> str:
         proc = subprocess.Popen(["bash", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                cwd=str(ROOT), env=self.env, text=True, start_new_session=True)
+                                cwd=str(self.folder), env=self.env, text=True, start_new_session=True)
         try:
             output, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -394,7 +428,12 @@ def session_id(session: Session) -> str:
 @pytest.mark.parametrize("session", SESSIONS, ids=session_id)
 def test_walkthrough(session: Session, tmp_path: Path) -> None:
     """Each session of each document, block by block, as a reader would run it."""
-    runner = Runner(tmp_path)
+    import importlib.util
+    missing = [name for name in session.needs if importlib.util.find_spec(name) is None]
+    if missing:
+        pytest.skip(f"{session.doc} {session.title}: needs {', '.join(missing)} (`pip install "
+                    f"{' '.join(missing)}`; .ci/run installs them)")
+    runner = Runner(tmp_path, session.project)
     try:
         for block in session.blocks:
             getattr(runner, block.kind)(block)
@@ -497,3 +536,19 @@ def test_comparison() -> None:
                                   "INFO minirr: worker 1 (pid 9): WORKING --done--> READY"], log)
     assert missing_log_lines(["INFO minirr: worker 1 (pid 9): WORKING --done--> READY",
                               "INFO minirr: worker 1 (pid 9): READY --assign--> WORKING"], log)
+
+
+def test_follow_request_ends_quietly_when_its_reader_stops_reading() -> None:
+    """`docs/examples/follow_request.py | head` is how a reader skims it: once head has
+    read enough, the script ends with status 0 and no BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "docs" / "examples" / "follow_request.py")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(ROOT))
+    try:
+        assert proc.stdout.readline().startswith(b"the client sends")
+        proc.stdout.close()              # what head does after its lines
+        err = proc.stderr.read()
+        assert proc.wait(30) == 0 and err == b"", err.decode(errors="replace")[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

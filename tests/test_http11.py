@@ -325,15 +325,15 @@ def test_default_request_line_limit_is_inclusive():
 
 @pytest.mark.parametrize("section", ["header", "trailer"])
 def test_field_line_limit_counts_name_colon_whitespace_and_value(section):
-    """limit_request_field_size bounds the whole field line, as in gunicorn and nginx:
-    a one-byte value with a long name and whitespace around it is over the limit."""
+    """limit_request_field_size bounds the whole field line and its CRLF, as gunicorn
+    counts it: a one-byte value with a long name and whitespace around it is over the limit."""
     limits = Limits(limit_request_field_size=40)
     if section == "header":
         start, end = b"GET / HTTP/1.1\r\nHost: a\r\n", b"\r\n\r\n"
     else:
         start, end = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n", b"\r\n\r\n"
-    at_limit = b"X-A-Rather-Long-Field-Name: \t v \t" + b" " * 7
-    assert len(at_limit) == 40
+    at_limit = b"X-A-Rather-Long-Field-Name: \t v \t" + b" " * 5
+    assert len(at_limit + b"\r\n") == 40
     for way in WAYS:
         assert isinstance(outcome(start + at_limit + end, way, limits), list), way
         assert outcome(start + at_limit + b"\t" + end, way, limits) == (

@@ -103,7 +103,8 @@ def test_remove_own_socket_only_removes_our_own_file(tmp_path):
 # ---- accepting -------------------------------------------------------------------------------------------
 
 class FakeConn:
-    """What the listener needs of a connection: fd, sock, phase, idle_since, start, close."""
+    """What the listener needs of a connection: fd, sock, phase, idle_since, start, close,
+    descriptors."""
 
     def __init__(self, listener_box: list, sock: socket.socket, peer: str, now: float) -> None:
         self.listener_box = listener_box
@@ -117,6 +118,9 @@ class FakeConn:
 
     def start(self) -> None:
         self.started = True
+
+    def descriptors(self) -> list:
+        return [self.sock]
 
     def expire(self, now: float) -> None:
         self.expired_at.append(now)

@@ -150,7 +150,8 @@ def test_reset_is_answered_with_an_error_when_the_reload_failed():
     conn = s.call("reset", seq=3)
     s.ops.reload_done(0, 0.5, "worker 3 (pid 9) failed to start: exit status 1", s.clock())
     _, answer = conn.answer()
-    assert answer.error == "reset failed: worker 3 (pid 9) failed to start: exit status 1"
+    # the reason alone: the cli puts "reset failed: " before it, once
+    assert answer.error == "worker 3 (pid 9) failed to start: exit status 1"
 
 
 def test_reset_that_outlasts_reset_timeout_is_answered_with_an_error():
@@ -234,9 +235,10 @@ def test_an_invalid_control_call_is_answered_with_its_seq_and_closed():
 
 @pytest.mark.parametrize("counts, stopping, health, ready", [
     ({"ready": 1}, False, 200, 200),
-    ({"working": 2}, False, 200, 503),           # all busy: alive, but not ready for more
+    ({"working": 2}, False, 200, 200),           # all busy is normal load: the queue takes the next request
     ({"ready": 1, "working": 1}, True, 200, 503),  # draining for a stop: ready goes first
-    ({"starting": 2}, False, 503, 503),
+    ({"starting": 2}, False, 503, 503),          # not booted yet
+    ({"starting": 1, "stopping": 1}, False, 503, 503),
     ({}, True, 503, 503),
 ])
 def test_probes(counts, stopping, health, ready):
@@ -244,6 +246,15 @@ def test_probes(counts, stopping, health, ready):
     status, body = probe("ready", counts, stopping, 3)
     assert status == ready
     assert set(body["workers"]) == {"ready", "working", "starting", "stopping"} and body["queue"] == 3
+
+
+@pytest.mark.parametrize("queue_length, max_queue_size, ready", [
+    (0, 0, 200), (500, 0, 200),                  # an unbounded queue always takes one more
+    (4, 5, 200), (5, 5, 503), (6, 5, 503),       # a full queue refuses (503 at once): not ready
+])
+def test_ready_is_whether_the_queue_can_take_a_request(queue_length, max_queue_size, ready):
+    assert probe("ready", {"working": 2}, False, queue_length, max_queue_size)[0] == ready
+    assert probe("health", {"working": 2}, False, queue_length, max_queue_size)[0] == 200
 
 
 def test_probe_bodies_say_what_they_saw():

@@ -17,6 +17,7 @@ import signal
 import socket
 import threading
 
+from serverproc import wait_until
 from test_metrics import check_histogram, parse_exposition
 
 
@@ -92,6 +93,29 @@ def test_ready_turns_503_first_during_a_graceful_stop(serve):
     slow.join()
     assert result["resp"][0] == 200
     assert srv.wait_exit() == 0
+
+
+def test_ready_stays_200_while_every_worker_is_busy_and_turns_503_when_the_queue_is_full(serve):
+    """Busy workers are normal load (a readiness probe failing then would pull every pod at
+    peak); a full queue refuses requests (503 at once), and that is not ready."""
+    srv = serve(CONFIG.replace("num_workers = 2", "num_workers = 1\nmax_queue_size = 1"))
+    port = endpoints_of(srv)["status"]
+    srv.wait_for_log(r"worker \d+ \(pid \d+\) ready in")
+    results = []
+    slow = [threading.Thread(target=lambda: results.append(srv.request("GET", "/sleep?2", timeout=30)[0]))
+            for _ in range(2)]
+    slow[0].start()
+    srv.wait_for_log(r"sleeping in")
+    status, _, body = fetch(port, "/ready")
+    assert status == 200 and json.loads(body)["workers"]["working"] == 1 and json.loads(body)["queue"] == 0
+    slow[1].start()                                          # waits in the queue: now it is full
+    wait_until(lambda: json.loads(fetch(port, "/ready")[2])["queue"] == 1, message="the second request queued")
+    assert fetch(port, "/ready")[0] == 503
+    assert fetch(port, "/health")[0] == 200
+    for thread in slow:
+        thread.join()
+    assert results == [200, 200]
+    assert fetch(port, "/ready")[0] == 200
 
 
 def test_health_is_503_while_no_worker_can_start(serve):

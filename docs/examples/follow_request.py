@@ -10,6 +10,7 @@ side is `worker.loop.serve`; see docs/life-of-a-request.md, step 6). Nothing lea
     python docs/examples/follow_request.py                 # GET /hello?a=1, keep-alive
     python docs/examples/follow_request.py --close         # with Connection: close
     python docs/examples/follow_request.py --depth 3       # only the outer calls
+    python docs/examples/follow_request.py | head -20      # stops quietly when head has read enough
 
 docs/life-of-a-request.md walks through this output.
 """
@@ -34,6 +35,20 @@ REQUEST = b"GET /hello?a=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: curl/
 RESPONSE_HEAD = b'{"status":200,"headers":{"Content-Type":["text/plain"]}}'
 RESPONSE_BODY = b"Hello, world!\n"
 DEADLINE_S = 5.0
+
+
+class ReaderGone(BaseException):
+    """Whoever reads our output has gone (`| head` has read enough). A BaseException, so
+    that the master's containment (`except Exception` in the loop) does not take it for a
+    failing connection and carry on printing into the closed pipe."""
+
+
+def say(text: str) -> None:
+    """print(), but a closed pipe ends the program quietly (ReaderGone), as `head` expects."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        raise ReaderGone from None
 
 
 class PlayedWorker:
@@ -61,10 +76,10 @@ class PlayedWorker:
             data = os.read(self.requests_r, 65536)
         except BlockingIOError:
             return False
-        print(f"  [the worker reads {len(data)} bytes: {frame.describe(data)[:60]}...]")
+        say(f"  [the worker reads {len(data)} bytes: {frame.describe(data)[:60]}...]")
         response = frame.encode(frame.CODEC_JSON, RESPONSE_HEAD + RESPONSE_BODY, (len(RESPONSE_HEAD),))
         os.write(self.responses_w, response)
-        print(f"  [the worker writes {len(response)} bytes: {frame.describe(response)[:60]}...]")
+        say(f"  [the worker writes {len(response)} bytes: {frame.describe(response)[:60]}...]")
         return True
 
 
@@ -103,13 +118,13 @@ class CallTrace:
             self.depth += 1
             name = frame_.f_code.co_name
             if self.depth <= self.max_depth and not name.startswith("<"):
-                print(f"{'  ' * self.depth}{qualified_name(frame_.f_code, frame_)}")
+                say(f"{'  ' * self.depth}{qualified_name(frame_.f_code, frame_)}")
         elif event == "return":
             self.depth -= 1
 
 
 def one_round(server: Server, trace: CallTrace, label: str) -> None:
-    print(f"round: {label}")
+    say(f"round: {label}")
     sys.setprofile(trace)
     try:
         server.loop.run_once(0.5)
@@ -135,7 +150,7 @@ def main() -> int:
     server.bind()
     client = socket.create_connection(server.address, timeout=DEADLINE_S)
     client.sendall(request)
-    print(f"the client sends {len(request)} bytes: {request!r}")
+    say(f"the client sends {len(request)} bytes: {request!r}")
     trace = CallTrace(args.depth)
     deadline = time.monotonic() + DEADLINE_S
     rounds = ["the listener is readable", "the connection is readable", "the worker's pipe is readable"]
@@ -146,12 +161,25 @@ def main() -> int:
             answered = played.answer()
     client.settimeout(max(0.1, deadline - time.monotonic()))
     answer = client.recv(65536)
-    print(f"the client receives {len(answer)} bytes: {answer!r}")
+    say(f"the client receives {len(answer)} bytes: {answer!r}")
     client.close()
     server.front.close()
     server.loop.close()
     return 0 if answer.startswith(b"HTTP/1.1 200 OK") else 1
 
 
+def quietly() -> int:
+    """main(), ending with status 0 and no traceback when the reader of stdout has gone."""
+    try:
+        return main()
+    except ReaderGone:
+        # Nothing more can reach the reader; point stdout at /dev/null so that the
+        # interpreter's last flush at exit does not fail on the closed pipe as well.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quietly())

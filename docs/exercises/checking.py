@@ -15,6 +15,7 @@ on failure and on Ctrl-C.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -25,6 +26,11 @@ ROOT = EXERCISES.parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
 from serverproc import ServerProcess, pid_alive, run_cli, wait_until  # noqa: E402,F401  (found through the line above)
+
+
+# How the master logs a first start that failed: the process ended, or what it wrote was not
+# a frame (a stray print()): the check reports that line at once, not after a timeout.
+FAILED_START = r"before it was ready|broke the frame channel"
 
 
 class CheckFailed(Exception):
@@ -72,7 +78,6 @@ class Check:
 
     def note_workers(self, srv: ServerProcess) -> List[int]:
         """The server's worker pids now (and every one it has logged, to check at the end)."""
-        import re
         pids = srv.workers()
         self.worker_pids.update(pids)
         self.worker_pids.update(int(pid) for pid in re.findall(r"worker \d+ \(pid (\d+)\)", srv.log))
@@ -97,10 +102,10 @@ class Check:
     def started(srv: ServerProcess, timeout: float = 10.0) -> bool:
         """Did the first worker finish its handshake (False: it failed, or took too long)?"""
         try:
-            lines = srv.wait_for_log(r"STARTING --hello--> READY|ready in|before it was ready", timeout)
+            lines = srv.wait_for_log(rf"STARTING --hello--> READY|ready in|{FAILED_START}", timeout)
         except AssertionError:
             return False
-        return "before it was ready" not in lines[0]
+        return re.search(FAILED_START, lines[0]) is None
 
     @staticmethod
     def first_start(srv: ServerProcess) -> str:
@@ -108,7 +113,7 @@ class Check:
         shown = []
         for line in srv.log.split("\n"):
             shown.append(line)
-            if "before it was ready" in line:
+            if re.search(FAILED_START, line):
                 break
         return "\n".join(shown[-40:])
 
@@ -119,6 +124,11 @@ class Check:
         if not condition:
             raise CheckFailed(f"{what}: {otherwise}")
         print(f"ok: {what}")
+
+    @classmethod
+    def expect_none(cls, problem: Optional[str], what: str) -> None:
+        """`expect` for a step that returns what went wrong, or None when it went right."""
+        cls.expect(problem is None, what, problem or "")
 
     @staticmethod
     def info(text: str) -> None:

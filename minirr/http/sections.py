@@ -95,9 +95,12 @@ class SectionScan:
             if stop - start > limits.limit_request_line:
                 raise ProtocolError(f"request line exceeds {limits.limit_request_line} bytes", 414)
             return
-        # The whole line counts (name, colon, whitespace, value; not its CRLF), as in
-        # gunicorn and nginx. Below: the index of the first byte over each limit.
-        line_over_at = start + limits.limit_request_field_size
+        # The whole line counts, its CRLF included (name, colon, whitespace, value, CRLF),
+        # as gunicorn counts it: its default of 8190 refuses a line of 8189 bytes and its
+        # CRLF (gunicorn's corpus, invalid/008). `stop` excludes the line end, so the
+        # first byte over the limit is two before where the CRLF would push it over.
+        # Below: the index of the first byte over each limit.
+        line_over_at = start + limits.limit_request_field_size - len(b"\r\n")
         section_over_at = self.section_at + limits.limit_request_headers - self.section_used
         if stop <= line_over_at and stop <= section_over_at:
             return

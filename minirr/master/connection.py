@@ -13,7 +13,11 @@ Never: decides what to answer. That is its owner's: the frontend for application
                                                └─> CONTINUE: b"HTTP/1.1 100 Continue"
     owner ─> conn.respond(bytes, keep_alive)       the whole answer            (SENDING)
           ─> conn.start_stream(head) / send(part)   an answer still arriving    (STREAMING)
+          ─> conn.respond_file(head, fd, offset, count, keep_alive)
+                                                    a head, then a file region  (SENDING)
     send() ─> what the kernel does not take waits in `out` for EVENT_WRITE ─> drained ─> IDLE
+    a file region goes after `out`, with os.sendfile: the kernel copies it from the page
+    cache to the socket, so the master holds none of it however large it is
 
 The owner is any object with these methods:
 
@@ -28,8 +32,9 @@ The owner is any object with these methods:
 from __future__ import annotations
 
 import logging
+import os
 import socket
-from typing import Optional
+from typing import List, Optional
 from . import lifecycle
 from ..errors import MinirrError
 from ..http.parser import CLOSED as PARSER_CLOSED, CONTINUE, NEED_DATA
@@ -43,6 +48,7 @@ BODY_READ_SIZE = 1 << 20               # ... larger while a request body streams
 HIGH_WATER_BYTES = 256 * 1024          # a streamed answer waits while this much is unsent ...
 LOW_WATER_BYTES = 64 * 1024            # ... and goes on once less than this is
 CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
+SENDFILE_BUDGET_BYTES = 4 << 20        # of a file, per write event: one fast reader cannot hold the loop
 
 
 class Connection(Handler):
@@ -51,7 +57,7 @@ class Connection(Handler):
     __slots__ = ("loop", "sock", "fd", "peer", "parser", "owner", "limits", "listener", "phase", "out", "events",
                  "closing", "rejected", "peer_closed", "draining", "job", "idle_since", "last_read_at",
                  "last_write_at", "body_started_at", "body_bytes", "send_started_at", "sent_since",
-                 "linger_until", "served")
+                 "linger_until", "served", "file_fd", "file_offset", "file_left")
 
     def __init__(self, loop: Loop, sock: socket.socket, peer: str, parser, owner, limits: ConnectionLimits,
                  listener, now: float) -> None:
@@ -80,13 +86,21 @@ class Connection(Handler):
         self.sent_since = 0             # ... and bytes taken by the kernel since
         self.linger_until = 0.0
         self.served = 0                 # answers completed on this connection
+        self.file_fd = -1               # a file being sent after `out` (respond_file) ...
+        self.file_offset = 0            # ... from here ...
+        self.file_left = 0              # ... this many bytes still
 
     def __repr__(self) -> str:
         return self.peer or "a local peer"
 
     @property
     def unsent(self) -> int:
-        return len(self.out)
+        """Bytes of the answer the kernel has not taken yet: `out`, and a file's rest."""
+        return len(self.out) + self.file_left
+
+    def descriptors(self) -> List[object]:
+        """What of ours a forked worker must close: the socket, and a file being sent."""
+        return [self.sock] if self.file_fd < 0 else [self.sock, self.file_fd]
 
     @property
     def backlogged(self) -> bool:
@@ -239,6 +253,8 @@ class Connection(Handler):
         """Send now what the kernel takes; keep the rest and wait for EVENT_WRITE."""
         if self.phase is CLOSED:
             return
+        if self.file_left:
+            raise MinirrError(f"{self}: bytes written while a file answer is being sent")
         if self.out:
             self.out += data
             return
@@ -262,23 +278,102 @@ class Connection(Handler):
         self.draining = True
 
     def _flush(self) -> None:
-        try:
-            sent = self.sock.send(self.out)
-        except BlockingIOError:
-            return
-        except OSError:                 # BrokenPipeError, ConnectionResetError: the peer is gone
-            self.close()
-            return
-        del self.out[:sent]
-        self.last_write_at = self.loop.clock()
-        self.sent_since += sent
-        if self.draining and len(self.out) < LOW_WATER_BYTES:
-            self.draining = False
-            self.owner.on_drain(self)
-        if not self.out and self.phase is not CLOSED:
+        if self.out:
+            try:
+                sent = self.sock.send(self.out)
+            except BlockingIOError:
+                return
+            except OSError:             # BrokenPipeError, ConnectionResetError: the peer is gone
+                self.close()
+                return
+            del self.out[:sent]
+            self.last_write_at = self.loop.clock()
+            self.sent_since += sent
+            if self.draining and len(self.out) < LOW_WATER_BYTES:
+                self.draining = False
+                self.owner.on_drain(self)
+        if self.file_left and not self.out and self.phase is not CLOSED:
+            self._send_file()
+        if not self.out and not self.file_left and self.phase is not CLOSED:
             self._sync_events()
             if self.phase is SENDING:
                 self._answered()
+
+    # ---- a file region, with sendfile ---------------------------------------------------------
+    def respond_file(self, head: bytes, fd: int, offset: int, count: int, keep_alive: bool) -> None:
+        """The answer to the request in flight: `head`, then `count` bytes of the file `fd`
+        from `offset`. The connection owns `fd` from here: it is closed however the
+        connection ends (all sent, the peer gone, a limit, close())."""
+        if self.phase is CLOSED or not count:
+            _close_fd(fd)
+            self.respond(head, keep_alive)
+            return
+        self.served += 1
+        if not keep_alive:
+            self.closing = True
+        advance(self, "respond")
+        self._write_head(head)
+        if self.phase is CLOSED:
+            _close_fd(fd)
+            return
+        if not self.out:                # the head went out at once: the wait to send starts now
+            now = self.loop.clock()
+            self.last_write_at = now
+            self.send_started_at = now
+            self.sent_since = 0
+        self.file_fd, self.file_offset, self.file_left = fd, offset, count
+        self._flush()                   # most of a small file goes now; the rest on EVENT_WRITE
+        if self.phase is not CLOSED and (self.out or self.file_left):
+            self._sync_events()
+
+    def _write_head(self, head: bytes) -> None:
+        """write(head), telling the kernel more follows (MSG_MORE): the head and the start
+        of the file leave in one segment, not a small one and then the rest."""
+        if self.out:
+            self.out += head
+            return
+        try:
+            sent = self.sock.send(head, socket.MSG_MORE)
+        except BlockingIOError:
+            sent = 0
+        except OSError:                 # BrokenPipeError, ConnectionResetError: the peer is gone
+            self.close()
+            return
+        if sent < len(head):
+            self.write(head[sent:])
+
+    def _send_file(self) -> None:
+        """Hand the kernel what it takes of the file, up to SENDFILE_BUDGET_BYTES a round.
+        Progress counts for body_timeout and min_send_rate as `out`'s does."""
+        budget = SENDFILE_BUDGET_BYTES
+        sent_total = 0
+        while self.file_left and budget > 0:
+            try:
+                sent = os.sendfile(self.fd, self.file_fd, self.file_offset, min(self.file_left, budget))
+            except BlockingIOError:
+                break
+            except OSError:             # BrokenPipeError, ConnectionResetError: the peer is gone
+                self.close()
+                return
+            if not sent:                # the file is shorter than it was: the answer cannot be whole
+                log.warning("%s: a file being sent ended %d bytes early (changed while sent?); closing",
+                            self, self.file_left)
+                self.close()
+                return
+            self.file_offset += sent
+            self.file_left -= sent
+            budget -= sent
+            sent_total += sent
+        if sent_total:
+            self.last_write_at = self.loop.clock()
+            self.sent_since += sent_total
+        if not self.file_left:
+            self._release_file()
+
+    def _release_file(self) -> None:
+        if self.file_fd >= 0:
+            _close_fd(self.file_fd)
+        self.file_fd, self.file_left = -1, 0
 
     def _answered(self) -> None:
         """The whole answer is with the kernel: close, or wait for the next request."""
@@ -321,6 +416,7 @@ class Connection(Handler):
             self.events = 0
         self.sock.close()
         self.out = bytearray()          # let go of unsent bytes now
+        self._release_file()
         self.listener.forget(self)
         self.owner.on_closed(self)
 
@@ -349,7 +445,7 @@ class Connection(Handler):
             reading = True
         else:
             reading = not self.closing and self.parser.buffered_bytes <= self.limits.pipeline_limit
-        events = (READ if reading else 0) | (WRITE if self.out else 0)
+        events = (READ if reading else 0) | (WRITE if self.out or self.file_left else 0)
         if events == self.events:
             return
         if not events:
@@ -360,3 +456,9 @@ class Connection(Handler):
             self.loop.modify(self.fd, events, self)
         self.events = events
 
+
+def _close_fd(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass

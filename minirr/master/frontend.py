@@ -62,7 +62,8 @@ def finish_request(request, peer: str, host: Optional[str], default_host: str, t
 class Frontend:
     """The application listener and its clients (connection.py's owner for each)."""
 
-    def __init__(self, loop: Loop, config: HTTPConfig, jobs: Jobs, backend: Dispatch, dates: DateCache) -> None:
+    def __init__(self, loop: Loop, config: HTTPConfig, jobs: Jobs, backend: Dispatch, dates: DateCache,
+                 static=None) -> None:
         self.loop = loop
         self.config = config
         self.jobs = jobs
@@ -79,6 +80,7 @@ class Frontend:
         self.address: Tuple[str, int] = ("", 0)
         self.default_host = "localhost"    # the Host of an HTTP/1.0 request without one: our address
         self.stopping = False
+        self.static = static               # static.StaticFiles when [static] is set, else None
 
     # ---- listening -------------------------------------------------------------------------
     def bind(self) -> None:
@@ -102,7 +104,10 @@ class Frontend:
         parser = conn.parser
         finish_request(request, conn.peer, parser.host, self.default_host, self.config.trusted_proxies)
         now = self.loop.clock()
-        job = conn.job = Job(conn, request, not parser.close_requested and not self.stopping, now)
+        keep_alive = not parser.close_requested and not self.stopping
+        if self.static is not None and self.static.answer(conn, request, keep_alive, now):
+            return                         # under a [static] mount: the master answers (master/static.py)
+        job = conn.job = Job(conn, request, keep_alive, now)
         worker = self.jobs.submit(job, now)
         if worker is not None:
             self.backend.dispatch(worker, job, now)
@@ -164,7 +169,7 @@ class Frontend:
     def _idle(conn: Connection) -> bool:
         """Nothing under way: no request being read (not even one whose bytes arrived in
         this very round, unread yet), none being answered."""
-        return conn.phase is IDLE and not conn.out and not conn.parser.has_partial_request and not conn.unread_input()
+        return conn.phase is IDLE and not conn.unsent and not conn.parser.has_partial_request and not conn.unread_input()
 
     def busy(self) -> bool:
         """Some client is still owed an answer, or is still sending its request (a
@@ -172,7 +177,7 @@ class Frontend:
         return any(not self._idle(conn) and conn.phase is not LINGERING for conn in self.connections.values())
 
     def unsent(self) -> bool:
-        return any(conn.out for conn in self.connections.values())
+        return any(conn.unsent for conn in self.connections.values())
 
     def close_idle(self) -> None:
         for conn in list(self.connections.values()):

@@ -3,7 +3,8 @@
 Owns: creating a worker process and its pipes, the child's side of fork hygiene, an
       external program's argv and environment, and the handle the master keeps (pid,
       its ends of the pipes, exit sentinel, kill, reap); the start-up check that the
-      app imports (preflight), in a child of its own.
+      app imports (preflight), in a child of its own; and reload's check of the app
+      (start_app_check), a child the loop watches.
 Never: decides when to start or stop a worker (pool and server do), reads frames,
        imports the app in the master.
 
@@ -32,18 +33,30 @@ fork), so a short-lived forked child imports it and reports back over a pipe:
     master ──fork──> preflight child: import module, follow attributes (no factory call)
        <──pipe────── "" (it loads)  or  "ModuleNotFoundError: No module named 'x'"
        join(timeout_s); still running -> kill it, warn, start anyway
+
+`start_app_check` is the same import for `[server] reload` (master/reload.py), made while
+the master serves: it returns at once with an AppCheck whose report pipe and pidfd the
+loop watches, and the child reports the app's own files with their stamps, or why the
+import failed (one line, and the file it failed in):
+
+    master ──fork──> check child: import module, list sys.modules' files outside the
+       <──pipe────── {"files": [[path, mtime_ns, size], ...]}    stdlib, site-packages, minirr
+                     {"error": "SyntaxError: ... (app.py, line 3)", "file": ..., "files": [...]}
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import logging
 import multiprocessing
 import os
 import signal
 import sys
-from typing import Callable, List, Optional, Sequence
+import sysconfig
+import traceback
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from ..worker import load as worker_load, loop as worker_loop
 from ..errors import AppLoadError
@@ -264,6 +277,132 @@ class ForkLauncher:
             raise AppLoadError(report)
         if exitcode != 0:                # os._exit() or a signal during the import
             raise AppLoadError(f"importing it ended the process ({_exit_status_text(exitcode)})")
+
+
+class AppCheck:
+    """A short-lived child that imports the app and reports the files it was made of (for
+    `[server] reload`), watched in the loop: never joined. The master reads `report_fd`
+    as it becomes readable and learns of the exit from `pidfd` (None on a kernel without
+    pidfd_open: then `exitcode()` is asked every tick)."""
+
+    def __init__(self, process, report_fd: int, pidfd: Optional[int]) -> None:
+        self.process = process
+        self.pid = process.pid
+        self.report_fd = report_fd
+        self.pidfd = pidfd
+
+    def read(self) -> Tuple[bytes, bool]:
+        """What the child has written since the last read, and whether its end is closed."""
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(self.report_fd, 1 << 16)
+            except BlockingIOError:
+                return b"".join(chunks), False
+            if not chunk:
+                return b"".join(chunks), True
+            chunks.append(chunk)
+
+    def exitcode(self) -> Optional[int]:
+        """Its exit status once it has exited (reaped now, without waiting), else None."""
+        self.process.join(0)
+        return self.process.exitcode
+
+    def descriptors(self) -> List[int]:
+        return [fd for fd in (self.report_fd, self.pidfd) if fd is not None]
+
+    def close(self) -> None:
+        """Kill it if it still runs, reap it (it is dead, or dying of SIGKILL), close its fds."""
+        _end_preflight(self.process)
+        _close_all(self.descriptors())
+
+
+def start_app_check(app: str, base_dir: str, close_in_child: Sequence[object]) -> AppCheck:
+    """Fork a child that imports `app` and writes, as JSON, the files of every module it
+    imported from outside the standard library, installed packages and minirr, or why
+    the import failed. Returns at once. Raises OSError if the fork fails."""
+    report_r, report_w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    process = _fork.Process(target=_app_files_main, args=(list(close_in_child) + [report_r], report_w, app, base_dir),
+                            name="minirr-reload-check")
+    try:
+        process.start()
+    except OSError:
+        _close_all([report_r, report_w])
+        raise
+    os.close(report_w)
+    os.set_blocking(report_r, False)
+    try:
+        pidfd = open_pidfd(process.pid)
+    except OSError:
+        process.kill()
+        process.join()
+        _close_all([report_r])
+        raise
+    return AppCheck(process, report_r, pidfd)
+
+
+def _app_files_main(close_in_child, report_w: int, app: str, base_dir: str) -> None:
+    """Runs in the reload check child: import the app, write {"files": [...]} or
+    {"error": one line, "file": path}, exit at once (os._exit: no atexit, no threads)."""
+    close_inherited(close_in_child)
+    _reset_signals()
+    os.setpgid(0, 0)                     # a terminal's Ctrl-C is the master's to handle
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        worker_load.import_app(app, base_dir)
+        report = {"files": app_files(list(sys.modules.values()))}
+    except BaseException as exc:         # SyntaxError, ImportError, SystemExit at import time
+        broken = _failure_file(exc)     # watched from now on, even if no module of it was left imported
+        report = {"error": worker_load.describe_failure(exc), "file": broken,
+                  "files": app_files(list(sys.modules.values()), [broken] if broken else [])}
+    data = json.dumps(report).encode("utf-8", "replace")
+    try:
+        while data:
+            data = data[os.write(report_w, data):]
+    except OSError:                      # the master has gone
+        pass
+    os._exit(0)
+
+
+def app_files(modules, also: Sequence[str] = ()) -> List[list]:
+    """The source files of `modules` that are the app's own (not the standard library's,
+    an installed package's in site-packages or dist-packages, or minirr's), each as
+    [path, mtime_ns, size] when it was imported: an edit made after is a change."""
+    paths = sysconfig.get_paths()
+    skipped = tuple(sorted({os.path.join(os.path.realpath(paths[name]), "") for name in
+                            ("stdlib", "platstdlib", "purelib", "platlib")}))
+    minirr_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "")
+    found = set(also)
+    for module in modules:
+        filename = getattr(module, "__file__", None)
+        if not isinstance(filename, str) or not filename:
+            continue
+        real = os.path.realpath(filename)
+        parts = real.split(os.sep)
+        if real.startswith(skipped + (minirr_dir,)) or "site-packages" in parts or "dist-packages" in parts:
+            continue
+        found.add(real)
+    stamped = []
+    for path in sorted(found):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        stamped.append([path, st.st_mtime_ns, st.st_size])
+    return stamped
+
+
+def _failure_file(exc: BaseException) -> str:
+    """The app's file the import failed in (a SyntaxError's own file), or ""."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return os.path.realpath(exc.filename)
+    frame = worker_load.app_frame(traceback.extract_tb(exc.__traceback__))
+    return os.path.realpath(frame.filename) if frame is not None else ""
 
 
 def _end_preflight(process) -> None:

@@ -243,4 +243,4 @@ class Listener(Handler):
     def descriptors(self) -> List[object]:
         """Everything of ours a forked worker must close (STYLE.md §5)."""
         items: List[object] = [] if self.closed else [self.sock]
-        return items + [conn.sock for conn in self.connections.values()]
+        return items + [item for conn in self.connections.values() for item in conn.descriptors()]

@@ -54,15 +54,23 @@ class PendingReset(NamedTuple):
     deadline_at: float                  # 0 = no reset_timeout
 
 
-def probe(kind: str, counts: Dict[str, int], stopping: bool, queue_length: int) -> Tuple[int, dict]:
-    """/health or /ready -> (HTTP status, JSON body). Health: some worker can serve.
-    Ready: a worker is free right now, and the server is not draining for a stop (so a
-    load balancer takes this instance out first)."""
+def probe(kind: str, counts: Dict[str, int], stopping: bool, queue_length: int,
+          max_queue_size: int = 0) -> Tuple[int, dict]:
+    """/health or /ready -> (HTTP status, JSON body).
+
+    Health: some worker can serve (it has booted: ready or working).
+    Ready: would a request sent now be taken? Workers have booted, no stop has begun, and
+    the queue can take it (`max_queue_size` 0 is unbounded). Busy workers are normal: a
+    request waits in the queue for the next free one, as under any load, so a probe that
+    failed whenever every worker is busy would take every instance out of a balancer at
+    peak load (Kubernetes' readinessProbe does exactly that)."""
     workers = {state: counts.get(state, 0) for state in ("ready", "working", "starting", "stopping")}
+    booted = workers["ready"] + workers["working"] > 0
     if kind == "health":
-        ok = workers["ready"] + workers["working"] > 0
+        ok = booted
     else:
-        ok = workers["ready"] > 0 and not stopping
+        queue_has_room = not max_queue_size or queue_length < max_queue_size
+        ok = booted and not stopping and queue_has_room
     body = {"status": "ok" if ok else "unavailable", "workers": workers, "queue": queue_length,
             "stopping": stopping}
     return (200 if ok else 503), body
@@ -291,7 +299,7 @@ class Operations:
                 pending.conn.respond(control.encode_answer(pending.seq, "reset", {
                     "replaced": done[0], "seconds": round(done[1], 3)}), True)
             elif done is not None:
-                pending.conn.respond(control.encode_error(pending.seq, "reset", f"reset failed: {error}"), True)
+                pending.conn.respond(control.encode_error(pending.seq, "reset", error), True)   # the cli says "reset failed"
             elif pending.deadline_at and now >= pending.deadline_at:
                 log.warning("reset did not complete within reset_timeout (%gs)", self.config.pool.reset_timeout)
                 pending.conn.respond(control.encode_error(
@@ -326,7 +334,8 @@ class Operations:
         return answer()
 
     def _answer_probe(self, kind: str) -> Tuple[int, list, bytes]:
-        status, body = probe(kind, self.pool.counts(), self.controls.stopping, self.controls.queue_length())
+        status, body = probe(kind, self.pool.counts(), self.controls.stopping, self.controls.queue_length(),
+                             self.config.pool.max_queue_size)
         headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
         return status, headers, json.dumps(body).encode() + b"\n"
 

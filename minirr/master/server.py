@@ -43,7 +43,9 @@ from .jobs import Jobs, Outcome
 from .loop import READ, Handler, Loop
 from .metrics import ServerMetrics
 from .operations import Operations
+from . import reload
 from .pool import Pool, Reason, Worker
+from .static import StaticFiles
 
 log = logging.getLogger("minirr")
 
@@ -99,7 +101,11 @@ class Server:
         self.ops = Operations(self.loop, config, self.pool, self.metrics, dates, self._announce, controls=self)
         self.back = Backend(self.loop, config, launcher, self.pool, self.jobs, events=self.ops,
                             inherited=self._child_descriptors)
-        self.front = Frontend(self.loop, config.http, self.jobs, self.back, dates)
+        static = StaticFiles.from_config(config, self.metrics, access_log, dates)   # None without [static]
+        self.front = Frontend(self.loop, config.http, self.jobs, self.back, dates, static)
+        self.reload_watch = reload.watcher(config, self.loop, launcher,   # [server] reload (master/reload.py)
+                                           lambda: self.back.descriptors() + self._child_descriptors(),
+                                           self.begin_reload)
         self.stopping = False
         self._stop_deadline_at = 0.0
         self._exit_status: Optional[int] = None
@@ -169,6 +175,7 @@ class Server:
         self.back.expire(now)              # exec_ttl, start and stop deadlines, restarts, the reload
         self.front.expire(now)             # client timeouts and rates
         self.ops.tick(now)                 # supervisor, pending resets, operator peers
+        self.reload_watch.tick(now)        # [server] reload: the app's files changed?
         self._continue_shutdown(now)
 
     def _child_descriptors(self) -> list:
@@ -176,7 +183,7 @@ class Server:
         items: list = [self.loop.selector]
         if self._wakeup is not None:
             items += [self._wakeup.sock_r, self._wakeup.sock_w]
-        return items + self.front.descriptors() + self.ops.descriptors()
+        return items + self.front.descriptors() + self.ops.descriptors() + self.reload_watch.descriptors()
 
     def queue_length(self) -> int:
         return self.jobs.waiting
@@ -239,7 +246,7 @@ class Server:
             self._exit_status = 0
 
     def _close_everything(self) -> None:
-        for part in (self.front.close, self.ops.close, self.back.close, self._close_signals):
+        for part in (self.front.close, self.ops.close, self.back.close, self.reload_watch.close, self._close_signals):
             try:
                 part()
             except Exception:              # the end must be reached whatever broke on the way
