@@ -153,7 +153,7 @@ def _cpu_count() -> int:
 class ServerConfig:
     app: str = ""                      # module:attribute imported in each worker
     factory: bool = False              # call the attribute once per worker to get the handler
-    interface: str = "minirr"          # minirr | wsgi
+    interface: str = "auto"            # auto (told from the app's signature) | asgi | wsgi | minirr
     command: Tuple[str, ...] = ()      # external worker program (instead of app)
     env: Tuple[Tuple[str, str], ...] = ()   # [server.env] for external workers
 
@@ -184,6 +184,7 @@ class PoolConfig:
     destroy_timeout: float = 60.0
     reset_timeout: float = 60.0
     max_frame_size: int = 256 * 1024 ** 2   # a larger response frame from a worker breaks its channel
+    max_concurrency: int = 1000         # requests one ASGI worker holds at once (sync workers: one)
 
 
 @dataclass(frozen=True)
@@ -243,7 +244,7 @@ class Config:
 SCHEMA: Dict[str, Tuple[type, Dict[str, Callable[[str], object]]]] = {
     "server": (ServerConfig, {
         "app": parse_app, "factory": parse_bool,
-        "interface": parse_choice("minirr", "wsgi"), "command": parse_command,
+        "interface": parse_choice("auto", "asgi", "wsgi", "minirr"), "command": parse_command,
     }),
     "http": (HTTPConfig, {
         "address": parse_address, "max_request_size": parse_size,
@@ -257,7 +258,7 @@ SCHEMA: Dict[str, Tuple[type, Dict[str, Callable[[str], object]]]] = {
     "pool": (PoolConfig, {
         "num_workers": parse_count, "max_jobs": parse_int, "max_queue_size": parse_int,
         "allocate_timeout": parse_duration, "destroy_timeout": parse_duration,
-        "reset_timeout": parse_duration, "max_frame_size": parse_size,
+        "reset_timeout": parse_duration, "max_frame_size": parse_size, "max_concurrency": parse_count,
     }),
     "supervisor": (SupervisorConfig, {
         "exec_ttl": parse_duration, "watch_tick": parse_duration, "ttl": parse_duration,

@@ -10,7 +10,7 @@ Layout (all integers little-endian; see docs/external-workers.md, Frames):
     1       1     flags (CONTROL, CODEC_*, ERROR)
     2       4     payload length (options not counted)
     6       4     CRC32 of bytes 0..5 only
-    10      1     stream byte (STREAM, STOP, PING, PONG)
+    10      1     stream byte (STREAM, STOP, PING, PONG; CREDIT on the multiplexed wire)
     11      1     reserved, 0
     12      4*n   n option words (n <= 10)
     12+4n   len   payload
@@ -45,10 +45,19 @@ STREAM = 0x01
 STOP = 0x02
 PING = 0x04
 PONG = 0x08
+# The multiplexed wire only (wire/multiplex.py, docs/external-workers.md, Many requests at
+# once): the master gives a request's stream back `n` bytes of its window, options [n, id].
+# Goridge leaves this bit unused, so no classic peer ever sends or expects it.
+CREDIT = 0x10
+
+# With request ids, a worker may have at most this many bytes of one request's streamed
+# body sent that the master has not credited back (CREDIT): a slow client holds up its own
+# request only, and the master holds at most this much per request (both sides use it).
+STREAM_WINDOW_BYTES = 1 << 20
 
 FLAG_NAMES = ((CONTROL, "CONTROL"), (CODEC_RAW, "RAW"), (CODEC_JSON, "JSON"), (CODEC_MSGPACK, "MSGPACK"),
               (CODEC_GOB, "GOB"), (ERROR, "ERROR"), (CODEC_PROTO, "PROTO"))
-STREAM_NAMES = ((STREAM, "STREAM"), (STOP, "STOP"), (PING, "PING"), (PONG, "PONG"))
+STREAM_NAMES = ((STREAM, "STREAM"), (STOP, "STOP"), (PING, "PING"), (PONG, "PONG"), (CREDIT, "CREDIT"))
 
 _HEAD = struct.Struct("<BBI")  # version|hl, flags, length: the bytes the CRC covers
 # CRC, stream byte, reserved byte, then n option words: one Struct per option count.
