@@ -211,7 +211,7 @@ class ForkLauncher:
     """Start workers with multiprocessing's fork context; the child runs worker.serve()."""
 
     def __init__(self, app: str, factory: bool, interface: str, base_dir: str,
-                 max_concurrency: int = worker_loop.ASYNC_MAX_CONCURRENCY) -> None:
+                 max_concurrency: int = worker_load.ASYNC_MAX_CONCURRENCY) -> None:
         self.app = app
         self.factory = factory
         self.interface = interface
@@ -341,8 +341,8 @@ def _child_main(close_in_child, req_r: int, resp_w: int, out_w: int, app: str, f
     sys.stderr.reconfigure(line_buffering=True)
     worker_loop.configure_worker_logging()
     channel = worker_loop.FramePipe(req_r, resp_w)
-    status = worker_loop.serve(channel, lambda: worker_load.load_handler(app, factory, interface, base_dir),
-                               print_traceback, max_concurrency)
+    status = worker_loop.serve(
+        channel, lambda: worker_load.load_handler(app, factory, interface, base_dir, max_concurrency), print_traceback)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)

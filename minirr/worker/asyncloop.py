@@ -370,10 +370,16 @@ class AsyncWorker:
     # ---- requests ------------------------------------------------------------------------
     async def _serve(self, cycle: HTTPCycle) -> None:
         try:
-            await cycle.run(self.app)
+            await cycle.run(self._call_app)
         except SystemExit as exc:            # as in a sync worker: the process exits with it
             log.error("the application called sys.exit(%r) in request %s; the worker exits", exc.code, cycle.label)
             self._finish(exc.code if isinstance(exc.code, int) else 1)
+
+    async def _call_app(self, scope: dict, receive, send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.pipe.leave_if_forked()      # a child the app forked, come back into the loop, leaves
 
     def request_ended(self, frames: Frames) -> None:
         """A request's final frame is out: its id (or the classic wire) is free."""

@@ -32,13 +32,16 @@ from ..wire.messages import Request, Response
 
 AppHandler = Callable[[Request], Response]
 INTERFACES = ("auto", "minirr", "wsgi", "asgi")
+ASYNC_MAX_CONCURRENCY = 1000    # requests an ASGI worker takes at once: [pool] max_concurrency's default
 _KINDS = {"minirr": "a minirr handler", "wsgi": "a WSGI application", "asgi": "an ASGI application"}
 
 
 class ASGIApp(NamedTuple):
     """What load_handler returns for an ASGI application: the worker then runs the async
-    loop (asyncloop.py) around `app` instead of calling a handler per request."""
+    loop (asyncloop.py) around `app`, up to `max_concurrency` requests at once, instead of
+    calling a handler per request."""
     app: Callable
+    max_concurrency: int = ASYNC_MAX_CONCURRENCY
 
 
 class AppShapeError(TypeError):
@@ -54,10 +57,11 @@ class AppShapeError(TypeError):
 
 # ---- loading the application ------------------------------------------------------------
 
-def load_handler(app: str, factory: bool = False, interface: str = "auto",
-                 base_dir: Optional[str] = None):
-    """`module:attr` -> a handler(request) -> Response, or an ASGIApp. Runs once per
-    worker: the bootstrap (an ASGI app's own start-up, its lifespan, comes after)."""
+def load_handler(app: str, factory: bool = False, interface: str = "auto", base_dir: Optional[str] = None,
+                 max_concurrency: int = ASYNC_MAX_CONCURRENCY):
+    """`module:attr` -> a handler(request) -> Response, or an ASGIApp (taking up to
+    `max_concurrency` requests at once). Runs once per worker: the bootstrap (an ASGI
+    app's own start-up, its lifespan, comes after)."""
     obj = import_app(app, base_dir)
     name = app
     if factory:
@@ -69,7 +73,7 @@ def load_handler(app: str, factory: bool = False, interface: str = "auto",
             raise AppShapeError("factory", f"{name} returned {type(obj).__name__}: the factory is called before "
                                            f"any event loop runs", "factory = false and do async start-up in "
                                                                    "the ASGI lifespan")
-    return _as_handler(obj, identify(obj, interface, name))
+    return _as_handler(obj, identify(obj, interface, name), max_concurrency)
 
 
 def import_app(app: str, base_dir: Optional[str] = None) -> object:
@@ -84,9 +88,9 @@ def import_app(app: str, base_dir: Optional[str] = None) -> object:
     return obj
 
 
-def _as_handler(obj: object, interface: str):
+def _as_handler(obj: object, interface: str, max_concurrency: int):
     if interface == "asgi":
-        return ASGIApp(obj)
+        return ASGIApp(obj, max_concurrency)
     if interface == "wsgi":
         from .wsgi import WSGIHandler   # only workers that serve WSGI pay for the import
         return WSGIHandler(obj)

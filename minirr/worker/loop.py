@@ -42,14 +42,14 @@ from typing import Callable, Optional
 from ..wire import frame
 from ..wire.frame import CODEC_JSON, CONTROL, PONG, STOP, FrameDecoder
 from ..wire.messages import Response, ResponseHeadEncoder, decode_request
-from .load import INTERFACES, AppHandler, AppShapeError, ASGIApp, describe_failure, load_handler
+from .load import (ASYNC_MAX_CONCURRENCY, INTERFACES, AppHandler, AppShapeError, ASGIApp, describe_failure,
+                   load_handler)
 from .stream import ResponseStream
 
 log = logging.getLogger("minirr.worker")
 
 EXIT_OK = 0
 EXIT_BOOT_FAILED = 3          # like gunicorn's WORKER_BOOT_ERROR: the master backs off
-ASYNC_MAX_CONCURRENCY = 1000    # requests an ASGI worker takes at once: [pool] max_concurrency's default
 READ_SIZE = 64 * 1024           # os.read allocates this much per call: keep it modest
 LARGE_BODY_BYTES = 64 * 1024    # a response body this large is written on its own, not copied
 
@@ -147,14 +147,13 @@ def _write_all(fd: int, data: bytes) -> None:
 
 # ---- the loop ---------------------------------------------------------------------------
 
-def serve(channel: FramePipe, bootstrap: Callable[[], AppHandler], print_traceback: bool = True,
-          max_concurrency: int = ASYNC_MAX_CONCURRENCY) -> int:
+def serve(channel: FramePipe, bootstrap: Callable[[], AppHandler], print_traceback: bool = True) -> int:
     """Handshake, bootstrap, then answer requests until stop or EOF. Returns an exit status.
 
     A failed bootstrap is logged as one headline naming the exception and the app's
     file:line; the traceback follows it only with `print_traceback` (a master retrying
-    the same failure asks for it the first time only). An ASGI app is served by
-    asyncloop.py, taking up to `max_concurrency` requests at once."""
+    the same failure asks for it the first time only). An ASGI app (an ASGIApp from the
+    bootstrap) is served by asyncloop.py instead."""
     hello = channel.receive()
     if hello is None:
         return EXIT_OK
@@ -165,7 +164,7 @@ def serve(channel: FramePipe, bootstrap: Callable[[], AppHandler], print_traceba
         return EXIT_BOOT_FAILED
     if isinstance(handler, ASGIApp):
         from .asyncloop import serve_asgi    # only ASGI workers pay for asyncio's import
-        return serve_asgi(channel, handler.app, max_concurrency, print_traceback)
+        return serve_asgi(channel, handler.app, handler.max_concurrency, print_traceback)
     channel.send(CONTROL, json.dumps({"pid": os.getpid()}).encode())
     heads = ResponseHeadEncoder()
     stream = ResponseStream(channel, heads)
@@ -288,6 +287,6 @@ def main(argv=None) -> int:
     sys.stdout = sys.stderr
     configure_worker_logging()
     channel = FramePipe(frames_in, frames_out)
-    return serve(channel, lambda: load_handler(args.app, args.factory, args.interface, args.path),
-                 max_concurrency=max(1, args.max_concurrency))
+    concurrency = max(1, args.max_concurrency)
+    return serve(channel, lambda: load_handler(args.app, args.factory, args.interface, args.path, concurrency))
 
