@@ -125,7 +125,7 @@ _UNKNOWN = (False, 0, 0, "(...)")
 
 
 def shape_of(obj: object) -> Shape:
-    handle = callable(getattr(obj, "handle", None)) and not inspect.isclass(obj)
+    handle = _has_handle(obj)
     coroutine = inspect.iscoroutinefunction(obj)          # a function, a method, a partial of one
     if not coroutine and callable(obj) and not (inspect.isclass(obj) or inspect.isroutine(obj)):
         coroutine = inspect.iscoroutinefunction(type(obj).__call__)   # an object: its __call__ counts
@@ -143,12 +143,33 @@ def shape_of(obj: object) -> Shape:
     return Shape(handle, coroutine, True, required, most, _written(params))
 
 
+def _has_handle(obj: object) -> bool:
+    """An object with a handle(request) method: one argument, not a coroutine (Django's
+    ASGIHandler has an `async def handle(scope, receive, send)`, and is ASGI)."""
+    handle = getattr(obj, "handle", None)
+    if inspect.isclass(obj) or not callable(handle) or inspect.iscoroutinefunction(handle):
+        return False
+    try:
+        signature = inspect.signature(handle)
+    except (TypeError, ValueError):
+        return True
+    try:
+        signature.bind(None)
+    except TypeError:
+        return False
+    return True
+
+
 def _written(params) -> str:
     """`(environ, start_response)`, `(config=...)`, `(*args, **kwargs)`: names only (an
     annotation would make a message three times as long)."""
     marks = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**"}
-    return "(" + ", ".join(marks.get(p.kind, "") + p.name + ("=..." if p.default is not p.empty else "")
-                           for p in params) + ")"
+    words = []
+    for p in params:
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and not any(w.startswith("*") for w in words):
+            words.append("*")
+        words.append(marks.get(p.kind, "") + p.name + ("=..." if p.default is not p.empty else ""))
+    return "(" + ", ".join(words) + ")"
 
 
 def looks(obj: object, shape: Shape) -> str:
@@ -196,7 +217,7 @@ def identify(obj: object, interface: str, name: str) -> str:
         raise AppShapeError("interface", f"cannot tell which interface {name} speaks: it is {looks(obj, shape)}",
                             "interface = asgi, wsgi or minirr")
     kinds = kinds_of(shape, strict_asgi=False)
-    if shape.known and interface not in kinds and len(kinds) == 1:
+    if (shape.known or shape.handle) and interface not in kinds and len(kinds) == 1:
         other = kinds[0]
         raise AppShapeError("interface", f"{name} is {looks(obj, shape)}, which is {_KINDS[other]}, not "
                                          f"{_KINDS[interface]}", f"interface = {other} (or auto)")
@@ -214,7 +235,7 @@ def check_factory(obj: object, name: str) -> None:
     as a factory (README's rr.ini has `factory = true`; a Flask `app` does not want it)
     is named as what it is."""
     shape = shape_of(obj)
-    if not callable(obj):
+    if not callable(obj) and not shape.handle:
         raise AppShapeError("app", f"{name} is a {type(obj).__name__}, not callable", "factory = false")
     if shape.handle or (shape.known and shape.required > 0):
         kinds = kinds_of(shape)

@@ -14,6 +14,7 @@ for another request (/wait/KEY until /release/KEY), so every interleaving is the
     /until-disconnect/KEY   one piece, then receive() until http.disconnect; /seen/KEY says so
     /background             answers, then goes on: prints "background done KEY" to stderr
     /log?msg=TEXT           prints TEXT to stderr, then answers
+    /pid                    the worker's pid
     /raise /raise-after-start /raise-mid-stream /returns-nothing /returns-after-start
     /unfinished-stream /bad-status /bad-header /length-then-more   the ways an app goes wrong
     /fork                   forks; the child comes back into the worker's loop
@@ -187,6 +188,10 @@ async def length_then_more(scope, receive, send, key, query) -> None:
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+async def pid(scope, receive, send, key, query) -> None:
+    await answer(send, str(os.getpid()).encode())
+
+
 async def fork(scope, receive, send, key, query) -> None:
     child = os.fork()
     if child == 0:
@@ -201,7 +206,7 @@ ROUTES = {
     "raise": raises, "raise-after-start": raises_after_start, "raise-mid-stream": raises_mid_stream,
     "returns-nothing": returns_nothing, "returns-after-start": returns_after_start,
     "unfinished-stream": unfinished_stream, "bad-status": bad_status, "bad-header": bad_header,
-    "length-then-more": length_then_more, "fork": fork,
+    "length-then-more": length_then_more, "fork": fork, "pid": pid,
 }
 
 
