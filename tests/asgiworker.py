@@ -43,11 +43,12 @@ def request_head(path: str, method: str = "GET", headers=(), remote_addr: str = 
 
 
 class AsgiWorker:
-    def __init__(self, app: str = "asgi_testapp:app", interface: str = "asgi", args=(), factory: bool = False) -> None:
-        cmd = [sys.executable, "-m", "minirr.worker", app, "--interface", interface, "--path", str(APPS), *args]
+    def __init__(self, app: str = "asgi_testapp:app", interface: str = "asgi", args=(), factory: bool = False,
+                 env: Optional[Dict[str, str]] = None, path: Path = APPS) -> None:
+        cmd = [sys.executable, "-m", "minirr.worker", app, "--interface", interface, "--path", str(path), *args]
         if factory:
             cmd.append("--factory")
-        self.proc = subprocess.Popen(cmd, cwd=str(APPS), env={**os.environ, "PYTHONPATH": str(ROOT)},
+        self.proc = subprocess.Popen(cmd, cwd=str(path), env={**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)},
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.decoder = FrameDecoder()
         self.received: List[Frame] = []          # decoded, not yet taken
