@@ -49,6 +49,7 @@ log = logging.getLogger("minirr.worker")
 EXIT_BROKEN_CHANNEL = 1            # the master sent something this wire does not allow
 OUTBOX_HIGH_WATER_BYTES = 256 * 1024   # send() waits while more than this waits for the pipe
 READS_PER_WAKE = 16                # then the loop runs the app's coroutines before reading on
+CANCELLED_WITHIN_S = 1.0           # at exit, coroutines still running get this long to end when cancelled
 IOVECS_PER_WRITE = 64              # well under IOV_MAX (1024 on Linux)
 
 
@@ -56,6 +57,18 @@ def serve_asgi(pipe: FramePipe, app, max_concurrency: int, print_traceback: bool
     """Run `app` (ASGI 3) in a new event loop until the master says stop or goes away.
     Called by loop.serve once the master's handshake is in and the app is loaded."""
     return AsyncWorker(pipe, app, max_concurrency, print_traceback).run()
+
+
+async def _cancel_the_rest() -> None:
+    """Whatever still runs ends with the worker: requests in flight when the master went
+    away or broke the channel, coroutines the app started on its own (fire and forget),
+    the lifespan's. Each is cancelled and given a moment to unwind (so that none is
+    destroyed pending); one that will not end is left to the process's exit."""
+    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    if others:
+        await asyncio.wait(others, timeout=CANCELLED_WITHIN_S)
 
 
 class Outbox:
@@ -231,6 +244,7 @@ class AsyncWorker:
         try:
             return loop.run_until_complete(self._main(loop))
         finally:
+            loop.run_until_complete(_cancel_the_rest())
             asyncio.set_event_loop(None)
             loop.close()
 
@@ -256,7 +270,6 @@ class AsyncWorker:
         if graceful:
             await self.lifespan.shutdown()
             await self.outbox.drain(0)
-            await self._cancel_the_rest()
         return status
 
     def _log_startup_failure(self, failed: LifespanFailed) -> None:
@@ -269,13 +282,6 @@ class AsyncWorker:
             return
         details = "\n" + "\n".join(lines[:-1]) if self.print_traceback and len(lines) > 1 else ""
         log.error("bootstrap failed: %s%s", lines[-1].strip(), details)
-
-    async def _cancel_the_rest(self) -> None:
-        """Coroutines the app left running on its own (fire and forget) end with the worker."""
-        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-        for task in others:
-            task.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
 
     def _finish(self, status: int, graceful: bool = False) -> None:
         if not self.finished.done():
