@@ -162,6 +162,14 @@ def test_on_the_classic_wire_an_answer_is_the_bytes_a_wsgi_worker_sends(worker, 
     assert len(answers[1]) == 4 and w.nothing_more()
 
 
+def test_on_the_classic_wire_a_failure_is_the_error_frame_a_sync_worker_sends(worker):
+    w = worker()
+    w.request("/raise")
+    [error] = w.answer()
+    assert frame.encode(error.flags, bytes(error.payload), error.options, error.stream) == \
+        frame.encode(ERROR, b"RuntimeError: raised before the answer")
+
+
 def test_on_the_classic_wire_a_second_request_in_flight_breaks_the_channel(worker):
     w = worker()
     w.request("/wait/k")
@@ -441,4 +449,4 @@ def test_the_scope(worker):
         "root_path": "", "headers": [["host", "example.com:8443"], ["x-test", "1"], ["x-test", "2"],
                                      ["content-type", "text/plain"]],
         "client": ["10.1.2.3", 0], "server": ["example.com", 8443], "state": {"started_in": w.proc.pid},
-        "first_receive": {"type": "http.request", "more_body": False, "length": 4}}
+        "first_receive": {"type": "http.request", "more_body": False, "length": 4}, "served_by": w.proc.pid}

@@ -163,7 +163,9 @@ class HTTPCycle:
 
     async def send(self, message: dict) -> None:
         kind = message.get("type") if isinstance(message, dict) else None
-        if kind == "http.response.start":
+        if self.phase in OVER:
+            await self._after_the_end(kind, message)
+        elif kind == "http.response.start":
             self._start(message)
         elif kind == "http.response.body":
             await self._body(message)
@@ -171,9 +173,17 @@ class HTTPCycle:
             raise RuntimeError(f"ASGI: unexpected message {kind!r} on an HTTP connection "
                                f"(expected http.response.start or http.response.body)")
 
+    async def _after_the_end(self, kind: Optional[str], message: dict) -> None:
+        """The final frame is out: the spec says later messages are ignored. Body bytes
+        after a complete answer are counted (and logged); after the client left, the
+        send yields to the loop (see the module's docstring)."""
+        if self.phase is ResponsePhase.LEFT:
+            await asyncio.sleep(0)
+        elif kind == "http.response.body":
+            body = message.get("body", b"")
+            self.surplus_bytes += len(body) if isinstance(body, (bytes, bytearray, memoryview)) else 0
+
     def _start(self, message: dict) -> None:
-        if self.phase in OVER:
-            return                                # spec: later messages are ignored
         if self.phase is not ResponsePhase.AWAITING:
             raise RuntimeError("ASGI: http.response.start sent twice")
         status = message.get("status")
@@ -193,12 +203,6 @@ class HTTPCycle:
             body = bytes(body)
         more = bool(message.get("more_body", False))
         phase = self.phase
-        if phase is ResponsePhase.COMPLETE:
-            self.surplus_bytes += len(body)
-            return
-        if phase is ResponsePhase.LEFT:
-            await asyncio.sleep(0)                # nobody reads it: dropped (see the module's docstring)
-            return
         if phase is ResponsePhase.AWAITING:
             raise RuntimeError("ASGI: http.response.body sent before http.response.start")
         if phase is ResponsePhase.STARTED:

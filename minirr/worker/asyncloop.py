@@ -348,8 +348,8 @@ class AsyncWorker:
         try:
             # one copy of the body, into the bytes the app sees (the payload may be a bytearray)
             request = decode_request(bytes(payload[:head_len]), bytes(memoryview(payload)[head_len:]))
-        except (ValueError, UnicodeDecodeError) as exc:
-            log.error("a request head that does not decode: %s", exc)
+        except Exception as exc:             # a head that is not what a master sends: this request fails
+            log.error("a request head that does not decode: %s: %s", type(exc).__name__, exc)
             frames.fail(f"{type(exc).__name__}: {exc}")
             return
         frames.cycle = HTTPCycle(request, self.lifespan.state, frames, self.heads)

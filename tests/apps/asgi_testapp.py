@@ -87,6 +87,7 @@ async def show_scope(scope, receive, send, key, query) -> None:
     first = await receive()
     shown = {name: text(value) for name, value in scope.items() if name != "state"}
     shown["state"] = {"started_in": scope["state"].get("started_in")}
+    shown["served_by"] = os.getpid()
     shown["first_receive"] = {"type": first["type"], "more_body": first["more_body"], "length": len(first["body"])}
     await answer(send, json.dumps(shown).encode(), headers=[(b"content-type", b"application/json")])
 
