@@ -237,8 +237,10 @@ class HTTPCycle:
         background task after the answer)."""
         try:
             await app(self.scope, self.receive, self.send)
-        except asyncio.CancelledError:
-            self._fail("was cancelled", "CancelledError")
+        except asyncio.CancelledError:       # the worker is ending (its master went away)
+            if self.phase not in OVER:
+                self._advance("fail")
+                self.frames.fail("the request was cancelled: the worker is ending")
             raise
         except Exception as exc:
             self._fail(f"failed {self.phase.value}:\n{traceback.format_exc().rstrip()}",

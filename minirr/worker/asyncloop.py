@@ -102,16 +102,23 @@ class Outbox:
         if not self._writing:
             self._on_writable()          # the usual case: the pipe takes it at once
 
+    def close(self) -> None:
+        """Nothing more is written (what is queued is dropped)."""
+        self.closed = True
+        self.queue.clear()
+        self.buffered = 0
+        if self._writing:
+            self.loop.remove_writer(self.fd)
+            self._writing = False
+        self._wake()
+
     def _on_writable(self) -> None:
         try:
             written = os.writev(self.fd, list(islice(self.queue, IOVECS_PER_WRITE)))
         except BlockingIOError:
             written = 0
         except (BrokenPipeError, ConnectionResetError):
-            self.closed = True
-            self.queue.clear()
-            self.buffered = 0
-            self._wake()
+            self.close()
             self._on_gone()
             return
         self._consume(written)
@@ -284,6 +291,11 @@ class AsyncWorker:
         log.error("bootstrap failed: %s%s", lines[-1].strip(), details)
 
     def _finish(self, status: int, graceful: bool = False) -> None:
+        """The worker ends: gracefully (after the stop frame: the lifespan shutdown comes
+        next, and what is queued is still written), or at once, writing nothing more (the
+        master has gone, or broke the channel and will kill this worker anyway)."""
+        if not graceful:
+            self.outbox.close()
         if not self.finished.done():
             self.finished.set_result((status, graceful))
 
