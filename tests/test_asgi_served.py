@@ -19,7 +19,7 @@ from serverproc import ServerProcess
 from wire import StreamClient, assert_answer_completed, chunked_body, head_of, stop_module_server
 
 CONFIG = "[server]\napp = asgi_testapp:app\n[pool]\nnum_workers = 1\n"
-COMMAND = f"[server]\ncommand = {sys.executable} -m minirr.worker asgi_testapp:app\n[pool]\nnum_workers = 1\n"
+COMMAND = f"[server]\ncommand = {sys.executable} -m minirr.worker asgi_testapp:app --interface asgi\n[pool]\nnum_workers = 1\n"
 
 
 @pytest.fixture(scope="module", params=["fork", "command"])
