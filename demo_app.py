@@ -17,6 +17,14 @@ Theory of operation (rr.ini: `app = demo_app:create_app`, `factory = true`):
         POST {flipt_api_host}/evaluate/v1/boolean                ~1 ms
         -> "Hello, world!"  or  "!dlrow ,olleH" when the flag is on
 
+The same app in ASGI (rr.ini: `app = demo_app:asgi_app`, no factory; `interface = auto`
+tells it is ASGI): the Vault login is the lifespan startup, once per worker, and each
+request asks Flipt in a thread (urllib blocks; asyncio.to_thread keeps the event loop,
+and every other request the worker holds, going meanwhile):
+
+    lifespan.startup     create_app() in a thread, into scope["state"]   once per worker
+    every request        await asyncio.to_thread(flag_enabled) -> the greeting
+
 A bootstrap failure with a known cause raises SystemExit with one line that names Vault,
 its address and the cause; minirr logs that line, retries the worker with backoff, and
 answers 503 meanwhile. A Flipt failure during a request is not fatal: the flag counts
@@ -33,6 +41,7 @@ Command line (the tutorial's setup steps, automated and idempotent):
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import logging
@@ -401,6 +410,42 @@ def create_app(environ: Optional[Mapping[str, str]] = None) -> Application:
              vault_settings.address, vault_settings.username, vault_settings.secret_path,
              (time.monotonic() - started_at) * 1000, flipt.host)
     return Application(FliptClient(flipt.host, flipt.token))
+
+
+# ---------------------------------------------------------------------------------
+# The same app in ASGI: the login in the lifespan startup, Flipt in a thread
+# ---------------------------------------------------------------------------------
+
+TEXT_PLAIN = [(b"content-type", b"text/plain; charset=utf-8")]
+
+
+async def asgi_app(scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+    """ASGI 3 (rr.ini: `app = demo_app:asgi_app`): the demo's bootstrap is its lifespan
+    startup; a request awaits the flag without holding up the event loop."""
+    if scope["type"] == "lifespan":
+        await _lifespan(scope["state"], receive, send)
+        return
+    application: Application = scope["state"]["application"]
+    reverse = await asyncio.to_thread(application.flag_enabled, FLAG_KEY)   # urllib blocks: not in the loop
+    await send({"type": "http.response.start", "status": 200, "headers": TEXT_PLAIN})
+    await send({"type": "http.response.body", "body": greeting(reverse).encode("utf-8")})
+
+
+async def _lifespan(state: Dict[str, Any], receive: Callable, send: Callable) -> None:
+    """startup: create_app() (the Vault login) in a thread; a known cause fails the start
+    with its one line, as create_app's SystemExit does for the minirr handler."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            try:
+                state["application"] = await asyncio.to_thread(create_app)
+            except SystemExit as exc:
+                await send({"type": "lifespan.startup.failed", "message": str(exc.code)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 def _configure_logging() -> None:

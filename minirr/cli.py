@@ -10,8 +10,10 @@ Exit statuses (what a supervisor such as systemd can act on):
     2  bad configuration: rr.ini, -o or --dotenv (one line names the file and line, or
        the section and key, or the -o item)
     3  the app cannot be loaded: `[server] app` does not import, has a syntax error or
-       names no such attribute (gunicorn's "worker failed to boot"); found before anything
-       is bound. A factory that fails at run time is not this: it is retried with back-off.
+       names no such attribute (gunicorn's "worker failed to boot"), or what it names does
+       not fit `factory` or `interface` (the line names the key to change); found before
+       anything is bound. A factory that fails at run time is not this: it is retried
+       with back-off.
 """
 
 from __future__ import annotations
@@ -117,7 +119,8 @@ def make_launcher(config: config_module.Config):
     from .master import command, launch
     if config.server.command:
         return command.CommandLauncher(config)
-    return launch.ForkLauncher(config.server.app, config.server.factory, config.server.interface, config.base_dir)
+    return launch.ForkLauncher(config.server.app, config.server.factory, config.server.interface, config.base_dir,
+                               config.pool.max_concurrency)
 
 
 def cmd_serve(args) -> int:
@@ -133,7 +136,7 @@ def cmd_serve(args) -> int:
         # its bootstrap while the server says it is listening.
         launcher.preflight(config.pool.allocate_timeout or PREFLIGHT_TIMEOUT_S)
     except AppLoadError as exc:
-        print(f"minirr: {config.origin('server', 'app')}: {exc.msg}", file=sys.stderr)
+        print(f"minirr: {config.origin('server', exc.key)}: {exc.msg}", file=sys.stderr)
         return EXIT_APP
     except ConfigError as exc:        # e.g. [server] command names a program that does not exist
         print(f"minirr: {config.origin(exc.section, exc.key)}: {exc.msg}", file=sys.stderr)

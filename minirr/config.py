@@ -175,7 +175,7 @@ def _cpu_count() -> int:
 class ServerConfig:
     app: str = ""                      # module:attribute imported in each worker
     factory: bool = False              # call the attribute once per worker to get the handler
-    interface: str = "minirr"          # minirr | wsgi
+    interface: str = "auto"            # auto (told from the app's signature) | asgi | wsgi | minirr
     command: Tuple[str, ...] = ()      # external worker program (instead of app)
     env: Tuple[Tuple[str, str], ...] = ()   # [server.env] for external workers
     reload: bool = False               # development: replace the workers when the app's files change
@@ -278,7 +278,7 @@ class Config:
 SCHEMA: Dict[str, Tuple[type, Dict[str, Callable[[str], object]]]] = {
     "server": (ServerConfig, {
         "app": parse_app, "factory": parse_bool,
-        "interface": parse_choice("minirr", "wsgi"), "command": parse_command,
+        "interface": parse_choice("auto", "asgi", "wsgi", "minirr"), "command": parse_command,
         "reload": parse_bool, "reload_paths": parse_paths,
     }),
     "http": (HTTPConfig, {

@@ -5,7 +5,8 @@ Never: imports anything of minirr; performs I/O.
 
     MinirrError
       ConfigError(section, key, msg, origin)   bad rr.ini or -o; cli prints one line, exit 2
-        AppLoadError(msg, origin)              [server] app cannot be imported; exit 3
+        AppLoadError(msg, origin, key)         [server] app cannot be imported, or is wired up
+                                               wrong (key: the [server] key to change); exit 3
       ProtocolError(msg, status=400)   bad client bytes; answered with `status`, then closed
       FrameError(msg)                  broken worker channel; worker killed, client gets 502
       ClientDisconnected(msg)          (also an OSError) a streamed response's client left;
@@ -35,11 +36,13 @@ class ConfigError(MinirrError):
 
 
 class AppLoadError(ConfigError):
-    """`[server] app` cannot be imported, has a syntax error or names no such attribute:
-    found once at start-up, before anything is bound (gunicorn: "worker failed to boot")."""
+    """`[server] app` cannot be imported, has a syntax error or names no such attribute,
+    or the object it names does not fit `factory` or `interface` (then `key` names the
+    one to change): found once at start-up, before anything is bound (gunicorn: "worker
+    failed to boot")."""
 
-    def __init__(self, msg: str, origin: str = "") -> None:
-        super().__init__("server", "app", msg, origin)
+    def __init__(self, msg: str, origin: str = "", key: str = "app") -> None:
+        super().__init__("server", key, msg, origin)
 
 
 class ProtocolError(MinirrError):

@@ -5,7 +5,7 @@ list a reader can check the code against, and the modules that decide do no I/O.
     minirr/http/       HTTP/1.1 as bytes (no I/O)
     minirr/wire/       frames and messages between master and workers (no I/O)
     minirr/master/     the loop and its parts
-    minirr/worker/     inside a worker: the request loop, streams, WSGI
+    minirr/worker/     inside a worker: the request loop, streams, WSGI, ASGI and its event loop
 
 Modules are named by their path in the package: `master.backend` is minirr/master/backend.py.
 """
@@ -51,6 +51,7 @@ ALLOWED = {
     "wire.frame": {"errors"},
     "wire.messages": set(),
     "wire.heads": {"wire.messages"},
+    "wire.multiplex": {"errors", "wire.frame"},
     # the master: pure decisions first, then the parts that own descriptors
     "master.__init__": set(),
     "master.lifecycle": {"errors"},
@@ -67,7 +68,8 @@ ALLOWED = {
     "master.connection": {"errors", "http.parser", "master.lifecycle", "master.loop"},
     "master.channel": {"errors", "master.loop", "wire.frame"},
     "master.answer": {"http.responses"},
-    "master.backend": {"master.channel", "master.jobs", "master.pool", "master.reply", "wire.frame", "wire.heads"},
+    "master.backend": {"master.channel", "master.jobs", "master.pool", "master.reply", "wire.frame", "wire.heads",
+                       "wire.multiplex"},
     "master.frontend": {"config", "http.forwarded", "http.grammar", "http.parser", "http.responses",
                         "master.connection", "master.jobs", "master.lifecycle", "master.listener", "master.loop"},
     "master.operations": {"config", "http.parser", "http.responses", "master.connection", "master.control",
@@ -86,7 +88,10 @@ ALLOWED = {
     "worker.wsgi": {"wire.messages"},
     "worker.stream": {"errors", "wire.frame", "wire.messages"},
     "worker.load": {"wire.messages", "worker.wsgi"},
-    "worker.loop": {"wire.frame", "wire.heads", "wire.messages", "worker.load", "worker.stream"},
+    "worker.loop": {"wire.frame", "wire.heads", "wire.messages", "worker.asyncloop", "worker.load", "worker.stream"},
+    "worker.asgi": {"wire.messages", "worker.load", "worker.stream", "worker.wsgi"},
+    "worker.asyncloop": {"errors", "wire.frame", "wire.heads", "wire.messages", "wire.multiplex", "worker.asgi",
+                         "worker.loop"},
 }
 
 # Modules that work on bytes, str and numbers only: no sockets, processes, signals or clocks.

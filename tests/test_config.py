@@ -35,12 +35,18 @@ def test_sizes(text, size):
 def test_defaults():
     cfg = config.parse(MINIMAL)
     assert cfg.server.app == "myapp:create_app"
-    assert cfg.server.factory is False and cfg.server.interface == "minirr"
+    assert cfg.server.factory is False and cfg.server.interface == "auto"
+    assert cfg.pool.max_concurrency == 1000
     assert cfg.http.address == ("127.0.0.1", 8080)
     assert cfg.http.max_request_size == 10 * 1024 ** 2
     assert cfg.pool.num_workers >= 1 and cfg.pool.max_jobs == 0 and cfg.pool.allocate_timeout == 60
     assert cfg.supervisor.exec_ttl == 0
     assert cfg.status is None and cfg.metrics is None
+
+
+@pytest.mark.parametrize("interface", ["auto", "asgi", "wsgi", "minirr", "ASGI "])
+def test_each_interface_is_a_value(interface):
+    assert config.parse(MINIMAL + f"interface = {interface}\n").server.interface == interface.strip().lower()
 
 
 def test_env_expansion():
@@ -67,7 +73,8 @@ def test_overrides_win_and_add_sections():
     (MINIMAL + "[http]\nheader_timeout = soon\n", "http", "header_timeout"),
     (MINIMAL + "[http]\nmax_request_size = big\n", "http", "max_request_size"),
     (MINIMAL + "[http]\naddress = nowhere\n", "http", "address"),
-    ("[server]\napp = a:b\ninterface = asgi\n", "server", "interface"),
+    ("[server]\napp = a:b\ninterface = rsgi\n", "server", "interface"),
+    (MINIMAL + "[pool]\nmax_concurrency = 0\n", "pool", "max_concurrency"),
     ("[server]\nfactory = true\n", "server", "app"),
     ("[server]\napp = a:b\ncommand = php w.php\n", "server", "app"),
     (MINIMAL + "[rpc]\nlisten = tcp://10.0.0.1:6001\n", "rpc", "listen"),

@@ -35,6 +35,11 @@ CONFIG = """\
 app = demo_app:create_app
 factory = true
 """
+ASGI_CONFIG = """\
+[server]
+app = demo_app:asgi_app
+"""
+BOTH = pytest.mark.parametrize("config", [CONFIG, ASGI_CONFIG], ids=["minirr", "asgi"])
 
 
 def find_bao() -> str:
@@ -175,8 +180,9 @@ def root_call(bao, method, path, payload=None):
     return demo_app.call_json(method, f"{bao.url}/v1/{path}", payload, {"X-Vault-Token": ROOT_TOKEN})
 
 
-def test_setup_serve_and_flip_the_flag(serve, bao, flipt, env_file):
-    srv = serve(CONFIG, overrides=["pool.num_workers=2"], args=["--dotenv", str(env_file)])
+@BOTH
+def test_setup_serve_and_flip_the_flag(serve, bao, flipt, env_file, config):
+    srv = serve(config, overrides=["pool.num_workers=2"], args=["--dotenv", str(env_file)])
     srv.wait_for_log(r"demo_app: bootstrap: logged in to Vault", count=2)
     before = flipt.evaluations
     assert srv.request("GET", "/")[2] == b"Hello, world!"
@@ -188,8 +194,9 @@ def test_setup_serve_and_flip_the_flag(serve, bao, flipt, env_file):
     assert PASSWORD not in srv.log
 
 
-def test_wrong_password_is_one_boot_failure_line(serve, bao, env_file):
-    srv = serve(CONFIG, overrides=["pool.num_workers=1"], env=app_env(bao, VAULT_PASS="not-" + PASSWORD))
+@BOTH
+def test_wrong_password_is_one_boot_failure_line(serve, bao, env_file, config):
+    srv = serve(config, overrides=["pool.num_workers=1"], env=app_env(bao, VAULT_PASS="not-" + PASSWORD))
     (line,) = srv.wait_for_log(r"bootstrap failed")[:1]
     assert line.endswith(f"Vault at {bao.url}: cannot log in as 'demoapp' via auth/userpass: "
                          "invalid username or password (HTTP 400)")

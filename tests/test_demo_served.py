@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -27,6 +28,11 @@ CONFIG = """\
 app = demo_app:create_app
 factory = true
 """
+ASGI_CONFIG = """\
+[server]
+app = demo_app:asgi_app
+"""
+BOTH = pytest.mark.parametrize("config", [CONFIG, ASGI_CONFIG], ids=["minirr", "asgi"])
 PASSWORD = "pw-Served-9931"
 FLIPT_TOKEN = "flipt-Served-Token-77"
 FLAG = "show_reverse_greeting"
@@ -54,8 +60,9 @@ def assert_no_secrets(text: str) -> None:
         assert secret not in text
 
 
-def test_two_workers_thirty_requests_two_logins_thirty_evaluations(serve, vault, flipt, vault_env):
-    srv = serve(CONFIG, overrides=["pool.num_workers=2"], env=vault_env)
+@BOTH
+def test_two_workers_thirty_requests_two_logins_thirty_evaluations(serve, vault, flipt, vault_env, config):
+    srv = serve(config, overrides=["pool.num_workers=2"], env=vault_env)
     srv.wait_for_log(r"demo_app: bootstrap: logged in to Vault", count=2)
     for _ in range(30):
         status, headers, body = srv.request("GET", "/")
@@ -99,10 +106,11 @@ def _missing_password(vault, env):
     return dict(env, VAULT_PASS=""), "VAULT_PASS must be set when VAULT_HOST is"
 
 
+@BOTH
 @pytest.mark.parametrize("breakage", [_unreachable, _wrong_password, _sealed, _missing_password])
-def test_vault_down_at_bootstrap_gives_503_and_one_line(serve, vault, vault_env, breakage):
+def test_vault_down_at_bootstrap_gives_503_and_one_line(serve, vault, vault_env, breakage, config):
     env, cause = breakage(vault, vault_env)
-    srv = serve(CONFIG, overrides=["pool.num_workers=1"], env=env)
+    srv = serve(config, overrides=["pool.num_workers=1"], env=env)
     address = env["VAULT_HOST"]
     (line,) = srv.wait_for_log(r"bootstrap failed")[:1]
     assert f"Vault at {address}: " in line and line.endswith(cause), line
@@ -124,8 +132,9 @@ def test_workers_start_once_vault_is_unsealed(serve, vault, vault_env):
     assert body_of(srv) == HELLO
 
 
-def test_flipt_down_still_greets_and_warns_once(serve, vault, flipt, vault_env):
-    srv = serve(CONFIG, overrides=["pool.num_workers=1"], env=vault_env)
+@BOTH
+def test_flipt_down_still_greets_and_warns_once(serve, vault, flipt, vault_env, config):
+    srv = serve(config, overrides=["pool.num_workers=1"], env=vault_env)
     flipt.set_flag(FLAG, True)
     assert body_of(srv) == OLLEH
     flipt.stop()
@@ -143,3 +152,40 @@ def test_embedded_default_without_vault(serve):
     srv.wait_for_log(r"Vault is not configured", count=2)
     off = serve(CONFIG, overrides=["pool.num_workers=1"])
     assert body_of(off) == HELLO
+
+
+class PairedFlipt(FliptDouble):
+    """Answers no evaluation until a second one is in: both go back together. A worker
+    whose event loop is blocked by its first call never sends the second, and its first
+    call times out instead (the flag then counts as off)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pair = threading.Barrier(2)
+
+    def _evaluate(self, call):
+        try:
+            self.pair.wait(20)
+        except threading.BrokenBarrierError:
+            pass
+        return super()._evaluate(call)
+
+
+def test_the_asgi_demo_asks_flipt_without_holding_up_its_event_loop(vault, vault_env):
+    """Two requests at once on one worker (the multiplexed wire, the test playing the
+    master): both are answered from Flipt, so each was in Flipt while the other was."""
+    from asgiworker import AsgiWorker, body_of
+    with PairedFlipt() as paired:
+        paired.set_flag(FLAG, True)
+        vault.put_secret("secret/data/demoapp", {"flipt_api_host": paired.url, "flipt_api_token": FLIPT_TOKEN})
+        worker = AsgiWorker("demo_app:asgi_app", interface="auto", env=vault_env, path=ROOT)
+        try:
+            worker.handshake()
+            worker.request("/", request_id=1)
+            worker.request("/", request_id=2)
+            assert body_of(worker.answer(1)) == OLLEH and body_of(worker.answer(2)) == OLLEH
+            assert worker.stop() == 0
+        finally:
+            paired.pair.abort()
+            worker.close()
+    assert vault.logins == 1 and "treating the flag as off" not in worker.log

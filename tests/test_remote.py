@@ -10,14 +10,14 @@ from minirr import remote
 
 
 def test_table_formatting():
-    rows = [{"pid": 4121, "status": "ready", "execs": 12, "memory_bytes": 22 * 1024 * 1024 + 300 * 1024,
+    rows = [{"pid": 4121, "status": "ready", "execs": 12, "in_flight": 0, "memory_bytes": 22 * 1024 * 1024 + 300 * 1024,
              "cpu_percent": 1.25, "created_at": 1000.0},
-            {"pid": 77, "status": "working", "execs": 3, "memory_bytes": 900, "cpu_percent": 0,
+            {"pid": 77, "status": "working", "execs": 3, "in_flight": 40, "memory_bytes": 900, "cpu_percent": 0,
              "created_at": 1000.0 - 7200}]
     lines = remote.format_table(rows, now_epoch=1000.0 + 130).splitlines()
     assert lines[0].split() == ["PID", "Status", "Execs", "In-flight", "Memory", "CPU%", "Created"]
-    assert lines[1].split() == ["4121", "ready", "12", "22.3", "MB", "1.2", "2", "minutes", "ago"]
-    assert lines[2].split() == ["77", "working", "3", "900", "B", "0.0", "2", "hours", "ago"]
+    assert lines[1].split() == ["4121", "ready", "12", "0", "22.3", "MB", "1.2", "2", "minutes", "ago"]
+    assert lines[2].split() == ["77", "working", "3", "40", "900", "B", "0.0", "2", "hours", "ago"]
     assert remote.relative_time(0.5) == "just now" and remote.relative_time(61) == "1 minute ago"
     assert remote.human_bytes(1536) == "1.5 KB" and remote.human_bytes(3 * 1024 ** 3) == "3.0 GB"
 

@@ -66,13 +66,13 @@ def test_close_is_called_and_write_callable_works():
     assert (response.status, body_of(response), closed) == (201, b"ab", [True])
 
 
-def test_scheme_host_port():
-    from minirr.worker.wsgi import _scheme_host_port
-    assert _scheme_host_port("https://example.com:8443/x") == ("https", "example.com", "8443")
-    assert _scheme_host_port("https://example.com/x") == ("https", "example.com", "443")
-    assert _scheme_host_port("http://[::1]:8080/") == ("http", "::1", "8080")
-    assert _scheme_host_port("http://h?q") == ("http", "h", "80")
-    assert _scheme_host_port("*") == ("http", "localhost", "80")
+def testscheme_host_port():
+    from minirr.worker.wsgi import scheme_host_port
+    assert scheme_host_port("https://example.com:8443/x") == ("https", "example.com", "8443")
+    assert scheme_host_port("https://example.com/x") == ("https", "example.com", "443")
+    assert scheme_host_port("http://[::1]:8080/") == ("http", "::1", "8080")
+    assert scheme_host_port("http://h?q") == ("http", "h", "80")
+    assert scheme_host_port("*") == ("http", "localhost", "80")
 
 
 # --- the body as the app gets it: de-chunked, whole, its length known ---------------------

@@ -28,10 +28,13 @@ protocol (RoadRunner's `server.command`), on the same WorkerPipes.
 
 ForkLauncher.preflight() is the start-up check of `[server] app`: the master must not
 import the app itself (workers are forked from it, and each imports the app after the
-fork), so a short-lived forked child imports it and reports back over a pipe:
+fork), so a short-lived forked child imports it, looks at what it names, and reports
+back over a pipe:
 
-    master ──fork──> preflight child: import module, follow attributes (no factory call)
-       <──pipe────── "" (it loads)  or  "ModuleNotFoundError: No module named 'x'"
+    master ──fork──> preflight child: import module, follow attributes, check the object
+                     against factory and interface (worker.load.check_app; no call)
+       <──pipe────── "" (it loads)  or  "app\nModuleNotFoundError: No module named 'x'"
+                     or  "factory\nflask_app:app is a Flask object ...; set factory = false"
        join(timeout_s); still running -> kill it, warn, start anyway
 
 `start_app_check` is the same import for `[server] reload` (master/reload.py), made while
@@ -220,11 +223,13 @@ class WorkerPipes:
 class ForkLauncher:
     """Start workers with multiprocessing's fork context; the child runs worker.serve()."""
 
-    def __init__(self, app: str, factory: bool, interface: str, base_dir: str) -> None:
+    def __init__(self, app: str, factory: bool, interface: str, base_dir: str,
+                 max_concurrency: int = worker_load.ASYNC_MAX_CONCURRENCY) -> None:
         self.app = app
         self.factory = factory
         self.interface = interface
         self.base_dir = base_dir
+        self.max_concurrency = max_concurrency    # an ASGI worker offers this many request ids
 
     def start(self, close_in_child: Sequence[object], print_traceback: bool = True) -> WorkerProcess:
         """Fork a worker. `print_traceback`: if its bootstrap fails, log the traceback
@@ -235,7 +240,8 @@ class ForkLauncher:
         process = _fork.Process(
             target=_child_main,
             args=(list(close_in_child) + pipes.master_ends(), pipes.request_r, pipes.response_w,
-                  pipes.output_w, self.app, self.factory, self.interface, self.base_dir, print_traceback),
+                  pipes.output_w, self.app, self.factory, self.interface, self.base_dir, print_traceback,
+                  self.max_concurrency),
             name="minirr-worker",
         )
         try:
@@ -246,16 +252,18 @@ class ForkLauncher:
         return pipes.hand_over(process.pid, _ForkedChild(process), lambda: (process.kill(), process.join()))
 
     def preflight(self, timeout_s: float) -> None:
-        """Check at start-up, in a short-lived child, that `[server] app` imports and names
-        an existing attribute (the factory is not called: a factory failing at run time
-        is retried by the master). Raises AppLoadError saying why not. A check that does
-        not end within `timeout_s` is killed, and the start goes on with a warning.
+        """Check at start-up, in a short-lived child, that `[server] app` imports, names
+        an existing attribute, and is what `factory` and `interface` say it is (the
+        factory is not called: a factory failing at run time is retried by the master,
+        and what it returns is checked by each worker's bootstrap). Raises AppLoadError
+        saying why not, naming the `[server]` key to change. A check that does not end
+        within `timeout_s` is killed, and the start goes on with a warning.
         Call it before the master opens anything: the child inherits whatever is open."""
         report_r, report_w = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
-        process = _fork.Process(target=_preflight_main, args=(report_r, report_w, self.app, self.base_dir),
-                                name="minirr-preflight")
+        process = _fork.Process(target=_preflight_main, name="minirr-preflight",
+                                args=(report_r, report_w, self.app, self.base_dir, self.factory, self.interface))
         try:
             try:
                 process.start()
@@ -274,7 +282,8 @@ class ForkLauncher:
             _end_preflight(process)
             _close_all([report_r, report_w])
         if report:
-            raise AppLoadError(report)
+            key, _, message = report.partition("\n")
+            raise AppLoadError(message, key=key)
         if exitcode != 0:                # os._exit() or a signal during the import
             raise AppLoadError(f"importing it ended the process ({_exit_status_text(exitcode)})")
 
@@ -456,8 +465,8 @@ def _reset_signals() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _child_main(close_in_child, req_r: int, resp_w: int, out_w: int,
-                app: str, factory: bool, interface: str, base_dir: str, print_traceback: bool) -> None:
+def _child_main(close_in_child, req_r: int, resp_w: int, out_w: int, app: str, factory: bool,
+                interface: str, base_dir: str, print_traceback: bool, max_concurrency: int) -> None:
     """Runs in the forked child. Never returns normally: exits with the worker's status."""
     close_inherited(close_in_child)
     _reset_signals()
@@ -472,14 +481,15 @@ def _child_main(close_in_child, req_r: int, resp_w: int, out_w: int,
     worker_loop.configure_worker_logging()
     channel = worker_loop.FramePipe(req_r, resp_w)
     status = worker_loop.serve(
-        channel, lambda: worker_load.load_handler(app, factory, interface, base_dir), print_traceback)
+        channel, lambda: worker_load.load_handler(app, factory, interface, base_dir, max_concurrency), print_traceback)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
 
 
-def _preflight_main(report_r: int, report_w: int, app: str, base_dir: str) -> None:
-    """Runs in the preflight child: import the app, write "" or why not, exit at once.
+def _preflight_main(report_r: int, report_w: int, app: str, base_dir: str, factory: bool, interface: str) -> None:
+    """Runs in the preflight child: import the app, look at it, write "" or `key\nwhy not`
+    (the `[server]` key to change), exit at once.
 
     What the import prints goes to /dev/null: the master's stdout carries its one ready
     line, and the workers' own imports log the same output with their pid anyway.
@@ -491,11 +501,13 @@ def _preflight_main(report_r: int, report_w: int, app: str, base_dir: str) -> No
     os.close(devnull)
     report = ""
     try:
-        worker_load.import_app(app, base_dir)
+        worker_load.check_app(worker_load.import_app(app, base_dir), factory, interface, app)
+    except worker_load.AppShapeError as exc:   # imports, but is wired up wrong
+        report = f"{exc.key}\n{exc.what}; set {exc.fix}"
     except SystemExit as exc:            # sys.exit("...") at import time
-        report = f"the import called sys.exit({exc.code!r})"
+        report = f"app\nthe import called sys.exit({exc.code!r})"
     except Exception as exc:
-        report = worker_load.describe_failure(exc)
+        report = "app\n" + worker_load.describe_failure(exc)
     try:
         os.write(report_w, report.encode("utf-8", "replace")[:PREFLIGHT_REPORT_BYTES])
     except OSError:                      # the master has gone

@@ -23,7 +23,9 @@ frame of its own as soon as it is produced (docs/external-workers.md, Streamed r
       |-- STOP (the client left) ------------->|  close the body, then the empty final frame
 
 The same loop serves a forked worker (pipes created by the master) and an external one
-started as a command (`python -m minirr.worker app:attr`, frames on stdin/stdout).
+started as a command (`python -m minirr.worker app:attr`, frames on stdin/stdout). An
+ASGI application is handed to asyncloop.py after its import: one event loop, many
+requests at once, its lifespan startup as the rest of the bootstrap.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from ..wire import frame
 from ..wire.frame import CODEC_JSON, CONTROL, PONG, STOP, FrameDecoder
 from ..wire.heads import decode_request, response_head_encoder
 from ..wire.messages import Response
-from .load import AppHandler, describe_failure, load_handler
+from .load import (ASYNC_MAX_CONCURRENCY, INTERFACES, AppHandler, AppShapeError, ASGIApp, describe_failure,
+                   load_handler)
 from .stream import ResponseStream
 
 log = logging.getLogger("minirr.worker")
@@ -84,6 +87,12 @@ class FramePipe:
                 return None
             self._pending.extend(decoder.feed(data))
         return self._pending.pop(0)
+
+    def take_over(self) -> tuple:
+        """-> (the decoder, the frames decoded and not yet received): for the async loop,
+        which reads the same pipe from then on (a stop frame may already be waiting)."""
+        pending, self._pending = self._pending, []
+        return self._decoder, pending
 
     def leave_if_forked(self) -> None:
         """Called where the app's code may have forked: a child that has come back into
@@ -144,23 +153,19 @@ def serve(channel: FramePipe, bootstrap: Callable[[], AppHandler], print_traceba
 
     A failed bootstrap is logged as one headline naming the exception and the app's
     file:line; the traceback follows it only with `print_traceback` (a master retrying
-    the same failure asks for it the first time only)."""
+    the same failure asks for it the first time only). An ASGI app (an ASGIApp from the
+    bootstrap) is served by asyncloop.py instead."""
     hello = channel.receive()
     if hello is None:
         return EXIT_OK
     try:
         handler = bootstrap()
-    except SystemExit as exc:
-        # An app that knows why it cannot start says so in one line: sys.exit("Vault at ...: ...")
-        if isinstance(exc.code, str):
-            log.error("bootstrap failed: %s", exc.code)
-        else:
-            log.error("bootstrap exited with status %s", exc.code)
+    except (Exception, SystemExit) as exc:
+        log_boot_failure(exc, print_traceback)
         return EXIT_BOOT_FAILED
-    except Exception as exc:
-        details = "\n" + traceback.format_exc().rstrip() if print_traceback else ""
-        log.error("bootstrap failed: %s%s", describe_failure(exc), details)
-        return EXIT_BOOT_FAILED
+    if isinstance(handler, ASGIApp):
+        from .asyncloop import serve_asgi    # only ASGI workers pay for asyncio's import
+        return serve_asgi(channel, handler.app, handler.max_concurrency, print_traceback)
     channel.send(CONTROL, json.dumps({"pid": os.getpid()}).encode())
     encode_head = response_head_encoder()
     stream = ResponseStream(channel, encode_head)
@@ -172,7 +177,7 @@ def serve(channel: FramePipe, bootstrap: Callable[[], AppHandler], print_traceba
         if request_frame is None:
             return EXIT_OK
         if request_frame.flags & CONTROL:
-            if _is_stop(request_frame.payload):
+            if is_stop(request_frame.payload):
                 return EXIT_OK
             continue
         if request_frame.stream:
@@ -180,7 +185,27 @@ def serve(channel: FramePipe, bootstrap: Callable[[], AppHandler], print_traceba
         _answer(channel, handler, encode_head, stream, request_frame)
 
 
-def _is_stop(payload: bytes) -> bool:
+def log_boot_failure(exc: BaseException, print_traceback: bool) -> None:
+    """The bootstrap failed: one headline, then (with `print_traceback`) the traceback.
+    An app that knows why it cannot start says so in one line: sys.exit("Vault at ...: ...");
+    an app wired up wrong (AppShapeError) is told which key to change, with no traceback."""
+    if isinstance(exc, SystemExit):
+        if isinstance(exc.code, str):
+            log.error("bootstrap failed: %s", exc.code)
+        else:
+            log.error("bootstrap exited with status %s", exc.code)
+        return
+    if isinstance(exc, AppShapeError):
+        log.error("bootstrap failed: %s", exc)
+        return
+    details = ""
+    if print_traceback:
+        details = "\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+    log.error("bootstrap failed: %s%s", describe_failure(exc), details)
+
+
+def is_stop(payload: bytes) -> bool:
+    """A control frame's payload: is it the master's {"stop": true}?"""
     try:
         return json.loads(payload).get("stop") is True
     except (ValueError, AttributeError):
@@ -248,7 +273,10 @@ def main(argv=None) -> int:
                                      description="Serve a Python app as a minirr/RoadRunner worker over stdin/stdout.")
     parser.add_argument("app", help="module:attribute")
     parser.add_argument("--factory", action="store_true", help="call the attribute once to get the handler")
-    parser.add_argument("--interface", choices=("minirr", "wsgi"), default="minirr")
+    parser.add_argument("--interface", choices=INTERFACES, default="auto",
+                        help="what the app speaks: asgi, wsgi, minirr, or auto (told from its signature)")
+    parser.add_argument("--max-concurrency", type=int, default=ASYNC_MAX_CONCURRENCY, metavar="N",
+                        help=f"requests an ASGI app takes at once (default {ASYNC_MAX_CONCURRENCY})")
     parser.add_argument("--path", default=os.getcwd(), help="folder put first on sys.path (default: cwd)")
     args = parser.parse_args(argv)
     frames_in = os.dup(0)
@@ -260,5 +288,6 @@ def main(argv=None) -> int:
     sys.stdout = sys.stderr
     configure_worker_logging()
     channel = FramePipe(frames_in, frames_out)
-    return serve(channel, lambda: load_handler(args.app, args.factory, args.interface, args.path))
+    concurrency = max(1, args.max_concurrency)
+    return serve(channel, lambda: load_handler(args.app, args.factory, args.interface, args.path, concurrency))
 

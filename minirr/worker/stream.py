@@ -69,7 +69,7 @@ class ResponseStream:
             self.channel.send(CODEC_JSON, b"", (0,), block, STREAM)
         else:
             head = self.encode_head(response)
-            if len(block) == _declared_length(response):
+            if len(block) == declared_length(response):
                 self.channel.send(CODEC_JSON, head, (len(head),), block)
                 self.started = self.complete = True
                 return
@@ -145,7 +145,7 @@ class ResponseStream:
         self.surplus_bytes = 0
 
 
-def _declared_length(response: Response) -> int:
+def declared_length(response: Response) -> int:
     """The response's own Content-Length, or -1 (none, or not a number)."""
     for name, value in response.headers:
         if len(name) == 14 and name.lower() == "content-length":

@@ -32,7 +32,7 @@ _FRAMING = {"CONTENT_LENGTH", "TRANSFER_ENCODING"}
 
 def build_environ(request: Request) -> dict:
     """The CGI-style environ of PEP 3333 for `request`."""
-    scheme, host, port = _scheme_host_port(request.uri)
+    scheme, host, port = scheme_host_port(request.uri)
     environ = {
         "REQUEST_METHOD": request.method,
         "SCRIPT_NAME": "",
@@ -71,7 +71,7 @@ def build_environ(request: Request) -> dict:
     return environ
 
 
-def _scheme_host_port(uri: str) -> Tuple[str, str, str]:
+def scheme_host_port(uri: str) -> Tuple[str, str, str]:
     """`https://example.com:8443/x` -> ("https", "example.com", "8443"), by string scans
     (urlsplit is the single most expensive call of a request in a worker)."""
     scheme, sep, rest = uri.partition("://")
