@@ -501,6 +501,20 @@ def test_a_partial_control_frame_times_out_with_the_owners_rejection(setup):
     assert s.received().startswith(b"REJECTED 408")
 
 
+def test_control_calls_pipelined_behind_a_pending_one_stop_the_reading_at_pipeline_limit_bytes(setup):
+    """While a call waits for its answer (a reset), the calls behind it are held decoded;
+    past pipeline_limit bytes of them the connection is not read, however few calls that is."""
+    s = setup(parser=CallParser(), limits=ConnectionLimits(pipeline_limit=64 * 1024))
+    s.send(control.encode_call(1, "reset", {}))
+    assert s.conn.phase is WAITING and s.watched() == READ
+    big = control.encode_call(2, "workers", {"pad": "x" * 60_000})
+    s.send(big)
+    assert s.watched() == READ                                # 60 KB: under the limit
+    s.send(big)
+    assert s.conn.parser.buffered_bytes == 2 * len(big)
+    assert s.watched() == 0                                   # two calls, 120 KB: not read
+
+
 def test_eof_on_a_control_connection_closes(setup):
     s = setup(parser=CallParser())
     s.peer.shutdown(socket.SHUT_WR)
