@@ -264,17 +264,37 @@ def test_a_child_the_handler_forks_never_writes_on_the_channel(serve, path):
 
 # ---- 6. a helper process cannot hide its worker's exit ----------------------------------------
 
-def test_a_helper_process_outliving_its_worker_does_not_hide_the_exit(serve):
-    srv = serve("[server]\napp = containment_app:create_app_with_helper\nfactory = true\n[pool]\nnum_workers = 1\n")
+# The master, with multiprocessing's wait on a sentinel pipe made visible: the reap of a
+# worker must never wait there (a helper the app forked holds the pipe open, so the wait
+# would last its whole timeout, with the loop stopped for every client).
+WATCHED_MASTER = [sys.executable, "-c", """
+import multiprocessing.connection, sys
+from minirr import cli
+real_wait = multiprocessing.connection.wait
+def wait(object_list, timeout=None):
+    sys.stderr.write(f"TEST: waited on a sentinel (timeout {timeout})\\n")
+    return real_wait(object_list, timeout)
+multiprocessing.connection.wait = wait
+sys.exit(cli.main())
+"""]
+
+
+def test_a_helper_process_outliving_its_worker_does_not_hide_or_delay_the_exit(serve):
+    srv = serve("[server]\napp = containment_app:create_app_with_helper\nfactory = true\n[pool]\nnum_workers = 1\n",
+                entry=WATCHED_MASTER)
     helpers = srv.config_path.parent / "helper.pid"
     try:
         wait_until(helpers.exists, message="the helper's pid")
-        before = pid_of(srv)
-        started = time.monotonic()
-        status = get(srv, "/crash")[0]
-        assert status == 502
-        assert time.monotonic() - started < 5      # not the 10 s request timeout: the exit was seen
-        assert pid_of(srv) != before
+        waits_at_start = srv.log.count("TEST: waited on a sentinel")   # the preflight's join
+        for crash in range(1, 4):                  # several exits in a row, each helper still alive
+            before = pid_of(srv)
+            started = time.monotonic()
+            assert get(srv, "/crash")[0] == 502
+            assert time.monotonic() - started < 5  # not the 10 s request timeout: the exit was seen
+            assert pid_of(srv) != before
+            srv.wait_for_log(r"exited with status 7 while busy; request answered 502", count=crash)
+        assert all(pid_alive(int(pid)) for pid in helpers.read_text().split())
+        assert srv.log.count("TEST: waited on a sentinel") == waits_at_start, srv.log
         assert srv.stop(timeout=30) == 0
     finally:
         kill_pids_in(helpers)
