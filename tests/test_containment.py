@@ -464,7 +464,7 @@ def test_idle_peers_never_lock_a_probe_out(serve):
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             data, _ = read_until_closed(sock)
         assert [r[0] for r in parse_responses(data)] == [200]
-        srv.wait_for_log("the most allowed; closing the one idle longest")
+        srv.wait_for_log("the most allowed; closing the one stuck longest")
     finally:
         for sock in idle:
             sock.close()
