@@ -450,6 +450,8 @@ def test_pipelined_metrics_requests_without_reading_do_not_grow_the_master(serve
                     sent += sock.send(request)
                 except BlockingIOError:
                     pass
+                except (ConnectionResetError, BrokenPipeError):
+                    break                              # closed: it took nothing for PEER_SEND_TIMEOUT_S
         grown = rss_mb(srv.proc.pid) - before_mb
     assert sent < 5 * 1024 * 1024, f"the master took {sent} bytes of requests it could not answer"
     assert grown < 10, f"the master grew by {grown:.0f} MB"
