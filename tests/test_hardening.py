@@ -21,21 +21,11 @@ from minirr.master import control
 from minirr.master.operations import MAX_PEERS, PEER_SEND_TIMEOUT_S
 from minirr.http.chunked import CHUNK_FRAMING_FACTOR, CHUNK_FRAMING_MIN_BYTES
 from serverproc import run_cli
+from test_containment import rss_mb, status_address
 from wire import exchange, parse_responses, read_until_closed
 
 APP = "[server]\napp = hardening_app:create_app\nfactory = true\ninterface = wsgi\n[pool]\nnum_workers = 1\n"
 STATUS = "[status]\naddress = 127.0.0.1:0\n"
-
-
-def status_address(srv):
-    line = [line for line in srv.stdout_lines if "minirr status on" in line][0]
-    host, port = line.rsplit("/", 1)[-1].split(":")
-    return host, int(port)
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
 
 
 # ---- what reaches the app, the client and the log -----------------------------------------------

@@ -10,7 +10,7 @@ decides what to do when more bytes are needed). h11 splits its readers off the s
 
 Tiny chunks are cheap to send and dear to read: `1\r\nX\r\n` is six bytes on the wire and
 a few microseconds of Python here, so a megabyte of them is about a second of the master's
-one thread. Two bounds (HTTP/2 servers have the same two for tiny DATA frames):
+one thread. Two bounds; the second is how HTTP/2 servers meet a flood of tiny DATA frames:
 
     a read() stops after FRAMING_BYTES_PER_READ of framing (SPENT), and the caller lets
         other connections have their turn before it asks again;

@@ -180,8 +180,8 @@ class Connection(Handler):
     def _defer_parsing(self) -> None:
         """The parser has done one call's worth of work (a body of tiny chunks) with bytes
         left: other connections have their turn first, the rest is parsed at the end of
-        the round, and nothing more is read from this peer until its bytes are parsed (or
-        its buffer would outgrow what the loop can parse)."""
+        the round, and nothing more is read from this peer until those bytes are parsed
+        (so its buffer never holds more than one read)."""
         if self.phase is IDLE:
             advance(self, "data")
         self.deferred = True

@@ -106,13 +106,17 @@ class WorkerProcess:
 
     def _wait(self, timeout: float) -> Optional[int]:
         deadline_at = time.monotonic() + timeout
+        exit_poll = None
+        if self.sentinel is not None:      # poll(), not select(): the pidfd may be past FD_SETSIZE
+            exit_poll = select.poll()
+            exit_poll.register(self.sentinel, select.POLLIN)
         status = None
         while status is None:
             left = deadline_at - time.monotonic()
             if left <= 0:
                 break
-            if self.sentinel is not None:
-                select.select([self.sentinel], [], [], left)
+            if exit_poll is not None:
+                exit_poll.poll(left * 1000)
             else:
                 time.sleep(min(POLL_S, left))
             status = self._child.poll()
@@ -136,8 +140,8 @@ class _ForkedChild:
     def poll(self) -> Optional[int]:
         """`exitcode` is waitpid(pid, WNOHANG) on this pid, kept once it has the status.
         Not join(timeout): that first waits for multiprocessing's sentinel pipe to close,
-        and a helper process the app forked holds its write end, so join waited out the
-        whole timeout, with the loop stopped for every client, and then gave no status."""
+        and a helper process the app forked holds its write end, so every reap waited out
+        the whole timeout (a second), with the loop stopped for every client."""
         return self.process.exitcode
 
     def extra_fds(self) -> List[int]:
