@@ -190,6 +190,7 @@ def writer() -> LogWriter:
 # its own, control characters end the line or steer a terminal. nginx writes them (and
 # any byte past 0x7e) as \xHH; so does minirr, in every field a client controls.
 _UNSAFE_LOG_RE = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')
+_needs_escape = _UNSAFE_LOG_RE.search
 
 
 def escape_log_field(text: str) -> str:
@@ -227,9 +228,12 @@ class AccessLog:
             duration_s: float, pid: object) -> None:
         now = self.clock()
         duration_ms = duration_s * 1000
-        # Spaces are never escaped, so escaping the joined request line is escaping each part.
-        request = escape_log_field(f"{method} {target} {protocol}")
-        remote = escape_log_field(remote_addr)
+        # Spaces are never escaped, so escaping the joined request line is escaping each part;
+        # one search of both fields finds the usual case, nothing to escape.
+        request = f"{method} {target} {protocol}"
+        remote = remote_addr
+        if _needs_escape(f"{remote} {request}") is not None:
+            request, remote = escape_log_field(request), escape_log_field(remote)
         if self.json:
             self.out.write(json.dumps({
                 "time": iso_time(now), "level": "info", "logger": "minirr.access",
