@@ -21,6 +21,7 @@ import collections
 import json
 import logging
 import os
+import re
 import select
 import stat
 import sys
@@ -184,13 +185,37 @@ def writer() -> LogWriter:
     return _writer
 
 
+# What a client may put in an access log field (the query of a target, above all) that
+# would let it forge the line: `"` ends the request field early, `\` starts an escape of
+# its own, control characters end the line or steer a terminal. nginx writes them (and
+# any byte past 0x7e) as \xHH; so does minirr, in every field a client controls.
+_UNSAFE_LOG_RE = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')
+_needs_escape = _UNSAFE_LOG_RE.search
+
+
+def escape_log_field(text: str) -> str:
+    """`text` as an access log shows it: `"` as \\x22, `\\` as \\x5C, each control
+    character and each byte past 0x7e (its UTF-8 bytes for a character past 0xff) as \\xHH."""
+    if _UNSAFE_LOG_RE.search(text) is None:     # the usual case: nothing to escape
+        return text
+    return _UNSAFE_LOG_RE.sub(_hex_escape, text)
+
+
+def _hex_escape(match) -> str:
+    char = match.group()
+    data = char.encode("latin-1") if char <= "\xff" else char.encode("utf-8", "backslashreplace")
+    return "".join("\\x%02X" % byte for byte in data)
+
+
 class AccessLog:
     """One line per answered request, written straight to the LogWriter.
 
     The logging machinery costs a LogRecord, a lock and a formatter per line, about as
     much as the rest of the master's work on a small request; this formats one string
     with a cached timestamp instead. `bytes` is the body bytes sent, as nginx's
-    $body_bytes_sent counts (the head is not counted)."""
+    $body_bytes_sent counts (the head is not counted). What the client sent (the
+    request line, and the address a trusted proxy gave) is escaped (escape_log_field);
+    a JSON line also carries each field as it is, JSON-escaped."""
 
     def __init__(self, out: LogWriter, fmt: str = "text", clock=time.time) -> None:
         self.out = out
@@ -203,10 +228,16 @@ class AccessLog:
             duration_s: float, pid: object) -> None:
         now = self.clock()
         duration_ms = duration_s * 1000
+        # Spaces are never escaped, so escaping the joined request line is escaping each part;
+        # one search of both fields finds the usual case, nothing to escape.
+        request = f"{method} {target} {protocol}"
+        remote = remote_addr
+        if _needs_escape(f"{remote} {request}") is not None:
+            request, remote = escape_log_field(request), escape_log_field(remote)
         if self.json:
             self.out.write(json.dumps({
                 "time": iso_time(now), "level": "info", "logger": "minirr.access",
-                "msg": f'{remote_addr} "{method} {target} {protocol}" {status} {body_bytes} {duration_ms:.1f}ms pid={pid}',
+                "msg": f'{remote} "{request}" {status} {body_bytes} {duration_ms:.1f}ms pid={pid}',
                 "remote_addr": remote_addr, "method": method, "target": target, "status": status,
                 "bytes": body_bytes, "duration_ms": round(duration_ms, 1), "pid": pid}) + "\n")
             return
@@ -214,6 +245,5 @@ class AccessLog:
         if second != self._second:      # strftime costs more than the rest of the line
             self._second = second
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        self.out.write('%s,%03d INFO minirr.access: %s "%s %s %s" %d %d %.1fms pid=%s\n' % (
-            self._stamp, int((now - second) * 1000), remote_addr, method, target, protocol, status, body_bytes,
-            duration_ms, pid))
+        self.out.write('%s,%03d INFO minirr.access: %s "%s" %d %d %.1fms pid=%s\n' % (
+            self._stamp, int((now - second) * 1000), remote, request, status, body_bytes, duration_ms, pid))

@@ -458,6 +458,53 @@ def test_an_answer_for_a_closed_connection_is_dropped(setup):
     assert s.conn.phase is CLOSED and s.owner.calls.count(("closed",)) == 1
 
 
+# ---- a body of tiny chunks: a budget a round, others in between ------------------------------------------
+
+TINY_CHUNKED = (b"POST /tiny HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + b"5\r\nabcde\r\n" * 6000 + b"0\r\n\r\n")          # 30,000 bytes of framing
+
+
+def test_a_body_of_tiny_chunks_is_parsed_a_budget_at_a_time_while_other_clients_are_served(setup):
+    """The parser yields after chunked.FRAMING_BYTES_PER_READ of framing; the connection
+    parses the rest at the end of the round (loop.soon), reading nothing more meanwhile,
+    so a client whose request is ready in the same round is not kept waiting."""
+    s = setup()
+    other = socket.socketpair()
+    other[0].setblocking(False)
+    owner = Owner()
+    conn = Connection(s.loop, other[0], "192.0.2.2", RequestParser(RequestLimits()), owner, LIMITS,
+                      s.listener, s.clock())
+    conn.start()
+    try:
+        s.peer.sendall(TINY_CHUNKED)
+        other[1].sendall(GET_B)
+        s.round()
+        assert [r.path for r in owner.requests()] == ["/b"]         # served in the first round
+        assert s.owner.requests() == [] and s.conn.phase is READING  # the tiny chunks: not yet
+        assert s.conn.deferred and s.watched() == 0                   # ... nor read meanwhile
+        rounds = 1
+        while not s.owner.requests():
+            s.round()
+            rounds += 1
+            assert rounds < 50
+        [request] = s.owner.requests()
+        assert request.body == b"abcde" * 6000 and rounds > 1
+        assert not s.conn.deferred and s.watched() == READ
+    finally:
+        conn.close()
+        other[1].close()
+
+
+def test_a_connection_closed_while_its_parsing_is_deferred_is_left_alone(setup):
+    s = setup()
+    s.peer.sendall(TINY_CHUNKED)
+    s.loop.run_once(0)                     # (run_once runs the deferred parse at its end)
+    assert s.conn.deferred
+    s.conn.close()
+    s.round(3)
+    assert_closed(s) is None and s.owner.requests() == []
+
+
 # ---- the operator's control connection (control.CallParser) ----------------------------------------------------
 
 def test_a_control_call_goes_to_the_owner_and_its_answer_back(setup):
@@ -503,6 +550,20 @@ def test_a_partial_control_frame_times_out_with_the_owners_rejection(setup):
     s.clock.advance(10.0)
     s.conn.expire(s.clock())
     assert s.received().startswith(b"REJECTED 408")
+
+
+def test_control_calls_pipelined_behind_a_pending_one_stop_the_reading_at_pipeline_limit_bytes(setup):
+    """While a call waits for its answer (a reset), the calls behind it are held decoded;
+    past pipeline_limit bytes of them the connection is not read, however few calls that is."""
+    s = setup(parser=CallParser(), limits=ConnectionLimits(pipeline_limit=64 * 1024))
+    s.send(control.encode_call(1, "reset", {}))
+    assert s.conn.phase is WAITING and s.watched() == READ
+    big = control.encode_call(2, "workers", {"pad": "x" * 60_000})
+    s.send(big)
+    assert s.watched() == READ                                # 60 KB: under the limit
+    s.send(big)
+    assert s.conn.parser.buffered_bytes == 2 * len(big)
+    assert s.watched() == 0                                   # two calls, 120 KB: not read
 
 
 def test_eof_on_a_control_connection_closes(setup):

@@ -36,11 +36,11 @@ class Child:
     def __init__(self, extra=(), status=None) -> None:
         self.extra = list(extra)
         self.status = status
-        self.waits = []
+        self.polls = 0
         self.released = False
 
-    def wait(self, timeout):
-        self.waits.append(timeout)
+    def poll(self):
+        self.polls += 1
         return self.status
 
     def extra_fds(self):
@@ -57,12 +57,13 @@ def test_fds_lists_each_descriptor_once_without_the_missing_ones():
     assert proc.fds() == [3, 4, 6]
 
 
-def test_reap_and_exited_ask_the_child():
+def test_reap_and_exited_ask_the_child_without_waiting():
     child = Child(status=None)
     proc = WorkerProcess(10, 3, 4, None, None, child)
-    assert proc.exited() is False and child.waits == [0]      # WNOHANG: never waits
+    assert proc.exited() is False and child.polls == 1        # WNOHANG: never waits
+    assert proc.reap() is None and child.polls == 2
     child.status = -9
-    assert proc.exited() is True and proc.reap(2.5) == -9 and child.waits[-1] == 2.5
+    assert proc.exited() is True and proc.reap() == -9 and proc.reap(2.5) == -9
 
 
 def test_close_closes_the_masters_ends_and_releases_the_child():
@@ -190,3 +191,177 @@ def test_preflight_of_an_import_that_hangs_is_stopped_and_the_start_goes_on(tmp_
     assert "took longer than 0.2s ([pool] allocate_timeout); stopped the check (pid" in record.getMessage()
     pid = int(record.getMessage().split("(pid ")[1].split(")")[0])
     assert not pid_alive(pid)                               # killed and reaped
+
+
+# ---- a start that fails part way leaves nothing open ------------------------------------------------
+
+def open_fds() -> set:
+    return {int(name) for name in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{name}")}
+
+
+# Run in a child process of its own: it lowers RLIMIT_NOFILE so that exactly `extra`
+# descriptors are free, for every `extra` from none to enough, and starts a worker with
+# each launcher; every start that fails must leave the descriptors as they were.
+RLIMIT_SWEEP = r"""
+import json, os, resource, sys
+from minirr import config
+from minirr.master.command import CommandLauncher
+from minirr.master.launch import ForkLauncher
+
+def open_fds():
+    return {int(n) for n in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{n}")}
+
+workers, command = sys.argv[1], sys.argv[2]
+launchers = {"fork": ForkLauncher("hello_app:app", False, "minirr", workers),
+             "command": CommandLauncher(config.parse(f"[server]\ncommand = {command}\n", base_dir=workers))}
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+report = []
+for name, launcher in launchers.items():
+    for extra in range(16):
+        before = open_fds()
+        free = [n for n in range(4096) if n not in before]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (free[extra], hard))
+        try:
+            proc = launcher.start([])
+        except OSError as exc:
+            proc, outcome = None, exc.strerror
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        if proc is not None:
+            outcome = "started"
+            proc.kill()
+            proc.reap(10)
+            proc.close()
+        leaked = sorted(open_fds() - before)
+        report.append([name, extra, outcome, leaked])
+        for fd in leaked:
+            os.close(fd)
+print(json.dumps(report))
+"""
+
+
+def test_a_start_out_of_descriptors_at_any_step_leaves_none_open():
+    """After a crash, a retry during back-off that ran out of descriptors left 4 of them
+    open for good (18 instead of 14): WorkerPipes' earlier pipes, or multiprocessing's."""
+    import subprocess
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root))
+    done = subprocess.run([sys.executable, "-c", RLIMIT_SWEEP, str(WORKERS), LEAKY_WORKER], capture_output=True,
+                          text=True, timeout=120, env=env, cwd=str(WORKERS))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    for name in ("fork", "command"):
+        outcomes = [outcome for launcher, _, outcome, _ in report if launcher == name]
+        assert "Too many open files" in outcomes and outcomes[-1] == "started", (name, outcomes)
+    assert [row for row in report if row[3]] == []
+
+
+def test_a_fork_that_fails_leaves_none_of_multiprocessings_pipes_open(monkeypatch):
+    def fork():
+        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+    launcher = fork_launcher("hello_app:app", WORKERS)
+    before = open_fds()
+    monkeypatch.setattr(os, "fork", fork)
+    with pytest.raises(OSError, match="Resource temporarily unavailable"):
+        launcher.start([])
+    monkeypatch.undo()
+    assert open_fds() == before
+
+
+def test_worker_pipes_close_what_they_opened_when_a_later_pipe_fails(monkeypatch):
+    from minirr.master import launch
+    real, calls = os.pipe, []
+
+    def pipe():
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real()
+    before = open_fds()
+    monkeypatch.setattr(os, "pipe", pipe)
+    with pytest.raises(OSError, match="Too many open files"):
+        launch.WorkerPipes()
+    monkeypatch.undo()
+    assert len(calls) == 3 and open_fds() == before
+
+
+# ---- a helper process the app forked holds multiprocessing's sentinel -----------------------------------
+
+HELPER_APP = '''
+import os, time
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+def create_app():
+    helper = os.fork()               # inherits every descriptor of the worker's, the sentinel's too
+    if helper == 0:
+        time.sleep(60)
+        os._exit(0)
+    with open(os.path.join(HERE, "helper.pid"), "w") as f:
+        f.write(str(helper))
+    return lambda request: None
+'''
+
+
+@pytest.fixture
+def worker_with_helper(tmp_path):
+    """start() -> a forked worker whose app has forked a helper that outlives it."""
+    (tmp_path / "helper_app.py").write_text(HELPER_APP)
+    started = []
+
+    def start():
+        proc = ForkLauncher("helper_app:create_app", True, "minirr", str(tmp_path)).start([])
+        started.append(proc)
+        os.write(proc.to_worker, frame.encode(frame.CONTROL | frame.CODEC_JSON, b'{"pid":1}'))
+        wait_until((tmp_path / "helper.pid").exists, timeout=10, message="the app's helper")
+        return proc, int((tmp_path / "helper.pid").read_text())
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.reap(10)
+        proc.close()
+    if (tmp_path / "helper.pid").exists():
+        try:
+            os.kill(int((tmp_path / "helper.pid").read_text()), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def never_wait_on_a_sentinel(monkeypatch):
+    """multiprocessing waits on its sentinel pipe with multiprocessing.connection.wait."""
+    import multiprocessing.connection
+
+    def wait(object_list, timeout=None):
+        pytest.fail(f"waited on multiprocessing's sentinel (timeout {timeout})")
+    monkeypatch.setattr(multiprocessing.connection, "wait", wait)
+
+
+def test_once_the_pidfd_says_so_reap_takes_the_status_without_waiting_on_the_sentinel(
+        worker_with_helper, monkeypatch):
+    """reap() used to join() multiprocessing's process, which first waits on its sentinel
+    pipe; the helper holds that pipe's write end, so every exit stopped the loop for the
+    whole timeout (1 s). The status is taken with waitpid (WNOHANG) instead."""
+    proc, helper = worker_with_helper()
+    never_wait_on_a_sentinel(monkeypatch)
+    proc.kill()
+    assert select.select([proc.sentinel], [], [], 10)[0] == [proc.sentinel]
+    assert pid_alive(helper)                                # it still holds the sentinel open
+    assert proc.reap() == -signal.SIGKILL                   # no timeout given, none needed
+    assert proc.exited()
+
+
+def test_without_a_pidfd_exited_sees_the_exit_while_the_helper_lives(worker_with_helper, monkeypatch):
+    refuse_pidfd(monkeypatch, errno.ENOSYS)
+    proc, helper = worker_with_helper()
+    never_wait_on_a_sentinel(monkeypatch)
+    assert proc.sentinel is None and not proc.exited()
+    proc.kill()
+    wait_until(proc.exited, timeout=10, message="exited() to see the worker's exit")
+    assert pid_alive(helper) and proc.reap() == -signal.SIGKILL
+
+
+def test_a_bounded_reap_waits_on_the_pidfd_not_on_the_sentinel(worker_with_helper, monkeypatch):
+    proc, helper = worker_with_helper()
+    never_wait_on_a_sentinel(monkeypatch)
+    proc.kill()
+    assert proc.reap(10) == -signal.SIGKILL and pid_alive(helper)

@@ -14,7 +14,7 @@ import pytest
 
 from fakes import READ, FakeClock, FakeSelector, made_and_finished, spin
 from minirr.errors import MinirrError
-from minirr.master.lifecycle import CLOSED, IDLE, WAITING
+from minirr.master.lifecycle import CLOSED, IDLE, READING, SENDING, WAITING
 from minirr.master.listener import (ACCEPT_BACKOFF_S, ACCEPTS_PER_ROUND, Listener, bind, file_identity,
                              remove_own_socket)
 from minirr.master.loop import Loop
@@ -103,8 +103,8 @@ def test_remove_own_socket_only_removes_our_own_file(tmp_path):
 # ---- accepting -------------------------------------------------------------------------------------------
 
 class FakeConn:
-    """What the listener needs of a connection: fd, sock, phase, idle_since, start, close,
-    descriptors."""
+    """What the listener needs of a connection: fd, sock, phase, idle_since, out,
+    last_write_at, start, close, descriptors."""
 
     def __init__(self, listener_box: list, sock: socket.socket, peer: str, now: float) -> None:
         self.listener_box = listener_box
@@ -113,6 +113,8 @@ class FakeConn:
         self.peer = peer
         self.phase = IDLE
         self.idle_since = now
+        self.out = b""                  # unsent bytes of an answer
+        self.last_write_at = now
         self.started = False
         self.expired_at = []
 
@@ -260,6 +262,53 @@ def test_when_full_evict_paused_while_busy_makes_room_once_a_peer_is_idle(setup)
     s.listener.expire(s.clock())                     # a tick
     spin(s.loop, 1)
     assert len(s.accepted) == 2
+
+
+def full_of_stuck_peers(setup):
+    """An "evict" listener with its three places taken by peers stuck in different ways."""
+    s = setup(max_connections=10, when_full="evict")
+    s.connect(3)
+    spin(s.loop, 1)
+    s.listener.max_connections = 3
+    reader, sender, idle = s.accepted
+    reader.phase, reader.idle_since = READING, 900.0            # a request begun, never completed
+    sender.phase, sender.out, sender.last_write_at = SENDING, b"unread", 800.0   # never reads its answer
+    idle.idle_since = 950.0
+    s.clock.advance(5.0)
+    return s, reader, sender, idle
+
+
+def test_when_full_evict_closes_the_peer_stuck_longest_whatever_its_phase(setup):
+    """A peer that pipelines requests and never reads is not idle: it must go too."""
+    s, reader, sender, idle = full_of_stuck_peers(setup)
+    s.connect(1)
+    spin(s.loop, 1)
+    assert sender.phase is CLOSED and {reader.phase, idle.phase} == {READING, IDLE}
+    s.connect(1)
+    spin(s.loop, 1)
+    assert reader.phase is CLOSED and idle.phase is IDLE and len(s.accepted) == 5
+
+
+def test_when_full_evict_counts_a_sender_stuck_from_its_last_write_progress(setup):
+    s, reader, sender, idle = full_of_stuck_peers(setup)
+    sender.last_write_at = s.clock() - 1.0                      # it did read, a second ago
+    s.connect(1)
+    spin(s.loop, 1)
+    assert reader.phase is CLOSED and sender.phase is SENDING
+
+
+def test_when_full_evict_never_takes_a_peer_accepted_in_the_same_round(setup):
+    """A burst of newcomers must not evict each other before any of them is read: the
+    last of the burst waits in the backlog until the others have had a turn."""
+    s = setup(max_connections=2, when_full="evict")
+    s.connect(3)
+    spin(s.loop, 1)
+    assert len(s.accepted) == 2 and not s.listening
+    assert all(conn.phase is IDLE for conn in s.accepted)
+    s.clock.advance(0.5)
+    s.listener.expire(s.clock())                               # a tick: the first two are older now
+    spin(s.loop, 1)
+    assert len(s.accepted) == 3 and s.accepted[0].phase is CLOSED
 
 
 class ExhaustedSocket:

@@ -115,6 +115,40 @@ def test_the_access_log_line_format_is_unchanged_by_its_fast_path():
     assert entry["time"] == "2025-11-27T13:54:57.250Z"
 
 
+FORGED = '/q?a=1 HTTP/1.1" 200 5 0.1ms pid=1\n2025-01-01 00:00:00,000 INFO minirr.access: 6.6.6.6 "GET /admin'
+
+
+def test_the_access_log_escapes_what_a_client_sent_as_nginx_does():
+    """A `"` in the query must not end the request field: `"`, `\\`, control characters
+    and bytes past 0x7e become \\xHH in the method, target, protocol and address."""
+    import io
+    writer = logs.LogWriter(io.StringIO())
+    access = logs.AccessLog(writer, "text", clock=lambda: 1764251697.25)
+    access.log('10.0.0.1"x', "GE\x1bT", FORGED + '\\caf\xe9\x7f', "HTTP/1.1\t", 200, 13, 0.0012, 4242)
+    text = writer.stream.getvalue()
+    assert text.count("\n") == 1 and text.count('"') == 2
+    assert text.endswith(' INFO minirr.access: 10.0.0.1\\x22x "GE\\x1BT /q?a=1 HTTP/1.1\\x22 200 5 0.1ms pid=1'
+                         '\\x0A2025-01-01 00:00:00,000 INFO minirr.access: 6.6.6.6 \\x22GET /admin\\x5Ccaf\\xE9\\x7F '
+                         'HTTP/1.1\\x09" 200 13 1.2ms pid=4242\n')
+
+
+def test_the_json_access_log_stays_json_and_keeps_each_field_as_sent():
+    import io
+    writer = logs.LogWriter(io.StringIO())
+    logs.AccessLog(writer, "json", clock=lambda: 1764251697.25).log(
+        "10.0.0.1", "GET", FORGED, "HTTP/1.1", 200, 0, 0.5, 7)
+    lines = writer.stream.getvalue().splitlines()
+    assert len(lines) == 1
+    entry = json.loads(lines[0])
+    assert entry["target"] == FORGED
+    assert entry["msg"].count('"') == 2 and "\n" not in entry["msg"] and "\\x22" in entry["msg"]
+
+
+def test_escape_log_field_leaves_a_plain_field_as_it_is():
+    assert logs.escape_log_field("/a/b?c=d&e=%22f") == "/a/b?c=d&e=%22f"
+    assert logs.escape_log_field("\u2603") == "\\xE2\\x98\\x83"
+
+
 def test_the_log_writer_never_blocks_on_a_full_pipe_and_counts_what_it_drops():
     import os
     read_end, write_end = os.pipe()

@@ -19,7 +19,7 @@ from minirr.master.lifecycle import CLOSED, WAITING
 from minirr.master.loop import Loop
 from minirr.wire.messages import Request
 from minirr.master.metrics import CONTENT_TYPE, ServerMetrics
-from minirr.master.operations import Operations, probe
+from minirr.master.operations import PEER_SEND_BUFFER_BYTES, Operations, limit_send_buffer, probe
 from minirr.master.pool import READY, STOPPING, WORKING, Pool, Reason
 from minirr.http.responses import DateCache
 
@@ -386,3 +386,22 @@ def test_close_removes_its_own_unix_socket_file(tmp_path):
     assert s.ops.control_address == UnixAddress(str(path)) and path.exists()
     s.ops.close()
     assert not path.exists()
+
+
+@pytest.mark.parametrize("family", ["AF_UNIX", "AF_INET"])
+def test_an_operator_peer_gets_a_small_send_buffer(family):
+    """A peer that never reads is stuck (and evictable) once this much waits for it."""
+    import socket
+    if family == "AF_UNIX":
+        ours, theirs = socket.socketpair()
+    else:
+        listening = socket.create_server(("127.0.0.1", 0))
+        theirs = socket.create_connection(listening.getsockname())
+        ours, _ = listening.accept()
+        listening.close()
+    try:
+        limit_send_buffer(ours)
+        assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * PEER_SEND_BUFFER_BYTES   # socket(7)
+    finally:
+        ours.close()
+        theirs.close()

@@ -78,6 +78,13 @@ def test_serialize_refuses_header_injection(name, value):
         serialize_response(200, [(name, value)], b"", keep_alive=True, date=DATE)
 
 
+@pytest.mark.parametrize("char", [chr(c) for c in range(0x20) if c != 0x09] + ["\x7f"])
+def test_serialize_refuses_every_control_character_in_a_value_naming_the_header(char):
+    """RFC 9110 §5.5: VCHAR, obs-text, SP and HTAB only (VT, ESC, DEL as much as CR)."""
+    with pytest.raises(ValueError, match="response header 'X-Bad' contains the control character"):
+        serialize_response(200, [("X-Bad", f"a{char}b")], b"", keep_alive=True, date=DATE)
+
+
 def test_serialize_latin1_value_and_tab():
     out = serialize_response(200, [("X-Name", "caf\xe9\tx")], b"", keep_alive=True, date=DATE)
     assert b"X-Name: caf\xe9\tx\r\n" in out

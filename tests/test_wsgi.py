@@ -47,6 +47,18 @@ def test_environ_fields():
     assert "HTTP_CONTENT_TYPE" not in env
 
 
+def test_fields_whose_name_has_an_underscore_are_dropped():
+    """`X_Auth_User` must not pass for `X-Auth-User` (a proxy may strip or set only the
+    dash spelling), nor `Content_Type` overwrite CONTENT_TYPE."""
+    env = build_environ(request(headers=[("X_Auth_User", "admin"), ("X-Forwarded-For", "10.0.0.1"),
+                                         ("X_Forwarded_For", "1.2.3.4"), ("Content-Type", "text/plain"),
+                                         ("Content_Type", "evil/type"), ("Content_Length", "99")]))
+    assert "HTTP_X_AUTH_USER" not in env
+    assert env["HTTP_X_FORWARDED_FOR"] == "10.0.0.1"
+    assert env["CONTENT_TYPE"] == "text/plain" and env["CONTENT_LENGTH"] == "3"
+    assert not [key for key in env if "AUTH" in key or "99" in str(env[key])]
+
+
 def test_close_is_called_and_write_callable_works():
     closed = []
 

@@ -2,10 +2,20 @@
 
 Owns: the chunked coding's own state machine: chunk-size lines, chunk data, the CRLF
 after each chunk, the trailer section; and the limits that apply to them (the body size,
-the chunk line length, the bytes of chunk extensions).
+the chunk line length, the bytes of chunk extensions, framing against data), and the work
+one read() may do (FRAMING_BYTES_PER_READ).
 Never: touches a socket; knows about request heads, keep-alive or 100-continue
 (http11.RequestParser does: while its state is CHUNKED it hands its buffer here, and
 decides what to do when more bytes are needed). h11 splits its readers off the same way.
+
+Tiny chunks are cheap to send and dear to read: `1\r\nX\r\n` is six bytes on the wire and
+a few microseconds of Python here, so a megabyte of them is about a second of the master's
+one thread. Two bounds; the second is how HTTP/2 servers meet a flood of tiny DATA frames:
+
+    a read() stops after FRAMING_BYTES_PER_READ of framing (SPENT), and the caller lets
+        other connections have their turn before it asks again;
+    a body whose framing passes CHUNK_FRAMING_MIN_BYTES and is more than
+        CHUNK_FRAMING_FACTOR times its data is refused (400).
 
     SIZE ──chunk_started──► DATA ──chunk_read──► END ──chunk_closed──► SIZE
      └──last_chunk──► TRAILERS ──trailers_complete──► DONE
@@ -21,6 +31,28 @@ from typing import Callable, Dict, List, Tuple
 
 from ..errors import ProtocolError
 from .grammar import CHUNK_LINE_RE, MAX_CHUNK_DIGITS, check_trailer_section
+
+# At most ~800 chunks a read(), a few milliseconds: other clients wait no longer than
+# that for a sender of tiny chunks (every chunk has at least 5 bytes of framing).
+FRAMING_BYTES_PER_READ = 4 * 1024
+# Framing (size lines, extensions, the CRLF after each chunk) may exceed the data this many
+# times over, once there is more than CHUNK_FRAMING_MIN_BYTES of it. 1: chunks must average
+# about 5 bytes or more (a client that streams lines sends 20 and up); a body of a few
+# tiny chunks stays well within the allowance.
+CHUNK_FRAMING_FACTOR = 1
+CHUNK_FRAMING_MIN_BYTES = 16 * 1024
+
+
+class Read(enum.Enum):
+    """What a read() came to."""
+    COMPLETE = "the body and its trailer section are read"
+    NEED_DATA = "more bytes are needed"
+    SPENT = "FRAMING_BYTES_PER_READ of framing were read; bytes remain: read again later"
+
+    __hash__ = object.__hash__
+
+
+COMPLETE, NEED_DATA, SPENT = Read
 
 
 class Chunk(str, enum.Enum):             # str: hashes in C (see master/pool.py, WorkerState)
@@ -45,7 +77,7 @@ class ChunkedReader:
     sections.SectionScan (its `search_at` mark, and the trailer section's limits, which
     share the header section's budget)."""
 
-    __slots__ = ("_limits", "_scan", "state", "_left", "_size", "_ext_bytes")
+    __slots__ = ("_limits", "_scan", "state", "_left", "_size", "_ext_bytes", "_framing", "_spent")
 
     def __init__(self, limits, scan) -> None:
         self._limits = limits
@@ -54,16 +86,22 @@ class ChunkedReader:
         self._left = 0       # bytes of the current chunk still to come
         self._size = 0       # de-chunked bytes so far, against max_request_size
         self._ext_bytes = 0  # chunk-extension bytes so far
+        self._framing = 0    # framing bytes so far (size lines and the CRLF after each chunk)
+        self._spent = 0      # framing bytes read in this read()
         scan.start_section(request_line=False)
 
-    def read(self, buf: bytearray, parts: List[bytes]) -> bool:
-        """Take what `buf` holds of the body: chunk data is appended to `parts`, framing
-        is deleted from `buf`. True once the body and its trailers are complete, False
-        when more bytes are needed; raises ProtocolError."""
+    def read(self, buf: bytearray, parts: List[bytes]) -> Read:
+        """Take what `buf` holds of the body, up to FRAMING_BYTES_PER_READ of framing:
+        chunk data is appended to `parts`, framing is deleted from `buf`. -> COMPLETE once
+        the body and its trailers are read, NEED_DATA when more bytes are needed, SPENT when
+        the budget ran out with bytes left in `buf`; raises ProtocolError."""
+        self._spent = 0
         while self.state is not Chunk.DONE:
+            if self._spent >= FRAMING_BYTES_PER_READ and buf:
+                return SPENT
             if not _STEPS[self.state](self, buf, parts):
-                return False
-        return True
+                return NEED_DATA
+        return COMPLETE
 
     def _advance(self, event: str) -> None:
         try:
@@ -94,6 +132,7 @@ class ChunkedReader:
         size = int(digits, 16)
         del buf[:nl + 1]
         scan.search_at = 0
+        self._spent += nl + 1
         if size == 0:
             scan.start_section(request_line=False, trailers=True)
             self._advance("last_chunk")
@@ -102,6 +141,7 @@ class ChunkedReader:
         if self._size + size > limit:
             raise ProtocolError(f"request body exceeds {limit} bytes", 413)
         self._size += size
+        self._count_framing(nl + 3)          # this line, and the CRLF after the chunk's data
         self._left = size
         self._advance("chunk_started")
         return True
@@ -119,6 +159,12 @@ class ChunkedReader:
         if self._ext_bytes > limit:
             raise ProtocolError(f"chunk extensions exceed {limit} bytes", 431)
 
+    def _count_framing(self, framing_bytes: int) -> None:
+        self._framing += framing_bytes
+        if self._framing > CHUNK_FRAMING_MIN_BYTES and self._framing > CHUNK_FRAMING_FACTOR * self._size:
+            raise ProtocolError(f"chunk framing exceeds {CHUNK_FRAMING_FACTOR} times the body's data "
+                                f"(past {CHUNK_FRAMING_MIN_BYTES} bytes): chunks too small")
+
     def _step_data(self, buf: bytearray, parts: List[bytes]) -> bool:
         if buf:
             take = min(len(buf), self._left)
@@ -133,6 +179,7 @@ class ChunkedReader:
     def _step_end(self, buf: bytearray, parts: List[bytes]) -> bool:
         if buf[:2] == b"\r\n":
             del buf[:2]
+            self._spent += 2
             self._advance("chunk_closed")
             return True
         if len(buf) >= 2 or buf[:1] not in (b"", b"\r"):

@@ -14,8 +14,13 @@ Theory of operation
 The server owns the socket. It hands every read to `receive_data()` (b"" = the peer
 closed its side) and then calls `next_event()` until it gets NEED_DATA or PAUSED:
 
-    bytes ──receive_data──► [ buffer ] ──next_event──► Request | CONTINUE | NEED_DATA
+    bytes ──receive_data──► [ buffer ] ──next_event──► Request | CONTINUE | NEED_DATA | YIELD
                                                         | PAUSED | CLOSED | raises ProtocolError
+
+YIELD bounds the work of one call: a chunked body of tiny chunks costs microseconds a
+chunk, so after chunked.FRAMING_BYTES_PER_READ of framing next_event() stops with the rest
+still buffered. The server lets its other connections have their turn, then asks again
+(and reads nothing more from this peer meanwhile).
 
 One RequestParser parses one request at a time. After handing out a Request it answers
 PAUSED until the server calls `start_next_cycle()` (the response is fully sent), so
@@ -47,7 +52,7 @@ import enum
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .chunked import ChunkedReader
+from .chunked import COMPLETE, SPENT, ChunkedReader
 from ..errors import ProtocolError
 from .grammar import (EMPTY_LINES_RE, HEAD_RE, SINGLE_VALUE_FIELDS, asks_to_close, check_host,
                       check_single_values, check_transfer_coding, content_length, head_error,
@@ -69,6 +74,7 @@ class _Sentinel:
 
 
 NEED_DATA = _Sentinel("NEED_DATA")  # feed more bytes (or b"" at EOF), then ask again
+YIELD = _Sentinel("YIELD")          # a call's work is done, bytes remain: ask again after others' turn
 PAUSED = _Sentinel("PAUSED")        # a Request is out; call start_next_cycle() after its response
 CLOSED = _Sentinel("CLOSED")        # nothing more will come: close the connection
 CONTINUE = _Sentinel("CONTINUE")    # send b"HTTP/1.1 100 Continue\r\n\r\n", then keep reading
@@ -190,7 +196,7 @@ class RequestParser:
         self._buf += data
 
     def next_event(self):
-        """-> Request | CONTINUE | NEED_DATA | PAUSED | CLOSED; raises ProtocolError."""
+        """-> Request | CONTINUE | NEED_DATA | YIELD | PAUSED | CLOSED; raises ProtocolError."""
         if self._error is not None:
             raise ProtocolError(*self._error)
         try:
@@ -351,8 +357,11 @@ class RequestParser:
         return self._complete("body_complete")
 
     def _step_chunked(self):
-        if self._chunks.read(self._buf, self._body_parts):
+        outcome = self._chunks.read(self._buf, self._body_parts)
+        if outcome is COMPLETE:
             return self._complete("body_complete")
+        if outcome is SPENT:
+            return YIELD
         return self._wait_for_body()
 
     def _step_paused(self):

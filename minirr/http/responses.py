@@ -29,7 +29,10 @@ _GENERIC_REASONS = {1: "Informational", 2: "Success", 3: "Redirection", 4: "Clie
                     5: "Server Error"}
 # Framing and hop-by-hop fields belong to this layer, not to the application.
 _RESPONSE_OWNED = frozenset(("connection", "keep-alive", "transfer-encoding", "content-length", "date"))
-_UNSAFE_VALUE_RE = re.compile("[\r\n\x00]")
+# RFC 9110 §5.5: a field value is VCHAR and obs-text, with SP and HTAB between them; any
+# other control character (CR, LF and NUL, but also VT, ESC, DEL) is refused, as h11 and
+# gunicorn refuse it: a client or a proxy may act on it, or a terminal showing a log may.
+_UNSAFE_VALUE_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 LAST_CHUNK = b"0\r\n\r\n"
 
 
@@ -203,8 +206,10 @@ def _connection(keep_alive: bool, protocol: str) -> bytes:
 def _header_line(name: str, value: str) -> bytes:
     if TOKEN_RE.fullmatch(name) is None:
         raise ValueError(f"response header name {name!r} is not a token")
-    if _UNSAFE_VALUE_RE.search(value):
-        raise ValueError(f"response header {name!r} contains CR, LF or NUL")
+    unsafe = _UNSAFE_VALUE_RE.search(value)
+    if unsafe is not None:
+        raise ValueError(f"response header {name!r} contains the control character {unsafe.group()!r} "
+                         f"(RFC 9110 §5.5)")
     try:
         return b"%s: %s\r\n" % (name.encode("ascii"), value.encode("latin-1"))
     except UnicodeEncodeError:

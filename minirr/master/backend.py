@@ -393,7 +393,7 @@ class Backend:
         """The process is gone: clean up, then decide what its exit means."""
         channel: WorkerChannel = worker.channel
         now = self.loop.clock()
-        status = channel.proc.reap(timeout=1.0)
+        status = channel.proc.reap()       # it has exited (pidfd, or exited()): never waits
         channel.drain_output()
         channel.close()
         jobs = self.pool.drop_jobs(worker)

@@ -30,11 +30,8 @@ class _CommandChild:
     def __init__(self, popen: subprocess.Popen) -> None:
         self.popen = popen
 
-    def wait(self, timeout: float) -> Optional[int]:
-        try:
-            return self.popen.wait(timeout)   # waitpid on this pid only; -N for signal N
-        except subprocess.TimeoutExpired:
-            return None
+    def poll(self) -> Optional[int]:
+        return self.popen.poll()          # waitpid on this pid only, WNOHANG; -N for signal N
 
     def extra_fds(self) -> List[int]:
         return []

@@ -10,7 +10,9 @@ Never: decides what to answer. That is its owner's: the frontend for application
 
     recv ─> parser.receive_data ─> next_event ─┬─> owner.on_request(conn, request)    (phase WAITING)
                                                ├─> owner.on_bad_request(conn, error)  (e.g. 400, then close)
-                                               └─> CONTINUE: b"HTTP/1.1 100 Continue"
+                                               ├─> CONTINUE: b"HTTP/1.1 100 Continue"
+                                               └─> YIELD: the rest is parsed at the end of the
+                                                   round (loop.soon), nothing read meanwhile
     owner ─> conn.respond(bytes, keep_alive)       the whole answer            (SENDING)
           ─> conn.start_stream(head) / send(part)   an answer still arriving    (STREAMING)
           ─> conn.respond_file(head, fd, offset, count, keep_alive)
@@ -37,7 +39,7 @@ import socket
 from typing import List, Optional
 from . import lifecycle
 from ..errors import MinirrError
-from ..http.parser import CLOSED as PARSER_CLOSED, CONTINUE, NEED_DATA
+from ..http.parser import CLOSED as PARSER_CLOSED, CONTINUE, NEED_DATA, YIELD
 from .lifecycle import CLOSED, IDLE, LINGERING, READING, SENDING, WAITING, ConnectionLimits, advance
 from .loop import READ, WRITE, Handler, Loop
 
@@ -55,7 +57,7 @@ class Connection(Handler):
     """One accepted socket (see the module docstring)."""
 
     __slots__ = ("loop", "sock", "fd", "peer", "parser", "owner", "limits", "listener", "phase", "out", "events",
-                 "closing", "rejected", "peer_closed", "draining", "job", "idle_since", "last_read_at",
+                 "closing", "rejected", "peer_closed", "draining", "deferred", "job", "idle_since", "last_read_at",
                  "last_write_at", "body_started_at", "body_bytes", "send_started_at", "sent_since",
                  "linger_until", "served", "file_fd", "file_offset", "file_left")
 
@@ -76,6 +78,7 @@ class Connection(Handler):
         self.rejected = False           # answered with an error: linger before closing
         self.peer_closed = False        # the peer sent EOF
         self.draining = False           # the owner waits for `out` to drain (backpressure)
+        self.deferred = False           # the parser yielded: the rest is parsed from `soon`
         self.job = None                 # the owner's handle on the request in flight
         self.idle_since = now           # IDLE began (header_timeout, keepalive_timeout)
         self.last_read_at = now
@@ -190,15 +193,30 @@ class Connection(Handler):
             elif event is PARSER_CLOSED:
                 self.close()            # EOF between or inside requests: nothing to answer
                 return
+            elif event is YIELD:
+                self._defer_parsing()
+                return
             else:
                 advance(self, "request")
                 self.body_started_at = 0.0
                 self.body_bytes = 0
                 self.owner.on_request(self, event)
 
-    def _parse_again(self) -> None:
-        """After an answer: the next pipelined request, or the peer's EOF (run from `soon`)."""
+    def _defer_parsing(self) -> None:
+        """The parser has done one call's worth of work (a body of tiny chunks) with bytes
+        left: other connections have their turn first, the rest is parsed at the end of
+        the round, and nothing more is read from this peer until those bytes are parsed
+        (so its buffer never holds more than one read)."""
         if self.phase is IDLE:
+            advance(self, "data")
+        self.deferred = True
+        self.loop.soon(self, self._parse_again)
+
+    def _parse_again(self) -> None:
+        """Run from `soon`: after an answer (the next pipelined request, or the peer's
+        EOF), or after the parser yielded (the rest of the bytes it has)."""
+        self.deferred = False
+        if self.phase is IDLE or self.phase is READING:
             self._parse(self.loop.clock())
             if self.phase is IDLE and self.peer_closed and not self.out:
                 self.close()
@@ -442,7 +460,7 @@ class Connection(Handler):
         elif self.peer_closed:
             reading = False
         elif phase is IDLE or phase is READING:
-            reading = True
+            reading = not self.deferred
         else:
             reading = not self.closing and self.parser.buffered_bytes <= self.limits.pipeline_limit
         events = (READ if reading else 0) | (WRITE if self.out or self.file_left else 0)

@@ -25,9 +25,10 @@ is answered only when the reload has finished; other calls may be answered befor
 
 from __future__ import annotations
 
+import collections
 import json
 import os
-from typing import List, NamedTuple, Optional, Tuple, Union
+from typing import Deque, NamedTuple, Optional, Tuple, Union
 
 from ..wire import frame
 from ..errors import FrameError, MinirrError
@@ -121,11 +122,18 @@ class CallParser:
 
     A frame that is not a frame raises ControlError (the connection is broken); a frame
     that is not a valid call raises ControlError with the call's `seq` when it is known,
-    so the server can answer it with an error."""
+    so the server can answer it with an error.
+
+    Frames are decoded as bytes arrive, so calls pipelined behind one still being answered
+    (a `reset` waits for the whole reload) are held here, decoded; `buffered_bytes` counts
+    their bytes as they came on the wire, so the connection's `pipeline_limit` bounds
+    them in bytes, as it bounds an HTTP peer's (counted in calls, a peer could pile up
+    thousands of calls of a megabyte each)."""
 
     def __init__(self) -> None:
         self._decoder = frame.FrameDecoder(MAX_PAYLOAD_BYTES, large=frame.JOIN)
-        self._calls: List[frame.Frame] = []
+        self._calls: Deque[frame.Frame] = collections.deque()
+        self._calls_bytes = 0         # wire bytes of the frames in _calls
         self._eof = False
         self._broken: Optional[ControlError] = None
 
@@ -136,13 +144,19 @@ class CallParser:
         if self._broken is not None:
             return
         try:
-            self._calls.extend(self._decoder.feed(data))
+            items = self._decoder.feed(data)
         except FrameError as exc:     # raised by next_event, after the calls before it
             self._broken = ControlError(f"broken frame: {exc}", broken=True)
+            return
+        for item in items:
+            self._calls.append(item)
+            self._calls_bytes += _wire_bytes(item)
 
     def next_event(self):
         if self._calls:
-            return decode_call(self._calls.pop(0))
+            item = self._calls.popleft()
+            self._calls_bytes -= _wire_bytes(item)
+            return decode_call(item)
         if self._broken is not None:
             raise self._broken
         return CLOSED if self._eof else NEED_DATA
@@ -152,7 +166,9 @@ class CallParser:
 
     @property
     def buffered_bytes(self) -> int:
-        return len(self._decoder.buffered) + len(self._calls)
+        """Bytes received but not yet handed out as a Call: decoded frames waiting their
+        turn, and the part of a frame still arriving."""
+        return self._decoder.buffered_bytes + self._calls_bytes
 
     @property
     def reading_body(self) -> bool:
@@ -161,6 +177,11 @@ class CallParser:
     @property
     def has_partial_request(self) -> bool:
         return not self._decoder.idle
+
+
+def _wire_bytes(item: frame.Frame) -> int:
+    """The size of `item` on the wire: the header, one word per option, the payload."""
+    return frame.HEADER_SIZE + 4 * len(item.options) + len(item.payload)
 
 
 # ---- where the control socket is ----------------------------------------------------------

@@ -55,10 +55,13 @@ import json
 import logging
 import multiprocessing
 import os
+import select
 import signal
+import stat
 import sys
 import sysconfig
 import traceback
+import time
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from ..worker import load as worker_load, loop as worker_loop
@@ -76,7 +79,8 @@ class WorkerProcess:
     """The master's handle on one running worker process, whichever launcher started it.
 
     `child` is the launcher's own handle on the process (a _ForkedChild, or a
-    command._CommandChild): it knows how to wait for the exit status and what else to close.
+    command._CommandChild): it knows how to ask for the exit status (`poll()`: waitpid on
+    this pid, WNOHANG) and what else to close.
     """
 
     def __init__(self, pid: int, to_worker: int, from_worker: int, output: Optional[int],
@@ -104,13 +108,39 @@ class WorkerProcess:
         except ProcessLookupError:
             pass
 
-    def reap(self, timeout: float = 1.0) -> Optional[int]:
-        """Wait (bounded) for the exit status. A negative status is a signal number."""
-        return self._child.wait(timeout)
+    def reap(self, timeout: float = 0.0) -> Optional[int]:
+        """The exit status (negative: killed by that signal), or None while the process runs.
+
+        Without a timeout this never waits: once the pidfd is readable, or exited() has
+        said so, the status is there to take (the process is a zombie until it is taken).
+        With one (at shutdown, after kill()) it waits that long at most, on the pidfd, or
+        asking again every POLL_S where there is none."""
+        status = self._child.poll()
+        if status is None and timeout > 0:
+            status = self._wait(timeout)
+        return status
+
+    def _wait(self, timeout: float) -> Optional[int]:
+        deadline_at = time.monotonic() + timeout
+        exit_poll = None
+        if self.sentinel is not None:      # poll(), not select(): the pidfd may be past FD_SETSIZE
+            exit_poll = select.poll()
+            exit_poll.register(self.sentinel, select.POLLIN)
+        status = None
+        while status is None:
+            left = deadline_at - time.monotonic()
+            if left <= 0:
+                break
+            if exit_poll is not None:
+                exit_poll.poll(left * 1000)
+            else:
+                time.sleep(min(POLL_S, left))
+            status = self._child.poll()
+        return status
 
     def exited(self) -> bool:
         """Has the process exited? (waitpid on its pid, WNOHANG: for when there is no pidfd)"""
-        return self._child.wait(0) is not None
+        return self._child.poll() is not None
 
     def close(self) -> None:
         _close_all([self.to_worker, self.from_worker, self.output, self.sentinel])
@@ -123,8 +153,11 @@ class _ForkedChild:
     def __init__(self, process) -> None:
         self.process = process
 
-    def wait(self, timeout: float) -> Optional[int]:
-        self.process.join(timeout)
+    def poll(self) -> Optional[int]:
+        """`exitcode` is waitpid(pid, WNOHANG) on this pid, kept once it has the status.
+        Not join(timeout): that first waits for multiprocessing's sentinel pipe to close,
+        and a helper process the app forked holds its write end, so every reap waited out
+        the whole timeout (a second), with the loop stopped for every client."""
         return self.process.exitcode
 
     def extra_fds(self) -> List[int]:
@@ -135,6 +168,13 @@ class _ForkedChild:
             self.process.close()   # closes multiprocessing's sentinel
         except ValueError:         # not reaped yet (a bounded reap gave up): leave it to the OS
             pass
+
+    def undo(self) -> None:
+        """A start that cannot be completed: kill the child, reap it, let go of it.
+        (join() without a timeout is waitpid on the pid: no sentinel is involved.)"""
+        self.process.kill()
+        self.process.join()
+        self.release()
 
 
 def open_pidfd(pid: int) -> Optional[int]:
@@ -168,6 +208,7 @@ def _close_all(fds: Sequence[Optional[int]]) -> None:
                 pass
 
 
+POLL_S = 0.01                          # a bounded reap without a pidfd asks waitpid this often
 PIPE_SIZE_BYTES = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)   # the constant is named in fcntl from 3.10
 
@@ -182,14 +223,31 @@ def _grow_pipe(fd: int) -> None:
         pass
 
 
+def open_pipes(count: int) -> List[Tuple[int, int]]:
+    """`count` pipes, or none: out of descriptors (EMFILE, ENFILE) part way, the ones
+    already opened are closed again before the OSError goes on. (os.pipe() fds are not
+    inheritable, PEP 446.)"""
+    pipes: List[Tuple[int, int]] = []
+    try:
+        for _ in range(count):
+            pipes.append(os.pipe())
+    except OSError:
+        _close_all([fd for pipe in pipes for fd in pipe])
+        raise
+    return pipes
+
+
 class WorkerPipes:
     """The three pipes of one worker. Both launchers create them the same way and hand
-    the master's ends over the same way; only what the child does with its ends differs."""
+    the master's ends over the same way; only what the child does with its ends differs.
+    Out of descriptors, none of them stays open (a master that leaked a few at every
+    failed restart would run out for good)."""
 
     def __init__(self) -> None:
-        self.request_r, self.request_w = os.pipe()      # os.pipe() fds are not inheritable (PEP 446)
-        self.response_r, self.response_w = os.pipe()
-        self.output_r, self.output_w = os.pipe()
+        request, response, output = open_pipes(3)
+        self.request_r, self.request_w = request
+        self.response_r, self.response_w = response
+        self.output_r, self.output_w = output
         for fd in (self.request_w, self.response_w):
             _grow_pipe(fd)
 
@@ -245,11 +303,12 @@ class ForkLauncher:
             name="minirr-worker",
         )
         try:
-            process.start()
+            start_process(process)
         except OSError:
             pipes.close()
             raise
-        return pipes.hand_over(process.pid, _ForkedChild(process), lambda: (process.kill(), process.join()))
+        child = _ForkedChild(process)
+        return pipes.hand_over(process.pid, child, child.undo)
 
     def preflight(self, timeout_s: float) -> None:
         """Check at start-up, in a short-lived child, that `[server] app` imports, names
@@ -266,7 +325,7 @@ class ForkLauncher:
                                 args=(report_r, report_w, self.app, self.base_dir, self.factory, self.interface))
         try:
             try:
-                process.start()
+                start_process(process)
             except OSError as exc:       # out of processes or memory: the workers will say more
                 log.warning("could not check that %s imports (%s); starting anyway", self.app, exc)
                 return
@@ -412,6 +471,36 @@ def _failure_file(exc: BaseException) -> str:
         return os.path.realpath(exc.filename)
     frame = worker_load.app_frame(traceback.extract_tb(exc.__traceback__))
     return os.path.realpath(frame.filename) if frame is not None else ""
+
+
+# multiprocessing's fork start opens two pipes (its sentinel, and the one the child
+# watches for parent_process()) and then forks; if the second pipe or the fork fails, it
+# closes neither (popen_fork.Popen._launch, CPython 3.9 through 3.13).
+_MULTIPROCESSING_PIPES = 2
+
+
+def start_process(process) -> None:
+    """`process.start()`, leaving nothing open when it fails.
+
+    Two pipes are opened here first and closed just before the start. The kernel hands
+    out the lowest free descriptor numbers (POSIX), and the master has one thread, so
+    multiprocessing's two pipes then get exactly those numbers: they cannot fail for
+    want of descriptors, and if the fork itself fails (EAGAIN: too many processes;
+    ENOMEM), the descriptors it leaves open are known and closed here."""
+    spare = [fd for pipe in open_pipes(_MULTIPROCESSING_PIPES) for fd in pipe]
+    _close_all(spare)
+    try:
+        process.start()
+    except OSError:
+        _close_all([fd for fd in spare if _is_pipe(fd)])
+        raise
+
+
+def _is_pipe(fd: int) -> bool:
+    try:
+        return stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except OSError:                      # not open: multiprocessing never got that far
+        return False
 
 
 def _end_preflight(process) -> None:

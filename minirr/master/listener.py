@@ -10,8 +10,9 @@ Two ways to be full (`when_full`):
 
     "wait"    the application listener: stop accepting; new connections wait in the
               kernel's backlog until one of ours closes (max_connections)
-    "evict"   an operator listener: close the connection that has been idle longest to
-              make room, so idle peers can never lock out a health probe or the cli
+    "evict"   an operator listener: close the connection that has been stuck longest to
+              make room (idle, a request that does not complete, or an answer it does
+              not read), so no peer, whatever it does, can lock out a probe or the cli
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import stat
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from ..errors import MinirrError
-from .lifecycle import IDLE
+from .lifecycle import IDLE, LINGERING, READING, SENDING
 from .loop import READ, Handler, Loop
 
 log = logging.getLogger("minirr")
@@ -32,6 +33,10 @@ log = logging.getLogger("minirr")
 ACCEPTS_PER_ROUND = 64                 # bounded, so a flood of connects cannot starve the loop
 ACCEPT_BACKOFF_S = 0.5                 # after EMFILE/ENFILE
 BindAddress = Union[Tuple[str, int], str]  # (host, port), or the path of a unix socket
+# "evict" may close a connection in these phases: the peer owes the next move (a request,
+# the rest of one, reading its answer, or closing). A WAITING or STREAMING one is waiting
+# for the master (a reset in progress, a stop), so it is never a candidate.
+_EVICTABLE = (IDLE, READING, SENDING, LINGERING)
 
 
 def bind(address: BindAddress, shown: str, backlog: int = 1024, nodelay: bool = False) -> socket.socket:
@@ -122,6 +127,13 @@ def remove_own_socket(path: str, identity: Optional[tuple]) -> None:
         _unlink_quietly(path)
 
 
+def stuck_since(conn) -> float:
+    """Since when `conn` has made no progress: its last write progress while an answer
+    waits unread, otherwise since it went idle (a request begun since counts from there:
+    trickling one in is no progress)."""
+    return conn.last_write_at if conn.out else conn.idle_since
+
+
 class Listener(Handler):
     """A listening socket in the loop and the connections accepted from it.
 
@@ -150,7 +162,7 @@ class Listener(Handler):
         now = self.loop.clock()
         for _ in range(ACCEPTS_PER_ROUND):
             full = len(self.connections) >= self.max_connections
-            if full and (self.when_full == "wait" or self._idle_longest() is None):
+            if full and (self.when_full == "wait" or self._stuck_longest(now) is None):
                 self.pause()            # the newcomer waits in the backlog: forget() or expire() resume
                 return
             try:
@@ -165,7 +177,7 @@ class Listener(Handler):
                     continue            # the peer gave up while in the backlog
                 raise
             if full:
-                self._make_room()       # "evict": a newcomer is here, so the one idle longest goes
+                self._make_room(now)    # "evict": a newcomer is here, so the one stuck longest goes
             self._add(sock, addr, now)
 
     def _add(self, sock: socket.socket, addr, now: float) -> None:
@@ -179,15 +191,20 @@ class Listener(Handler):
         self.connections[conn.fd] = conn
         conn.start()
 
-    def _make_room(self) -> None:
-        """"evict": close the connection that has been idle longest (there is one)."""
-        log.info("%s: %d connections open, the most allowed; closing the one idle longest", self,
-                 len(self.connections))
-        self._idle_longest().close()
+    def _make_room(self, now: float) -> None:
+        """"evict": close the connection that has been stuck longest (there is one)."""
+        victim = self._stuck_longest(now)
+        log.info("%s: %d connections open, the most allowed; closing the one stuck longest (%s, %s for %.1fs)",
+                 self, len(self.connections), victim, victim.phase.value, now - stuck_since(victim))
+        victim.close()
 
-    def _idle_longest(self):
-        idle = [conn for conn in self.connections.values() if conn.phase is IDLE]
-        return min(idle, key=lambda conn: conn.idle_since) if idle else None
+    def _stuck_longest(self, now: float):
+        """The evictable connection whose last progress is oldest, or None. One accepted in
+        this round (its `stuck_since` is `now`) has not had its turn yet: it is not taken,
+        or a burst of newcomers would evict each other before any was read."""
+        candidates = [conn for conn in self.connections.values()
+                      if conn.phase in _EVICTABLE and stuck_since(conn) < now]
+        return min(candidates, key=stuck_since) if candidates else None
 
     def _on_exhausted(self, exc: OSError, now: float) -> None:
         """Out of descriptors: the connection stays in the backlog, and the listener
@@ -225,8 +242,8 @@ class Listener(Handler):
             if len(self.connections) < self.max_connections:
                 self.resume()
         if not self.listening and not self.paused_until and self.when_full == "evict" \
-                and self._idle_longest() is not None:
-            self.resume()               # a peer has gone idle: room can be made for a newcomer
+                and self._stuck_longest(now) is not None:
+            self.resume()               # a peer can be evicted now: room can be made for a newcomer
 
     # ---- the end -------------------------------------------------------------------------
     def close(self) -> None:

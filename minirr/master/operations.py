@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 from typing import Callable, Dict, List, NamedTuple, Optional, Protocol, Tuple
 
@@ -40,9 +41,18 @@ from ..http.responses import DateCache, error_response, serialize_response
 
 log = logging.getLogger("minirr")
 
-MAX_PEERS = 32                         # per listener; the one idle longest makes room for a new one
-PEER_LIMITS = ConnectionLimits(header_timeout=5.0, body_timeout=10.0, keepalive_timeout=5.0,
+MAX_PEERS = 32                         # per listener; the one stuck longest makes room for a new one
+# An operator's answers are small, and its peers are probes and the cli: one that takes
+# nothing of an answer for this long is not reading (body_timeout is also the send
+# deadline), and is closed. Clients' 30 s would hold a place that long.
+PEER_SEND_TIMEOUT_S = 2.0
+PEER_LIMITS = ConnectionLimits(header_timeout=5.0, body_timeout=PEER_SEND_TIMEOUT_S, keepalive_timeout=5.0,
                                pipeline_limit=64 * 1024)
+# A peer that pipelines requests and reads no answer is shown to be stuck (and evictable)
+# once the kernel holds this much for it (Linux doubles the figure), not after loopback's
+# send buffer has grown to megabytes: the master's work for a peer that never reads is
+# then a few hundred answers, not tens of thousands.
+PEER_SEND_BUFFER_BYTES = 16 * 1024
 HTTP_LIMITS = RequestLimits(max_request_size=64 * 1024, limit_request_headers=32 * 1024)
 FAR_FUTURE = float("inf")
 
@@ -346,6 +356,14 @@ class Operations:
         return 200, [("Content-Type", CONTENT_TYPE)], text.encode("utf-8")
 
 
+def limit_send_buffer(sock) -> None:
+    """PEER_SEND_BUFFER_BYTES for an operator peer's socket (TCP or unix)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PEER_SEND_BUFFER_BYTES)
+    except OSError:                    # reset before we got to it: its first read says so
+        pass
+
+
 class _ControlPeers:
     """The owner of control-socket connections (connection.py's owner interface)."""
 
@@ -354,6 +372,7 @@ class _ControlPeers:
         self.listener: Optional[Listener] = None
 
     def accept(self, sock, peer: str, now: float) -> Connection:
+        limit_send_buffer(sock)
         return Connection(self.ops.loop, sock, peer or "control peer", control.CallParser(), self, PEER_LIMITS,
                           self.listener, now)
 
@@ -390,6 +409,7 @@ class _HTTPPeers:
         self.listener: Optional[Listener] = None
 
     def accept(self, sock, peer: str, now: float) -> Connection:
+        limit_send_buffer(sock)
         return Connection(self.ops.loop, sock, peer, RequestParser(HTTP_LIMITS), self, PEER_LIMITS,
                           self.listener, now)
 

@@ -59,6 +59,12 @@ def build_environ(request: Request) -> dict:
         "CONTENT_LENGTH": str(len(request.body)) if request.body else "",
     }
     for name, value in request.headers:
+        if "_" in name:
+            # `X_Auth_User` would become HTTP_X_AUTH_USER, the very key of `X-Auth-User`; a
+            # proxy that strips or sets only the dash spelling would let a client spoof
+            # it (and `Content_Type` would overwrite CONTENT_TYPE). Dropped, as nginx
+            # (underscores_in_headers off) and gunicorn (22 and later) drop them.
+            continue
         key = name.upper().replace("-", "_")
         if key in _FRAMING:
             continue
