@@ -141,6 +141,20 @@ def test_a_ping_while_the_last_pong_is_unread_breaks_the_channel(rig, caplog):
     assert job.conn.closed and not r.answer(job).complete and job.state is DONE
 
 
+def test_frames_behind_a_ping_that_broke_the_channel_are_not_read(rig, caplog):
+    """The channel is broken at the PING: what follows it in the same read is not the
+    job's any more (it failed with the worker). Reading on made its final frame move a
+    job that was DONE already, which raised in the master."""
+    r = rig()
+    [proc] = r.start()
+    job = r.submit()
+    proc.read_requests()
+    r.reply(proc, 200, b"a", stream=STREAM | PING)
+    r.send(proc, r.piece(b"b", STREAM | PING) + r.piece(b"c"))
+    assert proc.kills == 1 and "handling its channel failed" not in caplog.text
+    assert r.answer(job).body == b"a" and job.state is DONE
+
+
 # ---- answers the app got wrong: broken off, the worker kept --------------------------------------------------
 
 def test_a_stream_longer_than_its_content_length_is_broken_off_and_the_worker_kept(rig, caplog):

@@ -177,6 +177,8 @@ class Backend:
         for index, item in enumerate(items):
             if type(item) is not FramePart and item.stream & PING:
                 self._pong(worker)
+                if worker.state is not WORKING:    # it pinged too often: killed, its job failed
+                    return
             event = self.reader.read(job, item)
             verdict = self.jobs.on_reply(job, event, now)
             if verdict is MORE:
