@@ -6,7 +6,6 @@ tests/test_jobs.py (events -> the job's table), tests/test_answer.py (-> bytes).
 
 from __future__ import annotations
 
-
 import pytest
 
 from minirr.master.jobs import AT_WORKER, DONE, DRAINING, QUEUED, STREAMING
