@@ -22,7 +22,8 @@ import json
 import random
 from typing import List, Optional
 
-from fakes import Answer, FakeClock, FakeConnection, FakeLauncher, FakeProcess, FakeSelector, read_answer, spin
+from fakes import (Answer, FakeClock, FakeConnection, FakeLauncher, FakeProcess, FakeSelector, FixedDates, read_answer,
+                   spin)
 from minirr.config import Config, PoolConfig, SupervisorConfig
 from minirr.master.answer import Answers
 from minirr.master.backend import Backend
@@ -33,16 +34,6 @@ from minirr.master.pool import Pool
 from minirr.wire import frame
 from minirr.wire.frame import CODEC_JSON, CONTROL
 from minirr.wire.messages import Request
-
-DATE = b"Sun, 06 Nov 1994 08:49:37 GMT"
-
-
-class FixedDates:
-    """answer.py's DateCache with the one date every test expects."""
-
-    @staticmethod
-    def get(epoch_seconds: float) -> bytes:
-        return DATE
 
 
 class Ops:

@@ -6,8 +6,8 @@ Owns: FakeSelector (the selector methods loop.Loop uses, with the events a test 
       that moves only when the test says so), FakeProcess (launch.WorkerProcess's
       attributes over real pipes, no process), FakeLauncher (hands those out),
       FakeConnection (what answer.py and backend.py call on a client connection,
-      recorded) and read_answer (a recorded answer read back as HTTP); the body of the
-      factory fixtures (made_and_finished).
+      recorded), read_answer (a recorded answer read back as HTTP) and FixedDates (the
+      one Date every answer gets); the body of the factory fixtures (made_and_finished).
 Never: fakes the bytes. Tests use real socketpairs and pipes: only waiting, time and
        process creation are taken out of the picture, so no test sleeps and none depends
        on the machine's speed.
@@ -281,6 +281,18 @@ class FakeLauncher:
     def finish(self) -> None:
         for proc in self.started:
             proc.finish()
+
+
+DATE = b"Sun, 06 Nov 1994 08:49:37 GMT"
+
+
+class FixedDates:
+    """responses.DateCache with one date (RFC 9110 §5.6.7's example): answers' bytes are
+    then the same in every test run."""
+
+    @staticmethod
+    def get(epoch_seconds: float) -> bytes:
+        return DATE
 
 
 class FakeConnection:

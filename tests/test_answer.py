@@ -10,20 +10,13 @@ import json
 
 import pytest
 
-from fakes import FakeConnection, read_answer
+from fakes import DATE, FakeConnection, FixedDates, read_answer
 from minirr.master.answer import Answers
 from minirr.master.jobs import Job
 from minirr.master.reply import read_reply_head
 from minirr.wire.messages import Request
 
-DATE = b"Sun, 06 Nov 1994 08:49:37 GMT"
 DATE_LINE = b"Date: " + DATE + b"\r\n"
-
-
-class FixedDates:
-    @staticmethod
-    def get(epoch_seconds: float) -> bytes:
-        return DATE
 
 
 ANSWERS = Answers(FixedDates())

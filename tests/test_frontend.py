@@ -13,7 +13,7 @@ import socket
 
 import pytest
 
-from fakes import FakeClock, FakeSelector, made_and_finished, read_answer, read_available, spin
+from fakes import FakeClock, FakeSelector, FixedDates, made_and_finished, read_answer, read_available, spin
 from minirr.config import HTTPConfig
 from minirr.http import forwarded
 from minirr.http.parser import RequestLimits, RequestParser
@@ -24,14 +24,6 @@ from minirr.master.jobs import AT_WORKER, DONE, DRAINING, QUEUED, Jobs
 from minirr.master.loop import Loop
 from minirr.master.metrics import ServerMetrics
 from minirr.master.pool import Pool
-
-DATE = b"Sun, 06 Nov 1994 08:49:37 GMT"
-
-
-class FixedDates:
-    @staticmethod
-    def get(epoch_seconds: float) -> bytes:
-        return DATE
 
 
 class Backend:

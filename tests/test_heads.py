@@ -116,7 +116,8 @@ def test_a_response_head_decodes_the_same_every_time():
 # ---- the fast twins agree with their plain functions ------------------------------------------------------
 
 def request(headers, query: str = "q=1", body: bytes = b"", method: str = "GET") -> Request:
-    return Request(method, "/p", query, headers, body, "192.0.2.7", "HTTP/1.1", "http://h/p" + ("?" + query if query else ""))
+    uri = "http://h/p" + ("?" + query if query else "")
+    return Request(method, "/p", query, headers, body, "192.0.2.7", "HTTP/1.1", uri)
 
 
 REQUESTS = {

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from fakes import FakeClock, FakeConnection, read_answer
+from fakes import FakeClock, FakeConnection, FixedDates, read_answer
 from minirr.errors import MinirrError
 from minirr.logs import AccessLog, LogWriter
 from minirr.master import jobs as jobs_module
@@ -25,14 +25,7 @@ from minirr.wire import frame
 from minirr.wire.frame import CODEC_JSON, ERROR, STREAM
 from minirr.wire.messages import Request
 
-DATE = b"Sun, 06 Nov 1994 08:49:37 GMT"
 EVENTS = sorted({event for _, event in TRANSITIONS})
-
-
-class FixedDates:
-    @staticmethod
-    def get(epoch_seconds: float) -> bytes:
-        return DATE
 
 
 class RecordingAnswers(Answers):
