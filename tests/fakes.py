@@ -298,8 +298,9 @@ class FixedDates:
 class FakeConnection:
     """What answer.py and backend.py call on a client connection (connection.Connection),
     recorded in `calls` as (method, bytes, keep_alive) tuples, with the real connection's
-    rules that matter to them: nothing is written once it is closed, and an answer without
-    keep-alive makes it `closing`. `backlogged` is the test's to set (backpressure)."""
+    rules that matter to them: nothing is written once it is closed (a write tried then
+    is recorded as ("after_close", method): the real one drops it silently), and an
+    answer without keep-alive makes it `closing`. `backlogged` is the test's to set."""
 
     def __init__(self, peer: str = "192.0.2.7", closing: bool = False) -> None:
         self.peer = peer
@@ -314,17 +315,22 @@ class FakeConnection:
         return self.peer
 
     def respond(self, data: bytes, keep_alive: bool) -> None:
-        if not self.closed:
+        if self._open("respond"):
             self.calls.append(("respond", bytes(data), keep_alive))
             self.closing = self.closing or not keep_alive
 
     def start_stream(self, head: bytes) -> None:
-        if not self.closed:
+        if self._open("start_stream"):
             self.calls.append(("start_stream", bytes(head)))
 
     def write(self, data: bytes) -> None:
-        if not self.closed:
+        if self._open("write"):
             self.calls.append(("write", bytes(data)))
+
+    def _open(self, method: str) -> bool:
+        if self.closed:
+            self.calls.append(("after_close", method))
+        return not self.closed
 
     def close(self) -> None:
         if not self.closed:
@@ -339,7 +345,7 @@ class FakeConnection:
 
     def sent(self) -> bytes:
         """Every byte written, in order."""
-        return b"".join(call[1] for call in self.calls if call[0] != "close")
+        return b"".join(call[1] for call in self.calls if call[0] not in ("close", "after_close"))
 
 
 class Answer(NamedTuple):
