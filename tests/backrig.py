@@ -105,6 +105,15 @@ class BackRig:
             self.back.dispatch(worker, job, now)
         return job
 
+    def one_job(self, path: str = "/"):
+        """The pool started, a job at its first worker, and the request frame read off the
+        worker's pipe (what the worker writes next is up to the test): -> (proc, worker, job)."""
+        procs = self.start()
+        job = self.submit(path)
+        [proc] = [p for p in procs if self.worker_of(p) is job.worker]
+        proc.read_requests()
+        return proc, job.worker, job
+
     def client_gone(self, job: Job) -> None:
         """The client closed its connection (frontend._client_gone, at the end of the round)."""
         job.conn.close()
@@ -150,6 +159,11 @@ class BackRig:
 
     def round(self, count: int = 1) -> None:
         spin(self.loop, count)
+
+    def later(self, seconds: float) -> None:
+        """`seconds` pass, and the deadlines are checked (the backend's part of a tick)."""
+        self.clock.advance(seconds)
+        self.back.expire(self.clock())
 
     def finish(self) -> None:
         for worker in list(self.pool.workers.values()):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from backrig import BackRig
 from minirr.master.jobs import AT_WORKER, DONE, DRAINING, QUEUED, STREAMING
 from minirr.master.pool import READY, STOPPING, WORKING, Reason
 from minirr.wire import frame
@@ -115,9 +116,7 @@ def test_a_first_piece_that_fills_its_content_length_is_the_whole_answer_at_once
 
 def test_a_ping_is_answered_with_a_pong_written_to_the_worker(rig):
     r = rig()
-    [proc] = r.start()
-    job = r.submit()
-    proc.read_requests()
+    proc, _, job = r.one_job()
     r.reply(proc, 200, b"a", stream=STREAM | PING)
     [pong] = frames_to_worker(proc)
     assert pong.stream == PONG and pong.payload == b"" and pong.flags == 0
@@ -129,9 +128,7 @@ def test_a_ping_is_answered_with_a_pong_written_to_the_worker(rig):
 def test_a_ping_while_the_last_pong_is_unread_breaks_the_channel(rig, caplog):
     """A worker that pings and never reads cannot make the master queue PONGs without end."""
     r = rig()
-    [proc] = r.start()
-    job = r.submit()
-    proc.read_requests()
+    proc, _, job = r.one_job()
     r.reply(proc, 200, b"a", stream=STREAM | PING)
     r.send(proc, r.piece(b"b", STREAM | PING))                             # the PONG still lies in its pipe
     assert proc.kills == 1 and r.worker_of(proc).reason is Reason.BROKEN_CHANNEL
@@ -144,9 +141,7 @@ def test_frames_behind_a_ping_that_broke_the_channel_are_not_read(rig, caplog):
     job's any more (it failed with the worker). Reading on made its final frame move a
     job that was DONE already, which raised in the master."""
     r = rig()
-    [proc] = r.start()
-    job = r.submit()
-    proc.read_requests()
+    proc, _, job = r.one_job()
     r.reply(proc, 200, b"a", stream=STREAM | PING)
     r.send(proc, r.piece(b"b", STREAM | PING) + r.piece(b"c"))
     assert proc.kills == 1 and "handling its channel failed" not in caplog.text
@@ -159,10 +154,7 @@ def test_a_stream_longer_than_its_content_length_is_broken_off_and_the_worker_ke
     """The app miscounted, its frames are fine: the client's answer is broken off, the
     stream told to STOP, the rest dropped, and the worker is free after its final frame."""
     r = rig()
-    [proc] = r.start()
-    worker = r.worker_of(proc)
-    job = r.submit()
-    proc.read_requests()
+    proc, worker, job = r.one_job()
     r.reply(proc, 200, b"ab", headers={"Content-Length": ["3"]}, stream=STREAM)
     r.send(proc, r.piece(b"toolong", STREAM))
     assert job.conn.calls[-1] == ("close",) and r.answer(job).body == b"ab" and job.state is DRAINING
@@ -177,10 +169,7 @@ def test_a_stream_longer_than_its_content_length_is_broken_off_and_the_worker_ke
 
 def test_a_first_piece_past_its_content_length_is_broken_off(rig):
     r = rig()
-    [proc] = r.start()
-    worker = r.worker_of(proc)
-    job = r.submit()
-    proc.read_requests()
+    proc, worker, job = r.one_job()
     r.reply(proc, 200, b"abcd", headers={"Content-Length": ["3"]}, stream=STREAM)
     assert job.conn.closed and r.answer(job).body == b"" and job.state is DRAINING
     assert [f.stream for f in frames_to_worker(proc)] == [STOP]
@@ -217,10 +206,7 @@ def test_a_head_the_app_got_wrong_is_its_500_and_the_worker_is_kept(rig, caplog,
 
 def test_a_stream_whose_head_the_app_got_wrong_is_500_and_the_rest_is_dropped(rig):
     r = rig()
-    [proc] = r.start()
-    worker = r.worker_of(proc)
-    job = r.submit()
-    proc.read_requests()
+    proc, worker, job = r.one_job()
     r.send(proc, r.response(head=b'{"status":99}', body=b"a", stream=STREAM))
     answer = r.answer(job)
     assert (answer.status, answer.body) == (500, b"the application sent an invalid response head\n")
@@ -401,17 +387,14 @@ def test_a_recycled_job_goes_first_in_line(rig):
 
 def test_a_backlogged_client_pauses_the_workers_pipe_and_its_deadline(rig):
     r = rig(exec_ttl=10.0)
-    [proc] = r.start()
-    worker = r.worker_of(proc)
-    job = r.submit()
+    proc, worker, job = r.one_job()
     job.conn.backlogged = True
     r.reply(proc, 200, b"a", stream=STREAM)
     assert not worker.channel.reading and r.loop.selector.events_of(proc.from_worker) == 0
     assert job.conn.drain_waits == 1 and job.deadline_at == 0.0
     r.reply(proc, 200, b"b", stream=STREAM)                          # stays in the pipe
     assert job.conn.kinds() == ["start_stream"]
-    r.clock.advance(100.0)
-    r.back.expire(r.clock())
+    r.later(100.0)
     assert proc.kills == 0                                           # the wait is the client's
     job.conn.backlogged = False
     r.back.resume(job)                                               # the front's on_drain
@@ -423,29 +406,24 @@ def test_a_backlogged_client_pauses_the_workers_pipe_and_its_deadline(rig):
 @pytest.mark.parametrize("payload", [b"a", LARGE], ids=["small", "large"])
 def test_exec_ttl_does_not_count_while_the_client_is_backlogged(rig, payload):
     r = rig(exec_ttl=10.0)
-    [proc] = r.start()
-    job = r.submit()
+    proc, _, job = r.one_job()
     data = r.response(200, payload, stream=STREAM)
     r.send(proc, data[:-1])
     job.conn.backlogged = True                                       # as its last bytes arrive
     r.send(proc, data[-1:])
     assert job.deadline_at == 0.0
-    r.clock.advance(60.0)
-    r.back.expire(r.clock())
+    r.later(60.0)
     assert proc.kills == 0
 
 
 def test_a_backlogged_client_of_a_one_frame_large_answer_suspends_exec_ttl(rig):
     r = rig(exec_ttl=10.0)
-    [proc] = r.start()
-    worker = r.worker_of(proc)
-    job = r.submit()
+    proc, worker, job = r.one_job()
     job.conn.backlogged = True
     proc.send(r.response(200, LARGE)[:60000])
     r.round()
     assert job.deadline_at == 0.0 and not worker.channel.reading
-    r.clock.advance(60.0)
-    r.back.expire(r.clock())
+    r.later(60.0)
     assert proc.kills == 0
 
 
@@ -457,11 +435,9 @@ def test_exec_ttl_counts_from_the_last_progress_of_a_stream(rig):
     r.reply(proc, 200, b"a", stream=STREAM)
     r.clock.advance(9.0)
     r.send(proc, r.piece(b"b", STREAM))
-    r.clock.advance(9.99)
-    r.back.expire(r.clock())
+    r.later(9.99)
     assert proc.kills == 0                                           # 27.99s in all, never 10s without progress
-    r.clock.advance(0.01)
-    r.back.expire(r.clock())
+    r.later(0.01)
     assert proc.kills == 1
 
 
@@ -480,10 +456,7 @@ def test_resume_for_a_job_the_worker_no_longer_has_does_nothing(rig):
 
 def test_a_client_gone_mid_stream_tells_the_worker_stop_and_drops_its_frames_until_the_final_one(rig):
     r = rig(destroy_timeout=5.0)
-    [proc] = r.start()
-    worker = r.worker_of(proc)
-    job = r.submit()
-    proc.read_requests()
+    proc, worker, job = r.one_job()
     r.reply(proc, 200, b"a", stream=STREAM)
     r.client_gone(job)
     [stop] = frames_to_worker(proc)
@@ -501,10 +474,7 @@ def test_a_client_gone_mid_stream_tells_the_worker_stop_and_drops_its_frames_unt
 
 def test_a_client_gone_before_the_answer_drops_it_without_a_stop(rig):
     r = rig(exec_ttl=10.0)
-    [proc] = r.start()
-    worker = r.worker_of(proc)
-    job = r.submit()
-    proc.read_requests()
+    proc, worker, job = r.one_job()
     r.clock.advance(3.0)
     r.client_gone(job)
     assert frames_to_worker(proc) == []                              # it has not shown it streams: no STOP
@@ -516,10 +486,7 @@ def test_a_client_gone_before_the_answer_drops_it_without_a_stop(rig):
 
 def test_a_client_gone_before_the_first_stream_frame_gets_stop_with_that_frame(rig):
     r = rig(destroy_timeout=5.0)
-    [proc] = r.start()
-    worker = r.worker_of(proc)
-    job = r.submit()
-    proc.read_requests()
+    proc, worker, job = r.one_job()
     r.client_gone(job)
     assert frames_to_worker(proc) == []
     r.clock.advance(1.0)
@@ -530,23 +497,13 @@ def test_a_client_gone_before_the_first_stream_frame_gets_stop_with_that_frame(r
     assert worker.state is READY and job.conn.kinds() == ["close"]
 
 
-def test_a_client_gone_before_a_large_answer_drops_it_and_the_worker_is_freed(rig):
+@pytest.mark.parametrize("data", [BackRig.response(200, LARGE), frame.encode(ERROR, b"boom")],
+                         ids=["large_answer", "soft_error"])
+def test_the_answer_of_a_job_whose_client_left_is_dropped_and_the_worker_freed(rig, data):
     r = rig()
-    [proc] = r.start()
-    worker = r.worker_of(proc)
-    job = r.submit()
+    proc, worker, job = r.one_job()
     r.client_gone(job)
-    r.send(proc, r.response(200, LARGE))
-    assert job.conn.kinds() == ["close"] and worker.state is READY
-
-
-def test_a_soft_error_of_a_job_whose_client_left_is_not_answered(rig):
-    r = rig()
-    [proc] = r.start()
-    worker = r.worker_of(proc)
-    job = r.submit()
-    r.client_gone(job)
-    r.send(proc, frame.encode(ERROR, b"boom"))
+    r.send(proc, data)
     assert job.conn.kinds() == ["close"] and worker.state is READY and job.state is DONE
     assert r.metrics.requests.get(("499",)) == 1 and r.metrics.requests.get(("500",)) == 0
 

@@ -115,8 +115,7 @@ def test_a_start_that_raises_is_a_failed_start_with_back_off(rig, caplog):
     assert "worker 1 (pid ?) could not be started: [Errno 24] Too many open files; next start in 0.5s" in caplog.text
     r.back.ensure_pool(r.clock())
     assert r.launcher.started == []                       # the back-off holds
-    r.clock.advance(BOOT_BACKOFF_FIRST_S)
-    r.back.expire(r.clock())
+    r.later(BOOT_BACKOFF_FIRST_S)
     assert len(r.launcher.started) == 1
 
 
@@ -196,10 +195,7 @@ def test_retire_a_ready_worker_for_a_soft_reason_stops_it_now(rig):
 
 def test_retire_a_working_worker_for_a_soft_reason_waits_until_it_is_free(rig):
     r = rig()
-    [proc] = r.start()
-    worker = r.worker_of(proc)
-    job = r.submit()
-    proc.read_requests()
+    proc, worker, job = r.one_job()
     r.back.retire(worker, Reason.MEMORY, r.clock())
     assert worker.state is WORKING and worker.reason is Reason.MEMORY
     assert control_frames(proc) == [] and proc.kills == 0
@@ -333,8 +329,7 @@ def test_exit_before_ready_backs_off_and_fails_queued_jobs_when_nothing_serves(r
     assert_error(r, job, 503, "no worker is running (workers fail to start)")
     assert r.answer(job).headers["retry-after"] == "1"
     assert len(r.launcher.started) == 1                    # the back-off holds
-    r.clock.advance(BOOT_BACKOFF_FIRST_S)
-    r.back.expire(r.clock())
+    r.later(BOOT_BACKOFF_FIRST_S)
     assert len(r.launcher.started) == 2
 
 
@@ -378,11 +373,9 @@ def test_exec_ttl_answers_504_and_kills_the_worker(rig, caplog):
     worker = r.worker_of(proc)
     job = r.submit()
     assert job.deadline_at == r.clock() + 10.0
-    r.clock.advance(9.99)
-    r.back.expire(r.clock())
+    r.later(9.99)
     assert proc.kills == 0
-    r.clock.advance(0.01)
-    r.back.expire(r.clock())
+    r.later(0.01)
     assert_error(r, job, 504, "the request exceeded exec_ttl (10s)")
     assert proc.kills == 1 and worker.reason is Reason.EXEC_TTL
     assert "worker 1 (pid 1001) exceeded exec_ttl (10s); killing it" in caplog.text
@@ -393,8 +386,7 @@ def test_exec_ttl_of_a_stream_breaks_it_off(rig, caplog):
     [proc] = r.start()
     job = r.submit()
     r.reply(proc, 200, b"a", stream=STREAM)
-    r.clock.advance(10.0)
-    r.back.expire(r.clock())
+    r.later(10.0)
     assert job.conn.closed and not r.answer(job).complete and job.state is DONE
     assert proc.kills == 1
     assert "answer broken off after 1 body bytes: the request exceeded exec_ttl" in caplog.text
@@ -404,8 +396,7 @@ def test_a_start_past_allocate_timeout_is_killed(rig, caplog):
     r = rig(allocate_timeout=5.0)
     r.back.ensure_pool(r.clock())
     [proc] = r.launcher.started
-    r.clock.advance(5.0)
-    r.back.expire(r.clock())
+    r.later(5.0)
     assert proc.kills == 1 and r.worker_of(proc).reason is Reason.START_TIMEOUT
     assert "did not finish its start within allocate_timeout (5s); killing it" in caplog.text
     proc.exit(-9)
@@ -418,8 +409,7 @@ def test_a_worker_that_does_not_stop_within_destroy_timeout_is_killed(rig, caplo
     [proc] = r.start()
     worker = r.worker_of(proc)
     r.back.retire(worker, Reason.TTL, r.clock())
-    r.clock.advance(3.0)
-    r.back.expire(r.clock())
+    r.later(3.0)
     assert proc.kills == 1 and worker.channel.failure == "destroy_timeout"
     assert "did not stop within destroy_timeout (3s); killing it" in caplog.text
 
@@ -431,11 +421,9 @@ def test_a_worker_going_on_after_its_client_left_is_killed_after_destroy_timeout
     r.reply(proc, 200, b"a", stream=STREAM)
     r.client_gone(job)
     assert job.deadline_at == r.clock() + 3.0
-    r.clock.advance(2.99)
-    r.back.expire(r.clock())
+    r.later(2.99)
     assert proc.kills == 0
-    r.clock.advance(0.01)
-    r.back.expire(r.clock())
+    r.later(0.01)
     assert proc.kills == 1 and r.worker_of(proc).reason is Reason.DESTROY_TIMEOUT
     assert job.state is DONE
     assert "went on after its client left, past destroy_timeout (3s); killing it" in caplog.text
