@@ -1,16 +1,19 @@
-"""The master's back half (Backend, Replies, Jobs, Pool) wired as server.py wires it, with
-fakes at its edges: a recording front, recording operations, a fake launcher whose
-processes are real pipes (fakes.FakeProcess), a fake selector and a fake clock.
+"""The master's back half (Backend, ReplyReader, Jobs, Answers, Pool) wired as server.py
+wires it, with fakes at its edges: clients are recording connections (fakes.FakeConnection)
+behind the real Answers, the operator side records what it is told, the launcher hands
+out processes that are real pipes (fakes.FakeProcess), and the selector and clock are
+fakes.
 
-Owns: building that rig, and the worker's side of the wire for tests (the handshake,
-      reading request frames, writing response frames).
+Owns: building that rig, the client side as the frontend would play it (a job submitted,
+      then dispatched if a worker took it), and the worker's side of the wire for tests
+      (the handshake, reading request frames, writing response frames).
 Never: sleeps or starts a process: the test plays every worker.
 
     rig = BackRig(num_workers=1)
     [proc] = rig.start()                         # started and handshaken: READY
     job = rig.submit("/hello")                   # dispatched: a request frame in proc's pipe
     rig.reply(proc, 200, b"hi")                  # the response frame, and a round of the loop
-    rig.front.calls -> [("answer", job, 200, b"hi")]
+    rig.answer(job) -> Answer(200, {...}, b"hi", complete=True)    # what the client got
 """
 
 from __future__ import annotations
@@ -19,79 +22,23 @@ import json
 import random
 from typing import List, Optional
 
-from fakes import FakeClock, FakeLauncher, FakeProcess, FakeSelector, spin
-from minirr.wire import frame
-from minirr.master.backend import Backend
+from fakes import (Answer, FakeClock, FakeConnection, FakeLauncher, FakeProcess, FakeSelector, FixedDates, read_answer,
+                   spin)
 from minirr.config import Config, PoolConfig, SupervisorConfig
-from minirr.wire.frame import CODEC_JSON, CONTROL
+from minirr.master.answer import Answers
+from minirr.master.backend import Backend
 from minirr.master.jobs import Job, Jobs
 from minirr.master.loop import Loop
-from minirr.wire.messages import Request
 from minirr.master.metrics import ServerMetrics
 from minirr.master.pool import Pool
-
-
-class Client:
-    """What replies.py reads of a client connection: `backlogged`, and wait_for_drain()."""
-
-    def __init__(self) -> None:
-        self.backlogged = False
-        self.drain_waits = 0
-
-    def wait_for_drain(self) -> None:
-        self.drain_waits += 1
-
-
-class Front:
-    """Records the calls the back half makes on the frontend, and finishes jobs as the
-    real frontend does (jobs.finished: job.done, metrics)."""
-
-    def __init__(self, loop: Loop) -> None:
-        self.loop = loop
-        self.jobs: Optional[Jobs] = None
-        self.calls: list = []
-        self.part_fails_after = None      # part() returns False once this many bytes went
-
-    def answer(self, job, head, body, now) -> None:
-        job.status = head.status
-        self.calls.append(("answer", job, head.status, bytes(body)))
-        self.jobs.finished(job, now)
-
-    def answer_error(self, job, status, message, headers, keep_alive) -> None:
-        job.status = status
-        self.calls.append(("error", job, status, message))
-        self.jobs.finished(job, self.loop.clock())
-
-    def begin(self, job, head, content_length, first) -> bool:
-        job.status = head.status
-        job.streaming = True
-        self.calls.append(("begin", job, head.status, content_length, bytes(first)))
-        return True
-
-    def part(self, job, data) -> bool:
-        job.body_bytes += len(data)
-        self.calls.append(("part", job, bytes(data)))
-        return self.part_fails_after is None or job.body_bytes <= self.part_fails_after
-
-    def end(self, job, last, now) -> bool:
-        self.calls.append(("end", job, bytes(last)))
-        self.jobs.finished(job, now)
-        return True
-
-    def abort(self, job, why, now) -> None:
-        self.calls.append(("abort", job, why))
-        self.jobs.finished(job, now)
-
-    def kinds(self) -> list:
-        return [call[0] for call in self.calls]
-
-    def body(self) -> bytes:
-        """The body bytes of a begun answer: the first bytes, every part, the last bytes."""
-        return b"".join(call[4] if call[0] == "begin" else call[2] for call in self.calls
-                        if call[0] in ("begin", "part", "end"))
+from minirr.wire import frame
+from minirr.wire.frame import CODEC_JSON, CONTROL
+from minirr.wire.messages import Request
 
 
 class Ops:
+    """What the operator side (operations.py) is told about workers, recorded."""
+
     def __init__(self) -> None:
         self.calls: list = []
 
@@ -113,16 +60,15 @@ class BackRig:
         self.config = Config(pool=PoolConfig(num_workers=num_workers, max_jobs=max_jobs, max_queue_size=max_queue_size,
                                              allocate_timeout=allocate_timeout, destroy_timeout=destroy_timeout),
                              supervisor=SupervisorConfig(exec_ttl=exec_ttl))
-        self.pool = Pool(num_workers, max_jobs, exec_ttl, allocate_timeout, destroy_timeout, rng=random.Random(0))
+        # In server.py's order: each part gets the parts it calls.
+        self.pool = Pool(num_workers, max_jobs, allocate_timeout, destroy_timeout, rng=random.Random(0))
         self.metrics = ServerMetrics()
-        self.jobs = Jobs(self.pool, max_queue_size, allocate_timeout, exec_ttl, self.metrics, None)
-        self.front = Front(self.loop)
-        self.launcher = FakeLauncher()
-        self.back = Backend(self.loop, self.config, self.launcher, self.pool, self.jobs, self.front)
+        self.answers = Answers(FixedDates())
+        self.jobs = Jobs(self.pool, self.answers, max_queue_size, allocate_timeout, exec_ttl, destroy_timeout,
+                         self.metrics, None)
         self.ops = Ops()
-        self.jobs.front, self.jobs.back = self.front, self.back
-        self.front.jobs = self.jobs
-        self.back.ops = self.ops
+        self.launcher = FakeLauncher()
+        self.back = Backend(self.loop, self.config, self.launcher, self.pool, self.jobs, events=self.ops)
 
     # ---- workers ------------------------------------------------------------------------------
     def start(self) -> List[FakeProcess]:
@@ -146,14 +92,42 @@ class BackRig:
     def new_procs(self, before: List[FakeProcess]) -> List[FakeProcess]:
         return [proc for proc in self.launcher.started if proc not in before]
 
-    # ---- requests and answers --------------------------------------------------------------------
-    def submit(self, path: str = "/", method: str = "GET", body: bytes = b"", client: Optional[Client] = None) -> Job:
+    # ---- clients: what frontend.on_request and on_closed do -------------------------------------------
+    def submit(self, path: str = "/", method: str = "GET", body: bytes = b"", protocol: str = "HTTP/1.1",
+               keep_alive: bool = True) -> Job:
         request = Request(method, path, headers=[("Host", "x")], body=body, remote_addr="192.0.2.7",
-                          uri=f"http://x{path}")
-        job = Job(client or Client(), request, True, self.clock())
-        self.jobs.submit(job, self.clock())
+                          protocol=protocol, uri=f"http://x{path}")
+        now = self.clock()
+        conn = FakeConnection()
+        job = conn.job = Job(conn, request, keep_alive, now)
+        worker = self.jobs.submit(job, now)
+        if worker is not None:
+            self.back.dispatch(worker, job, now)
         return job
 
+    def one_job(self, path: str = "/"):
+        """The pool started, a job at its first worker, and the request frame read off the
+        worker's pipe (what the worker writes next is up to the test): -> (proc, worker, job)."""
+        procs = self.start()
+        job = self.submit(path)
+        [proc] = [p for p in procs if self.worker_of(p) is job.worker]
+        proc.read_requests()
+        return proc, job.worker, job
+
+    def client_gone(self, job: Job) -> None:
+        """The client closed its connection (frontend._client_gone, at the end of the round)."""
+        job.conn.close()
+        now = self.clock()
+        if self.jobs.client_gone(job, now):
+            self.back.client_gone(job, now)
+
+    @staticmethod
+    def answer(job: Job) -> Answer:
+        """What the job's client got, read back as HTTP."""
+        conn = job.conn
+        return read_answer(conn.sent(), head_only=job.head_only, closed=conn.closed)
+
+    # ---- the worker's side of the wire ------------------------------------------------------------
     @staticmethod
     def request_of(proc: FakeProcess):
         """The request frame the worker received: -> (JSON head as a dict, body)."""
@@ -168,6 +142,11 @@ class BackRig:
             head = json.dumps({"status": status, "headers": headers or {}}).encode()
         return frame.encode(CODEC_JSON, head + body, (len(head),), stream)
 
+    @staticmethod
+    def piece(body: bytes = b"", stream: int = 0) -> bytes:
+        """A later frame of a stream: no head (head length 0)."""
+        return frame.encode(CODEC_JSON, body, (0,), stream)
+
     def reply(self, proc: FakeProcess, status: int = 200, body: bytes = b"", **kwargs) -> None:
         self.send(proc, self.response(status, body, **kwargs))
 
@@ -180,6 +159,11 @@ class BackRig:
 
     def round(self, count: int = 1) -> None:
         spin(self.loop, count)
+
+    def later(self, seconds: float) -> None:
+        """`seconds` pass, and the deadlines are checked (the backend's part of a tick)."""
+        self.clock.advance(seconds)
+        self.back.expire(self.clock())
 
     def finish(self) -> None:
         for worker in list(self.pool.workers.values()):

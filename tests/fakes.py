@@ -4,8 +4,10 @@ parts run one step at a time.
 Owns: FakeSelector (the selector methods loop.Loop uses, with the events a test scripts,
       or the readiness of real descriptors asked with a zero timeout), FakeClock (a clock
       that moves only when the test says so), FakeProcess (launch.WorkerProcess's
-      attributes over real pipes, no process) and FakeLauncher (hands those out); the
-      body of the factory fixtures (made_and_finished).
+      attributes over real pipes, no process), FakeLauncher (hands those out),
+      FakeConnection (what answer.py and backend.py call on a client connection,
+      recorded), read_answer (a recorded answer read back as HTTP) and FixedDates (the
+      one Date every answer gets); the body of the factory fixtures (made_and_finished).
 Never: fakes the bytes. Tests use real socketpairs and pipes: only waiting, time and
        process creation are taken out of the picture, so no test sleeps and none depends
        on the machine's speed.
@@ -22,6 +24,9 @@ Never: fakes the bytes. Tests use real socketpairs and pipes: only waiting, time
     proc.send(frame_bytes)               #   frames for the master
     proc.read_requests()                 #   what the master wrote
     proc.exit(3)                         #   its "pidfd" turns readable; reap() -> 3
+
+    conn = FakeConnection()              # a client: the bytes answer.py wrote, call by call
+    read_answer(conn.sent())             # -> Answer(status, headers, body, complete)
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import os
 import select
 import selectors
 import types
-from typing import Dict, List, Tuple
+from typing import Dict, List, NamedTuple, Tuple
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
@@ -276,3 +281,112 @@ class FakeLauncher:
     def finish(self) -> None:
         for proc in self.started:
             proc.finish()
+
+
+DATE = b"Sun, 06 Nov 1994 08:49:37 GMT"
+
+
+class FixedDates:
+    """responses.DateCache with one date (RFC 9110 §5.6.7's example): answers' bytes are
+    then the same in every test run."""
+
+    @staticmethod
+    def get(epoch_seconds: float) -> bytes:
+        return DATE
+
+
+class FakeConnection:
+    """What answer.py and backend.py call on a client connection (connection.Connection),
+    recorded in `calls` as (method, bytes, keep_alive) tuples, with the real connection's
+    rules that matter to them: nothing is written once it is closed (a write tried then
+    is recorded as ("after_close", method): the real one drops it silently), and an
+    answer without keep-alive makes it `closing`. `backlogged` is the test's to set."""
+
+    def __init__(self, peer: str = "192.0.2.7", closing: bool = False) -> None:
+        self.peer = peer
+        self.calls: list = []
+        self.closing = closing
+        self.closed = False
+        self.backlogged = False
+        self.drain_waits = 0
+        self.job = None
+
+    def __repr__(self) -> str:
+        return self.peer
+
+    def respond(self, data: bytes, keep_alive: bool) -> None:
+        if self._open("respond"):
+            self.calls.append(("respond", bytes(data), keep_alive))
+            self.closing = self.closing or not keep_alive
+
+    def start_stream(self, head: bytes) -> None:
+        if self._open("start_stream"):
+            self.calls.append(("start_stream", bytes(head)))
+
+    def write(self, data: bytes) -> None:
+        if self._open("write"):
+            self.calls.append(("write", bytes(data)))
+
+    def _open(self, method: str) -> bool:
+        if self.closed:
+            self.calls.append(("after_close", method))
+        return not self.closed
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.calls.append(("close",))
+
+    def wait_for_drain(self) -> None:
+        self.drain_waits += 1
+
+    def kinds(self) -> List[str]:
+        return [call[0] for call in self.calls]
+
+    def sent(self) -> bytes:
+        """Every byte written, in order."""
+        return b"".join(call[1] for call in self.calls if call[0] not in ("close", "after_close"))
+
+
+class Answer(NamedTuple):
+    status: int
+    headers: Dict[str, str]            # by lower-case name (the tests send each name once)
+    body: bytes                        # de-chunked
+    complete: bool                     # the framing says the body is all there
+
+
+def read_answer(data: bytes, head_only: bool = False, closed: bool = False) -> Answer:
+    """One HTTP/1.1 answer as a client reads it (RFC 9112 §6.3): Content-Length, chunked,
+    or (`closed`) the bytes up to the connection's end. Not a parser for untrusted bytes:
+    the master wrote these."""
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.lower()] = value.strip()
+    if head_only or status in (204, 304):
+        return Answer(status, headers, rest, not rest)
+    if headers.get("transfer-encoding") == "chunked":
+        body, complete = _dechunk(rest)
+        return Answer(status, headers, body, complete)
+    if "content-length" in headers:
+        length = int(headers["content-length"])
+        return Answer(status, headers, rest, len(rest) == length)
+    return Answer(status, headers, rest, closed)
+
+
+def _dechunk(data: bytes) -> Tuple[bytes, bool]:
+    body = b""
+    while True:
+        size_line, sep, data = data.partition(b"\r\n")
+        if not sep:
+            return body, False
+        size = int(size_line, 16)
+        if size == 0:
+            return body, data == b"\r\n"
+        if len(data) < size + 2:
+            return body + data[:size], False
+        body += data[:size]
+        data = data[size + 2:]

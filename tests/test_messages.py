@@ -1,96 +1,14 @@
-"""Request/Response heads: RoadRunner 2023.3 keys, canonical names, round trips."""
-
-import json
+"""Request and Response (minirr.wire.messages): what a response body may be, how it is
+normalised, and the blocks of a streamed one. The JSON heads are tests/test_heads.py's."""
 
 import pytest
 
-from minirr.wire.messages import Request, Response, body_block
-from minirr.wire.heads import canonical_header_name, decode_request, decode_response_head, encode_request_head, encode_response_head
-
-
-def make_request():
-    return Request("POST", "/a%20b", "x=1&y=2",
-                   [("host", "example.com"), ("x-test", "1"), ("Cookie", "a=1; b=\"2\""), ("X-TEST", "2")],
-                   b"body", "10.0.0.1", "HTTP/1.1", "http://example.com/a%20b?x=1&y=2")
-
-
-def test_request_head_has_every_roadrunner_key():
-    head = json.loads(encode_request_head(make_request()))
-    assert list(head) == ["remoteAddr", "protocol", "method", "uri", "headers", "cookies", "rawQuery",
-                          "parsed", "uploads", "attributes"]
-    assert head["headers"] == {"Host": ["example.com"], "X-Test": ["1", "2"], "Cookie": ['a=1; b="2"']}
-    assert head["cookies"] == {"a": "1", "b": "2"}
-    assert head["parsed"] is False and head["uploads"] is None and head["attributes"] == {}
-
-
-def test_request_round_trip():
-    request = make_request()
-    back = decode_request(encode_request_head(request), request.body)
-    assert (back.method, back.path, back.query, back.body, back.remote_addr, back.protocol, back.uri) == \
-        ("POST", "/a%20b", "x=1&y=2", b"body", "10.0.0.1", "HTTP/1.1", request.uri)
-    assert back.header("x-test") == "1" and back.header("missing", "d") == "d"
-
-
-@pytest.mark.parametrize("name,canon", [("x-test", "X-Test"), ("CONTENT-TYPE", "Content-Type"), ("host", "Host")])
-def test_canonical_names(name, canon):
-    assert canonical_header_name(name) == canon
+from minirr.wire.messages import Response, body_block
 
 
 def test_response_normalises_headers_and_body():
     assert Response(201, {"A": "1"}, "héllo").body == "héllo".encode()
     assert Response(headers=[("Set-Cookie", "a"), ("Set-Cookie", "b")]).headers == [("Set-Cookie", "a"), ("Set-Cookie", "b")]
-
-
-def test_response_head_round_trip():
-    head = encode_response_head(Response(404, [("Set-Cookie", "a"), ("Set-Cookie", "b"), ("X", "y")]))
-    assert head == b'{"status":404,"headers":{"Set-Cookie":["a","b"],"X":["y"]}}'
-    assert decode_response_head(head) == (404, [("Set-Cookie", "a"), ("Set-Cookie", "b"), ("X", "y")], False)
-
-
-def test_worked_example_head():
-    assert decode_response_head(b'{"status":200,"headers":{}}') == (200, [], False)
-
-
-def test_worker_stop_head():
-    assert decode_response_head(b'{"stop":true}')[2] is True
-
-
-@pytest.mark.parametrize("head", [b"[]", b"{}", b'{"status":99}', b'{"status":600}', b'{"status":"200"}', b"nope"])
-def test_bad_response_heads(head):
-    with pytest.raises(ValueError):
-        decode_response_head(head)
-
-
-@pytest.mark.parametrize("uri,path", [
-    ("http://h/a/b?q=1#f", "/a/b"), ("http://h", "/"), ("http://h?x", "/"), ("https://h:8443/x%20y", "/x%20y"),
-    ("*", "*"), ("/plain?x", "/plain"), ("http://[::1]:8080/v6", "/v6"),
-])
-def test_path_of(uri, path):
-    from minirr.wire.heads import path_of
-    assert path_of(uri) == path
-
-
-def test_a_response_head_decodes_the_same_every_time():
-    head = b'{"status":201,"headers":{"X":["1"]}}'
-    assert decode_response_head(head) == decode_response_head(head) == (201, [("X", "1")], False)
-
-
-def test_request_head_escapes_every_string_field():
-    tricky = 'a"b\\c\u00e9\x01'
-    request = Request("GET", "/", tricky, [("X-T", tricky), ("Cookie", "k=v")], b"", tricky, "HTTP/1.1", tricky)
-    head = json.loads(encode_request_head(request))
-    assert head["rawQuery"] == head["remoteAddr"] == head["uri"] == tricky
-    assert head["headers"]["X-T"] == [tricky] and head["cookies"] == {"k": "v"}
-
-
-def test_long_header_names_are_encoded_right_and_not_cached():
-    from minirr.wire.heads import RequestHeadWriter
-    name = "x-" + "a" * 500
-    request = Request("GET", "/", "", [("Host", "h"), (name, "1")], b"", "127.0.0.1", "HTTP/1.1", "http://h/")
-    encoder = RequestHeadWriter()
-    head = json.loads(encoder.encode(request))
-    assert head["headers"]["X-" + "A" + "a" * 499] == ["1"]
-    assert name not in encoder.json_keys and "Host" in encoder.json_keys
 
 
 @pytest.mark.parametrize("body,expected", [

@@ -189,6 +189,8 @@ class Backend:
         for index, item in enumerate(items):
             if type(item) is not FramePart and item.stream & PING:
                 self._pong(worker)
+                if worker.state is not WORKING:    # it pinged too often: killed, its job failed
+                    return
             event = self.reader.read(job, item)
             verdict = self.jobs.on_reply(job, event, now)
             if verdict is MORE:
@@ -230,7 +232,7 @@ class Backend:
                     job.credit += len(event[2])
                     if not job.conn.backlogged or job.state is DRAINING:
                         credited.append(job)
-                if job.state is DRAINING and not job.stop_sent:
+                if not job.stop_sent and self.jobs.abandoned(job):
                     self._stop_job(worker, job, now)
                 elif job.state is STREAMING and job.conn.backlogged:
                     self.jobs.held_back(job)
@@ -273,7 +275,7 @@ class Backend:
                 worker.channel.pause_reading()
                 self.jobs.held_back(job)
                 conn.wait_for_drain()
-        elif job.state is DRAINING and not job.stop_sent and self.reader.streams(job):
+        elif not job.stop_sent and self.jobs.abandoned(job) and self.reader.streams(job):
             self._stop_job(worker, job, now)
 
     def _release(self, worker: Worker, job: Job, now: float, recycle: bool = False, counted: bool = True) -> None:
@@ -456,8 +458,8 @@ class Backend:
 
     def _job_overdue(self, worker: Worker, job: Job, now: float) -> None:
         if job.state is DRAINING:
-            log.warning("%s went on after its client left, past destroy_timeout (%gs); killing it",
-                        worker, self.destroy_timeout_s)
+            log.warning("%s went on with a request whose answer is over, past its deadline (destroy_timeout "
+                        "%gs after the client left, or exec_ttl); killing it", worker, self.destroy_timeout_s)
             self._lose_jobs(worker, Outcome.WORKER_DIED, now)
             self._kill(worker, Reason.DESTROY_TIMEOUT, now)
             return

@@ -143,7 +143,7 @@ class Job:
     """One request on its way through the pool (see the module docstring for who writes
     which field)."""
 
-    __slots__ = ("conn", "request", "keep_alive", "state", "queued_at", "deadline_at", "worker", "id",
+    __slots__ = ("conn", "request", "keep_alive", "state", "ended_by", "queued_at", "deadline_at", "worker", "id",
                  "stop_sent", "credit", "status", "body_bytes", "writer", "reply", "outcome")
 
     def __init__(self, conn, request, keep_alive: bool, now: float) -> None:
@@ -151,6 +151,7 @@ class Job:
         self.request = request
         self.keep_alive = keep_alive       # the client may send another request after this one
         self.state = QUEUED
+        self.ended_by = ""                 # the event that ended its client's answer ("answered", "client_gone", ...)
         self.queued_at = now
         self.deadline_at = 0.0             # QUEUED: allocate_timeout; at a worker: exec_ttl, or destroy_timeout after STOP
         self.worker = None                 # pool.Worker, once dispatched (backend)
@@ -298,10 +299,8 @@ class Jobs:
         log.error("%s: request %s %s: the application's response head is invalid: %s; answered 500",
                   job.worker, request.method, request.path, why)
         more = pending(job)
-        if job.state is AT_WORKER:
+        if job.state is AT_WORKER:          # (only a first head is read: never while STREAMING)
             self.fail(job, Outcome.APP_ERROR, now, early=more)
-        elif job.state is STREAMING:
-            self._break(job, why, now)
         if more:
             return MORE
         if job.state is DRAINING:
@@ -312,7 +311,9 @@ class Jobs:
         """The worker asks to be recycled instead of answering: the job runs elsewhere, first."""
         if job.state is AT_WORKER:
             advance(job, "recycled")
-            job.deadline_at = now + self.allocate_timeout_s if self.allocate_timeout_s else 0.0
+            # First in line, and its allocate_timeout counts from its arrival, as for the jobs
+            # behind it: the queue stays in deadline order, so expire() looks at the front only.
+            job.deadline_at = job.queued_at + self.allocate_timeout_s if self.allocate_timeout_s else 0.0
             self.queue.appendleft(job)
         else:
             self._move(job, "finished", now)
@@ -414,7 +415,16 @@ class Jobs:
         was = job.state
         new = advance(job, event)
         if (new is DONE or new is DRAINING) and was is not DRAINING:
+            job.ended_by = event
             self._record(job, now)
+
+    @staticmethod
+    def abandoned(job: Job) -> bool:
+        """Its worker still sends, for a client whose answer is not complete (gone, broken
+        off, refused): what it makes now is wasted, and a stream should be told STOP. Not
+        so for a first piece that filled its Content-Length: that client has it all, and
+        the app's body runs to its end (README, WSGI)."""
+        return job.state is DRAINING and job.ended_by != "answered_early"
 
     def _record(self, job: Job, now: float) -> None:
         duration_s = now - job.queued_at
