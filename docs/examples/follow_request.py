@@ -1,8 +1,10 @@
 """Every minirr function the master calls for one request, in order, indented by depth.
 
 Owns: running the real master parts (`minirr.master.server.Server`: its loop, listener,
-connection, parser, jobs, backend, replies, frontend) in this one process for one request,
-from the accept to the last byte sent, and printing the calls (sys.setprofile).
+connection, parser, frontend, jobs, backend, reply reader, answers) in this one process
+for one request, from the accept to the last byte sent, and printing the calls
+(sys.setprofile), each round's after the round: nothing is printed from inside minirr's
+code, so a reader that leaves early (`| head`) ends this script quietly.
 Never: forks a worker. It plays the worker itself, between two rounds of the loop: it
 reads the request frame from the pipe and writes a response frame back (the worker's own
 side is `worker.loop.serve`; see docs/life-of-a-request.md, step 6). Nothing leaves loopback.
@@ -90,11 +92,12 @@ def _defining_class(code, owner) -> str:
 
 
 class CallTrace:
-    """sys.setprofile hook: minirr's Python calls with their depth."""
+    """sys.setprofile hook: minirr's Python calls with their depth, kept in `lines`."""
 
     def __init__(self, max_depth: int) -> None:
         self.max_depth = max_depth
         self.depth = 0
+        self.lines: list = []
 
     def __call__(self, frame_, event, arg) -> None:
         if not frame_.f_globals.get("__name__", "").startswith("minirr"):
@@ -103,18 +106,19 @@ class CallTrace:
             self.depth += 1
             name = frame_.f_code.co_name
             if self.depth <= self.max_depth and not name.startswith("<"):
-                print(f"{'  ' * self.depth}{qualified_name(frame_.f_code, frame_)}")
+                self.lines.append(f"{'  ' * self.depth}{qualified_name(frame_.f_code, frame_)}")
         elif event == "return":
             self.depth -= 1
 
 
 def one_round(server: Server, trace: CallTrace, label: str) -> None:
-    print(f"round: {label}")
+    trace.lines = [f"round: {label}"]
     sys.setprofile(trace)
     try:
         server.loop.run_once(0.5)
     finally:
         sys.setprofile(None)
+    print("\n".join(trace.lines))
 
 
 def main() -> int:
@@ -153,5 +157,17 @@ def main() -> int:
     return 0 if answer.startswith(b"HTTP/1.1 200 OK") else 1
 
 
+def quiet_main() -> int:
+    """main(), ending without a traceback when our reader leaves (`| head`): what would
+    still be written goes nowhere (Python's docs, signal module, Note on SIGPIPE)."""
+    try:
+        status = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return status
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quiet_main())
