@@ -1,8 +1,10 @@
 """Every minirr function the master calls for one request, in order, indented by depth.
 
 Owns: running the real master parts (`minirr.master.server.Server`: its loop, listener,
-connection, parser, jobs, backend, replies, frontend) in this one process for one request,
-from the accept to the last byte sent, and printing the calls (sys.setprofile).
+connection, parser, frontend, jobs, backend, reply reader, answers) in this one process
+for one request, from the accept to the last byte sent, and printing the calls
+(sys.setprofile), each round's after the round: nothing is printed from inside minirr's
+code, so a reader that leaves early (`| head`) ends this script quietly.
 Never: forks a worker. It plays the worker itself, between two rounds of the loop: it
 reads the request frame from the pipe and writes a response frame back (the worker's own
 side is `worker.loop.serve`; see docs/life-of-a-request.md, step 6). Nothing leaves loopback.
@@ -10,7 +12,6 @@ side is `worker.loop.serve`; see docs/life-of-a-request.md, step 6). Nothing lea
     python docs/examples/follow_request.py                 # GET /hello?a=1, keep-alive
     python docs/examples/follow_request.py --close         # with Connection: close
     python docs/examples/follow_request.py --depth 3       # only the outer calls
-    python docs/examples/follow_request.py | head -20      # stops quietly when head has read enough
 
 docs/life-of-a-request.md walks through this output.
 """
@@ -35,20 +36,6 @@ REQUEST = b"GET /hello?a=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: curl/
 RESPONSE_HEAD = b'{"status":200,"headers":{"Content-Type":["text/plain"]}}'
 RESPONSE_BODY = b"Hello, world!\n"
 DEADLINE_S = 5.0
-
-
-class ReaderGone(BaseException):
-    """Whoever reads our output has gone (`| head` has read enough). A BaseException, so
-    that the master's containment (`except Exception` in the loop) does not take it for a
-    failing connection and carry on printing into the closed pipe."""
-
-
-def say(text: str) -> None:
-    """print(), but a closed pipe ends the program quietly (ReaderGone), as `head` expects."""
-    try:
-        print(text, flush=True)
-    except BrokenPipeError:
-        raise ReaderGone from None
 
 
 class PlayedWorker:
@@ -76,10 +63,10 @@ class PlayedWorker:
             data = os.read(self.requests_r, 65536)
         except BlockingIOError:
             return False
-        say(f"  [the worker reads {len(data)} bytes: {frame.describe(data)[:60]}...]")
+        print(f"  [the worker reads {len(data)} bytes: {frame.describe(data)[:60]}...]")
         response = frame.encode(frame.CODEC_JSON, RESPONSE_HEAD + RESPONSE_BODY, (len(RESPONSE_HEAD),))
         os.write(self.responses_w, response)
-        say(f"  [the worker writes {len(response)} bytes: {frame.describe(response)[:60]}...]")
+        print(f"  [the worker writes {len(response)} bytes: {frame.describe(response)[:60]}...]")
         return True
 
 
@@ -105,11 +92,12 @@ def _defining_class(code, owner) -> str:
 
 
 class CallTrace:
-    """sys.setprofile hook: minirr's Python calls with their depth."""
+    """sys.setprofile hook: minirr's Python calls with their depth, kept in `lines`."""
 
     def __init__(self, max_depth: int) -> None:
         self.max_depth = max_depth
         self.depth = 0
+        self.lines: list = []
 
     def __call__(self, frame_, event, arg) -> None:
         if not frame_.f_globals.get("__name__", "").startswith("minirr"):
@@ -118,18 +106,19 @@ class CallTrace:
             self.depth += 1
             name = frame_.f_code.co_name
             if self.depth <= self.max_depth and not name.startswith("<"):
-                say(f"{'  ' * self.depth}{qualified_name(frame_.f_code, frame_)}")
+                self.lines.append(f"{'  ' * self.depth}{qualified_name(frame_.f_code, frame_)}")
         elif event == "return":
             self.depth -= 1
 
 
 def one_round(server: Server, trace: CallTrace, label: str) -> None:
-    say(f"round: {label}")
+    trace.lines = [f"round: {label}"]
     sys.setprofile(trace)
     try:
         server.loop.run_once(0.5)
     finally:
         sys.setprofile(None)
+    print("\n".join(trace.lines))
 
 
 def main() -> int:
@@ -150,7 +139,7 @@ def main() -> int:
     server.bind()
     client = socket.create_connection(server.address, timeout=DEADLINE_S)
     client.sendall(request)
-    say(f"the client sends {len(request)} bytes: {request!r}")
+    print(f"the client sends {len(request)} bytes: {request!r}")
     trace = CallTrace(args.depth)
     deadline = time.monotonic() + DEADLINE_S
     rounds = ["the listener is readable", "the connection is readable", "the worker's pipe is readable"]
@@ -161,25 +150,24 @@ def main() -> int:
             answered = played.answer()
     client.settimeout(max(0.1, deadline - time.monotonic()))
     answer = client.recv(65536)
-    say(f"the client receives {len(answer)} bytes: {answer!r}")
+    print(f"the client receives {len(answer)} bytes: {answer!r}")
     client.close()
     server.front.close()
     server.loop.close()
     return 0 if answer.startswith(b"HTTP/1.1 200 OK") else 1
 
 
-def quietly() -> int:
-    """main(), ending with status 0 and no traceback when the reader of stdout has gone."""
+def quiet_main() -> int:
+    """main(), ending without a traceback when our reader leaves (`| head`): what would
+    still be written goes nowhere (Python's docs, signal module, Note on SIGPIPE)."""
     try:
-        return main()
-    except ReaderGone:
-        # Nothing more can reach the reader; point stdout at /dev/null so that the
-        # interpreter's last flush at exit does not fail on the closed pipe as well.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-        return 0
+        status = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0                         # the reader had what it wanted: not a failure
+    return status
 
 
 if __name__ == "__main__":
-    sys.exit(quietly())
+    sys.exit(quiet_main())
