@@ -108,7 +108,7 @@ def trickle(peers) -> None:
     for peer in peers:
         try:
             peer.recv(4096)
-        except BlockingIOError:
+        except (BlockingIOError, ConnectionResetError):     # (a peer evicted before is reset: fine)
             pass
 
 
