@@ -151,12 +151,13 @@ class Backend:
         """Send `job` (just dispatched by jobs.py) to `worker`: one request frame, naming
         its request id on the multiplexed wire."""
         job.worker = worker
-        job.id = self.pool.next_id(worker)
+        job.id = self.pool.next_id(worker) if worker.multiplexed else 0     # 0: the plain wire's one job
         self.pool.assign(worker, job, job.id)
         request = job.request
         head = self.encode_head(request)
         body = request.body
-        header = frame.encode_header(CODEC_JSON, len(head) + len(body), multiplex.options(len(head), job.id))
+        options = (len(head), job.id) if job.id else (len(head),)          # multiplex.options, written out
+        header = frame.encode_header(CODEC_JSON, len(head) + len(body), options)
         if len(body) < LARGE_BODY_BYTES:
             worker.channel.write(header + head + body)
         else:

@@ -414,19 +414,9 @@ class Jobs:
         """advance(), and when the client's answer ends with this move: count it, log it."""
         was = job.state
         new = advance(job, event)
-        if (new is DONE or new is DRAINING) and was is not DRAINING:
-            job.ended_by = event
-            self._record(job, now)
-
-    @staticmethod
-    def abandoned(job: Job) -> bool:
-        """Its worker still sends, for a client whose answer is not complete (gone, broken
-        off, refused): what it makes now is wasted, and a stream should be told STOP. Not
-        so for a first piece that filled its Content-Length: that client has it all, and
-        the app's body runs to its end (README, WSGI)."""
-        return job.state is DRAINING and job.ended_by != "answered_early"
-
-    def _record(self, job: Job, now: float) -> None:
+        if (new is not DONE and new is not DRAINING) or was is DRAINING:
+            return
+        job.ended_by = event
         duration_s = now - job.queued_at
         status = job.status or CLIENT_GONE_STATUS
         self.metrics.request_answered(status, duration_s)
@@ -436,3 +426,11 @@ class Jobs:
             pid = job.worker.pid if job.worker is not None else "-"
             self.access_log.log(request.remote_addr, request.method, target, request.protocol, status,
                                 job.body_bytes, duration_s, pid)
+
+    @staticmethod
+    def abandoned(job: Job) -> bool:
+        """Its worker still sends, for a client whose answer is not complete (gone, broken
+        off, refused): what it makes now is wasted, and a stream should be told STOP. Not
+        so for a first piece that filled its Content-Length: that client has it all, and
+        the app's body runs to its end (README, WSGI)."""
+        return job.state is DRAINING and job.ended_by != "answered_early"
