@@ -437,6 +437,10 @@ class Connection(Handler):
         self._release_file()
         self.listener.forget(self)
         self.owner.on_closed(self)
+        # The job names this connection and the connection its job: a cycle only the
+        # garbage collector would break, holding the request's body meanwhile (a queued
+        # upload whose client left). The owner has been told; let go of it now.
+        self.job = None
 
     def expire(self, now: float) -> None:
         """Apply the connection's limits (lifecycle.expiry)."""
