@@ -133,10 +133,13 @@ def test_a_refused_job_is_answered_on_its_connection(front):
     first, first_peer = f.client()
     f.send(first_peer, GET)
     conn, peer = f.client()
+    submitted = []
+    submit = f.jobs.submit
+    f.jobs.submit = lambda job, now: (submitted.append(job), submit(job, now))[1]
     f.send(peer, GET)
     answer = read_answer(read_available(lambda: peer.recv(65536)))
     assert (answer.status, answer.body) == (503, b"the request queue is full\n")
-    assert answer.headers["retry-after"] == "1" and conn.job.state is DONE
+    assert answer.headers["retry-after"] == "1" and submitted[0].state is DONE
     assert list(f.jobs.queue) == [first.job]
 
 
