@@ -229,6 +229,14 @@ class RequestParser:
         """The head of the current request is parsed, its body is not complete."""
         return self._state in _READING and self._state is not State.HEAD
 
+    def take_buffered(self) -> bytes:
+        """The bytes received after the last Request, handed over and forgotten: after a
+        101 they belong to the protocol switched to (RFC 9110 §7.8), a WebSocket's first
+        frames that came with the handshake."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
     @property
     def buffered_bytes(self) -> int:
         """Bytes received but not yet part of a returned Request (body bytes in progress
