@@ -110,7 +110,7 @@ class Frontend:
         if self.static is not None and self.static.answer(conn, request, keep_alive, now):
             return                         # under a [static] mount: the master answers (master/static.py)
         handshake = None
-        if self.websockets is not None:
+        if parser.upgrade is not None and self.websockets is not None:
             try:
                 handshake = self.websockets.offer(request)    # an upgrade request: a WebSocket's job
             except HandshakeError as exc:

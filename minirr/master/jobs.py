@@ -455,9 +455,12 @@ class Jobs:
             request = job.request
             target = request.path + ("?" + request.query if request.query else "")
             pid = job.worker.pid if job.worker is not None else "-"
-            extra = job.websocket.log_fields() if job.websocket is not None else ""
-            self.access_log.log(request.remote_addr, request.method, target, request.protocol, status,
-                                job.body_bytes, duration_s, pid, extra)
+            if job.websocket is None:
+                self.access_log.log(request.remote_addr, request.method, target, request.protocol, status,
+                                    job.body_bytes, duration_s, pid)
+            else:                          # its messages and close code too
+                self.access_log.log(request.remote_addr, request.method, target, request.protocol, status,
+                                    job.body_bytes, duration_s, pid, job.websocket.log_fields())
 
     @staticmethod
     def abandoned(job: Job) -> bool:
