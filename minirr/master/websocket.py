@@ -130,7 +130,10 @@ class WebSocketSession:
     @property
     def reading(self) -> bool:
         """Read the client while its messages fit the worker's window and our frames to
-        it are not piling up (a fast client with a slow app stops being read)."""
+        it are not piling up (a fast client with a slow app stops being read). Once our
+        close frame is out, always: what it sends is dropped, and its close is awaited."""
+        if self.state is not OPEN:
+            return True
         return self.unacked < wire.WINDOW_BYTES and not self.conn.backlogged
 
     def on_data(self, conn, data: bytes) -> None:
@@ -225,6 +228,7 @@ class WebSocketSession:
         self.check_at = 0.0
         self._end_message()
         self.conn.write(rfc.close_frame(code, reason))
+        self.conn.reading_changed()
 
     def going_away(self) -> None:
         """A graceful stop, or its worker retired past destroy_timeout: close 1001."""

@@ -58,7 +58,7 @@ CREDIT_BATCH_BYTES = 64 * 1024   # credit is given back in batches this large (o
 
 def offered(hello: object) -> bool:
     """Did a worker's handshake answer offer WebSocket events? (It needs request ids too.)"""
-    return isinstance(hello, dict) and hello.get(OFFER_KEY) == 1
+    return isinstance(hello, dict) and type(hello.get(OFFER_KEY)) is int and hello[OFFER_KEY] == 1
 
 
 def event_frame(kind: int, request_id: int, payload: bytes = b"") -> bytes:
