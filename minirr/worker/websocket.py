@@ -168,8 +168,10 @@ class WebSocketCycle:
     def _close(self, message: dict) -> None:
         code = message.get("code", 1000)
         reason = message.get("reason") or ""
-        if type(code) is not int or not isinstance(reason, str):
-            raise TypeError("ASGI: websocket.close's code must be an int and its reason a str")
+        if type(code) is not int:
+            raise TypeError(f"ASGI: websocket.close's code must be an int, not {type(code).__name__}")
+        if not isinstance(reason, str):
+            reason = str(reason)         # FastAPI's validation errors (a list); the master cuts it to fit
         self._advance("close")
         self.disconnect = {"type": "websocket.disconnect", "code": code, "reason": reason}
         self._arrived.set()
