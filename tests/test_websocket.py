@@ -11,7 +11,7 @@ import pytest
 
 from minirr.errors import FrameError
 from minirr.http import websocket as ws
-from minirr.http.websocket import FrameReader, HandshakeError, WebSocketError
+from minirr.http.websocket import FrameReader, HandshakeError
 from minirr.wire import websocket as wire
 
 MASK = b"\x37\xfa\x21\x3d"
@@ -32,11 +32,11 @@ def feed_three_ways(data: bytes, max_bytes: int = 1 << 20, masked: bool = True):
     for chunks in ([data], [data[i:i + 1] for i in range(len(data))], [data + after]):
         reader = FrameReader(max_bytes, masked)
         events = []
-        try:
-            for chunk in chunks:
-                events += reader.feed(chunk)
-        except WebSocketError as exc:
-            results.append(("error", exc.code))
+        for chunk in chunks:
+            events += reader.feed(chunk)
+        if events and events[-1][0] == "fail":
+            assert reader.done and reader.feed(client(ws.TEXT, b"more")) == []     # nothing after a fault
+            results.append(("error", events[-1][1].code) if len(events) == 1 else (events[:-1], events[-1][1].code))
             continue
         if chunks[-1].endswith(after) and len(chunks) == 1 and not reader.done:
             assert events[-1] == ("ping", b"after")           # the trailing frame was read too
@@ -181,17 +181,21 @@ def test_a_character_split_across_fragments_is_fine():
 
 
 def test_invalid_text_fails_at_its_fragment_before_the_message_ends():
-    reader = FrameReader(100)
-    with pytest.raises(WebSocketError) as info:
-        reader.feed(client(ws.TEXT, b"ok \xff", fin=False))           # the rest has not come
-    assert info.value.code == ws.INVALID_DATA
+    [(kind, error)] = FrameReader(100).feed(client(ws.TEXT, b"ok \xff", fin=False))   # the rest has not come
+    assert kind == "fail" and error.code == ws.INVALID_DATA
+
+
+def test_the_events_before_a_fault_are_the_peers():
+    events = FrameReader(100).feed(client(ws.TEXT, b"ok") + client(ws.PING, b"p") + client(ws.TEXT, b"x", first_bits=0x40))
+    assert events[:2] == [("text", b"ok"), ("ping", b"p")] and events[2][0] == "fail"
+    assert events[2][1].code == ws.PROTOCOL_ERROR
 
 
 def test_a_message_over_max_message_size_is_1009_as_soon_as_its_header_says_so():
     reader = FrameReader(1000)
-    with pytest.raises(WebSocketError) as info:
-        reader.feed(client(ws.BINARY, b"x" * 1001)[:8])               # the header only: nothing held
-    assert info.value.code == ws.MESSAGE_TOO_BIG and "max_message_size" in info.value.reason
+    [(kind, error)] = reader.feed(client(ws.BINARY, b"x" * 1001)[:8])   # the header only: nothing held
+    assert kind == "fail" and error.code == ws.MESSAGE_TOO_BIG and "max_message_size" in error.reason
+    assert not reader.buffer
     fragments = client(ws.BINARY, b"x" * 600, fin=False) + client(ws.CONTINUATION, b"x" * 401)
     assert feed_three_ways(fragments, max_bytes=1000) == ("error", ws.MESSAGE_TOO_BIG)
     assert feed_three_ways(client(ws.BINARY, b"x" * 1000), max_bytes=1000) == [("binary", b"x" * 1000)]

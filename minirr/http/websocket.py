@@ -12,8 +12,9 @@ Never: touches a socket or a clock, or decides what a message means: master/webs
        owns a connection's session, and the app gets the messages.
 
     bytes ──FrameReader.feed──> [("text", b"..."), ("ping", b""), ("close", (1000, "bye"))]
-                                  or raises WebSocketError(code, reason): fail the connection
-                                  with that close code (§7.1.7)
+                                  and, last, ("fail", WebSocketError(code, reason)) when the
+                                  peer broke the protocol: fail the connection with that
+                                  close code (§7.1.7)
 
 A reader is for one direction: `masked=True` reads what a client sends (every frame must
 be masked, §5.1), `masked=False` what a server sends (no frame may be). Events are tuples
@@ -250,20 +251,25 @@ class FrameReader:
         return len(self.buffer) + self._size
 
     def feed(self, data: bytes) -> list:
-        """Bytes in (any split), the events they complete out; WebSocketError on a fault."""
+        """Bytes in (any split), the events they complete out. A fault is the last event,
+        ("fail", WebSocketError): what came before it in the same bytes is still the
+        peer's (a message, then a frame with a reserved bit: the message is delivered)."""
         if self.done:
             return []
         buf = self.buffer
         buf += data
         events: list = []
-        while not self.done:
-            frame = self._next_frame(buf)
-            if frame is None:
-                break
-            fin, opcode, payload = frame
-            event = self._on_frame(fin, opcode, payload)
-            if event is not None:
-                events.append(event)
+        try:
+            while not self.done:
+                frame = self._next_frame(buf)
+                if frame is None:
+                    break
+                fin, opcode, payload = frame
+                event = self._on_frame(fin, opcode, payload)
+                if event is not None:
+                    events.append(event)
+        except WebSocketError as exc:
+            events.append(("fail", exc))
         return events
 
     def _next_frame(self, buf: bytearray):

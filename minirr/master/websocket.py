@@ -141,14 +141,12 @@ class WebSocketSession:
             conn.close()
             return
         self.ping_sent_at = 0.0
-        try:
-            events = self.reader.feed(data)
-        except rfc.WebSocketError as exc:
-            self.fail(exc.code, exc.reason)
-            return
-        for kind, payload in events:
+        for kind, payload in self.reader.feed(data):
             if self.state is CLOSED:
                 break
+            if kind == "fail":
+                self.fail(payload.code, payload.reason)
+                return
             self._on_event(kind, payload)
         if conn.backlogged:
             conn.wait_for_drain()
