@@ -194,6 +194,14 @@ def test_a_slow_client_holds_up_the_apps_sends_and_gets_every_message_in_order(s
     assert got == n
 
 
+def test_large_messages_sent_from_many_tasks_at_once_arrive_whole(serve):
+    server = serve(APP)
+    n, size = 8, 300_000                # 64 KiB pieces, more than a window: the tasks wait for credit mid-message
+    with WSClient.connect(server, f"/concurrent?n={n}&size={size}") as c:
+        got = sorted(c.message()[1] for _ in range(n))
+    assert got == [bytes([index]) * size for index in range(n)]  # never the pieces of two in one
+
+
 # ---- a WebSocket's life with its worker ----------------------------------------------------------------
 
 def test_a_worker_crash_closes_its_websockets_1011_and_it_is_replaced(serve):
@@ -222,6 +230,28 @@ def test_a_graceful_stop_closes_each_websocket_1001_and_waits_for_it(serve):
     assert c.event() == ("eof", None)
     assert server.wait_exit() == 0
     assert "stopping disconnect 1001" in server.log
+
+
+def test_a_websocket_accepted_after_a_stop_began_is_closed_1001(serve, tmp_path):
+    server = serve(APP)
+    release = tmp_path / "accept-now"
+    sock = socket.create_connection((server.host, server.port), timeout=10)
+    from wsclient import handshake_request
+    sock.sendall(handshake_request(f"/accept-when?file={release}", f"{server.host}:{server.port}"))
+    server.wait_for_log("accept-when waiting")
+    server.send_signal(signal.SIGTERM)
+    server.wait_for_log("stopping: finishing 1 in-flight")
+    release.write_text("")                                       # the app accepts only now
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    assert data.startswith(b"HTTP/1.1 101 ")
+    c = WSClient(sock, 101, {}, data.partition(b"\r\n\r\n")[2], 10.0)
+    assert c.message() == ("close", (ws.GOING_AWAY, "the server is going away"))
+    c.close(ws.GOING_AWAY)
+    assert c.event() == ("eof", None)
+    assert server.wait_exit() == 0
+    sock.close()
 
 
 def test_an_app_that_goes_on_after_its_disconnect_is_killed_past_destroy_timeout(serve):

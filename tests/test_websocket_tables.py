@@ -73,3 +73,46 @@ def test_with_ping_interval_0_an_idle_peer_is_never_pinged_and_close_has_its_own
     limits = WebSocketLimits(ping_interval=0.0, ping_timeout=0.0)
     assert websocket_expiry(session(last_read=0.0), limits, 1e6) is None
     assert websocket_expiry(session(closing=1000.0), limits, 1000.0 + CLOSE_TIMEOUT_S).action == "drop"
+
+
+# ---- the worker's side of one WebSocket's frames (no pipe: a recording outbox) ----------------------
+
+class RecordingOutbox:
+    def __init__(self) -> None:
+        self.frames: list = []
+
+    def put(self, data: bytes, body=b"") -> None:
+        self.frames.append(bytes(data) + bytes(body))
+
+    async def drain(self) -> None:
+        import asyncio
+        await asyncio.sleep(0)              # the pipe took it: other coroutines run now
+
+
+def test_messages_sent_from_two_tasks_at_once_are_never_interleaved():
+    import asyncio
+    from minirr.wire import frame, websocket as wire
+
+    async def scenario():
+        worker = SimpleNamespace(outbox=RecordingOutbox(), request_ended=lambda frames: None)
+        frames = worker_module.WebSocketFrames(worker, 7)
+        frames.cycle = SimpleNamespace(phase=worker_module.SocketPhase.OPEN)
+        piece = wire.PIECE_BYTES + worker_module.MESSAGE_COST_BYTES
+        frames.window.outstanding = frames.window.size - piece      # room for one piece only
+        sends = [asyncio.ensure_future(frames.message(wire.BINARY, bytes([name]) * (3 * wire.PIECE_BYTES)))
+                 for name in (1, 2)]
+        while len(worker.outbox.frames) < 1:
+            await asyncio.sleep(0)
+        for _ in range(5):
+            await asyncio.sleep(0)          # both wait for room now
+        frames.credit(frames.window.outstanding)                     # a drain gives back much at once
+        await asyncio.gather(*sends)
+        return worker.outbox.frames
+
+    sent = asyncio.run(scenario())
+    decoder = frame.FrameDecoder()
+    items = [item for data in sent for item in decoder.feed(data)]
+    owners = [item.payload[0] for item in items]
+    kinds = [item.options[0] for item in items]
+    assert owners == [1, 1, 1, 2, 2, 2]                                           # one message, then the other
+    assert kinds == [wire.BINARY | wire.MORE] * 2 + [wire.BINARY] + [wire.BINARY | wire.MORE] * 2 + [wire.BINARY]

@@ -418,11 +418,14 @@ class WebSockets:
         self.jobs.move(job, "upgraded", now)
         self.open += 1
         self.metrics.websockets_open.set(self.open)
+        stopping = conn.closing              # the server began to stop while the app accepted
         early = conn.upgrade(data, session, UPGRADED_PARSER)
         if early or conn.peer_closed:
             session.on_data(conn, early)
             if conn.peer_closed and session.state is not CLOSED:
                 session.on_data(conn, b"")
+        if stopping:
+            session.going_away()
 
     def _on_final(self, job: Job, session: WebSocketSession, error: bool, payload: bytes, now: float):
         """The app's coroutine is over: returned, or raised (`error`)."""

@@ -232,6 +232,7 @@ class WebSocketFrames:
         self.ended = False
         self.owed = 0                        # received by the app, not credited to the master yet
         self._credited = asyncio.Event()
+        self._sending = asyncio.Lock()       # one message's pieces at a time (an app may send from many tasks)
 
     def event(self, kind: int, payload: bytes) -> None:
         if not self.ended:
@@ -239,7 +240,12 @@ class WebSocketFrames:
 
     async def message(self, kind: int, data: bytes) -> None:
         """The app's message, in pieces of at most PIECE_BYTES, each waiting for room in
-        the window (a slow client makes send() wait); MORE on all but the last."""
+        the window (a slow client makes send() wait); MORE on all but the last. Messages
+        sent from several tasks at once go out one after the other, never interleaved."""
+        async with self._sending:
+            await self._pieces(kind, data)
+
+    async def _pieces(self, kind: int, data: bytes) -> None:
         outbox = self.worker.outbox
         rest = memoryview(data)
         while True:

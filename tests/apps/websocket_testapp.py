@@ -15,6 +15,8 @@ cases and the browser test. Each route does one thing an app may do with a WebSo
     /flood?n=N&size=S   accepts, sends N binary messages of S bytes, then waits for the client's close
     /linger/NAME        accepts; after the disconnect keeps running, logs "NAME still running"
     /crash              accepts; the worker process exits at the first message
+    /concurrent?n=N&size=S  accepts; N tasks at once each send a binary message of S bytes of its own
+    /accept-when?file=F     waits until the file F exists, then accepts and echoes (a slow accept)
     /                   HTTP: an HTML page whose script echoes messages through /echo (the browser test)
     /report?...         HTTP: what the page reports, logged as "browser reported ..."
 """
@@ -183,7 +185,24 @@ async def crash(scope, receive, send):
     os._exit(1)
 
 
+async def concurrent(scope, receive, send):
+    query = parse_qs(scope["query_string"].decode())
+    n, size = int(query["n"][0]), int(query["size"][0])
+    await send({"type": "websocket.accept"})
+    await asyncio.gather(*(send({"type": "websocket.send", "bytes": bytes([index]) * size}) for index in range(n)))
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+
+
+async def accept_when(scope, receive, send):
+    path = parse_qs(scope["query_string"].decode())["file"][0]
+    log.warning("accept-when waiting")
+    while not os.path.exists(path):
+        await asyncio.sleep(0.01)
+    await echo(scope, receive, send, "accept-when")
+
+
 ROUTES = {"/echo": echo, "/echo-log/": echo_log, "/deny": deny, "/raise-before": raise_before,
           "/return-before": return_before, "/raise-after": raise_after, "/close/": close_with, "/returns": returns,
           "/scope": show_scope, "/headers": with_headers, "/no-receive": no_receive, "/flood": flood,
-          "/linger/": linger, "/crash": crash}
+          "/linger/": linger, "/crash": crash, "/concurrent": concurrent, "/accept-when": accept_when}
