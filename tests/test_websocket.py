@@ -201,6 +201,16 @@ def test_a_message_over_max_message_size_is_1009_as_soon_as_its_header_says_so()
     assert feed_three_ways(client(ws.BINARY, b"x" * 1000), max_bytes=1000) == [("binary", b"x" * 1000)]
 
 
+def test_a_feed_reads_at_most_frames_per_feed_and_the_next_feed_reads_on():
+    reader = FrameReader(1 << 20)
+    data = b"".join(client(ws.TEXT if i == 0 else ws.CONTINUATION, b"x", fin=i == 999) for i in range(1000))
+    rounds = [reader.feed(data)]
+    while reader.more:
+        rounds.append(reader.feed(b""))
+    assert len(rounds) == -(-1000 // ws.FRAMES_PER_FEED) and rounds[-1] == [("text", b"x" * 1000)]
+    assert not any(rounds[:-1]) and not reader.buffer
+
+
 def test_a_reader_of_a_servers_frames_refuses_masked_ones():
     assert feed_three_ways(ws.encode_frame(ws.TEXT, b"hi"), masked=False) == [("text", b"hi")]
     assert feed_three_ways(client(ws.TEXT, b"hi"), masked=False) == ("error", ws.PROTOCOL_ERROR)

@@ -87,6 +87,7 @@ def test_an_app_that_does_not_accept_gets_its_client_an_http_answer_and_the_work
     ({"Connection": "keep-alive"}, 400, b"Connection: Upgrade"),
 ])
 def test_a_bad_handshake_is_refused_by_the_master(srv, extra, status, why):
+    pid_of(srv)                                                 # a worker has said it takes WebSockets
     body = b"abc" if "Content-Length" in extra else b""
     with WSClient.connect(srv, "/echo", extra=extra, after=body) as c:
         assert c.status == status and why in c.body()
@@ -141,8 +142,10 @@ def test_the_master_fails_a_client_that_breaks_rfc_6455_and_tells_the_app(srv, f
 
 def test_an_upgrade_request_to_a_wsgi_or_native_app_is_an_ordinary_request(serve):
     server = serve("[server]\napp = minirr_testapp:create_app\nfactory = true\n[pool]\nnum_workers = 1\n")
-    with WSClient.connect(server, "/echo", extra={"Sec-WebSocket-Version": "8"}) as c:
-        assert c.status == 200 and c.body() == b""               # not 426: the app answered it
+    for _ in range(2):                                          # before its worker is ready, and after
+        with WSClient.connect(server, "/echo", extra={"Sec-WebSocket-Version": "8"}) as c:
+            assert c.status == 200 and c.body() == b""           # not 426: the app answered it
+        server.wait_for_log("ready in")
 
 
 # ---- pings, and windows both ways --------------------------------------------------------------------

@@ -226,6 +226,9 @@ def parse_close(payload: bytes) -> Tuple[int, str]:
 
 
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
+# One feed() reads at most this many frames: a read of tiny frames (a client may send ten
+# thousand 6-byte fragments in 64 KiB) is work the caller spreads over rounds of its loop.
+FRAMES_PER_FEED = 256
 
 
 def utf8_checker():
@@ -243,6 +246,7 @@ class FrameReader:
         self.masked = masked
         self.buffer = bytearray()
         self.done = False                 # a close frame was read, or the peer broke the protocol
+        self.more = False                 # feed() stopped at FRAMES_PER_FEED: feed(b"") reads on
         self._kind: Optional[str] = None  # a fragmented message in progress: "text" or "binary"
         self._parts: List[bytes] = []
         self._size = 0                    # its bytes so far
@@ -253,7 +257,8 @@ class FrameReader:
         return len(self.buffer) + self._size
 
     def feed(self, data: bytes) -> list:
-        """Bytes in (any split), the events they complete out. A fault is the last event,
+        """Bytes in (any split), the events they complete out (`more`: frames are left for
+        the next call, FRAMES_PER_FEED). A fault is the last event,
         ("fail", WebSocketError): what came before it in the same bytes is still the
         peer's (a message, then a frame with a reserved bit: the message is delivered)."""
         if self.done:
@@ -261,8 +266,11 @@ class FrameReader:
         buf = self.buffer
         buf += data
         events: list = []
+        self.more = False
         try:
-            while not self.done:
+            for _ in range(FRAMES_PER_FEED):
+                if self.done:
+                    break
                 frame = self._next_frame(buf)
                 if frame is None:
                     break
@@ -270,6 +278,8 @@ class FrameReader:
                 event = self._on_frame(fin, opcode, payload)
                 if event is not None:
                     events.append(event)
+            else:
+                self.more = not self.done and len(buf) >= 2
         except WebSocketError as exc:
             events.append(("fail", exc))
         return events

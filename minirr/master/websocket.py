@@ -132,6 +132,8 @@ class WebSocketSession:
         """Read the client while its messages fit the worker's window and our frames to
         it are not piling up (a fast client with a slow app stops being read). Once our
         close frame is out, always: what it sends is dropped, and its close is awaited."""
+        if self.reader is not None and self.reader.more:
+            return False                     # frames it sent are still to be read (loop.soon)
         if self.state is not OPEN:
             return True
         return self.unacked < wire.WINDOW_BYTES and not self.conn.backlogged
@@ -141,13 +143,22 @@ class WebSocketSession:
             conn.close()
             return
         self.ping_sent_at = 0.0
-        for kind, payload in self.reader.feed(data):
+        self._read(conn, data)
+
+    def _read(self, conn, data: bytes) -> None:
+        """What the reader makes of `data`; a read of more frames than it takes at once
+        goes on at the end of the round (loop.soon), the peer unread meanwhile, so other
+        connections get their turn first (as a chunked body of tiny chunks does)."""
+        reader = self.reader
+        for kind, payload in reader.feed(data):
             if self.state is CLOSED:
                 break
             if kind == "fail":
                 self.fail(payload.code, payload.reason)
                 return
             self._on_event(kind, payload)
+        if reader.more and self.state is not CLOSED:
+            conn.loop.soon(conn, lambda: self._read(conn, b""))
         if conn.backlogged:
             conn.wait_for_drain()
         conn.reading_changed()
@@ -314,13 +325,22 @@ class WebSockets:
 
     # ---- the frontend's side --------------------------------------------------------------
     def offer(self, request) -> Optional[rfc.Handshake]:
-        """An upgrade request, when the workers take WebSocket events (or it is not known
-        yet: none has finished its handshake), is a WebSocket's: its handshake checked
-        (HandshakeError: 400, 426), and the session its job will carry. Any other request,
-        and every request to workers that did not offer them, is an ordinary one."""
-        if self.pool.websockets is False or not rfc.upgrade_requested(request.headers):
+        """An upgrade request, when the workers take WebSocket events, is a WebSocket's:
+        its handshake checked (HandshakeError: 400, 426), for the session its job will
+        carry. Any other request, and every request to workers that did not offer them,
+        is an ordinary one. Before any worker has finished its handshake it is not known
+        yet: a valid handshake waits to be a WebSocket (backend.dispatch decides, by the
+        worker that takes it), an invalid one is an ordinary request, as it would be for
+        a WSGI app."""
+        websockets = self.pool.websockets
+        if websockets is False or not rfc.upgrade_requested(request.headers):
             return None
-        return rfc.check_handshake(request.method, request.protocol, request.headers)
+        try:
+            return rfc.check_handshake(request.method, request.protocol, request.headers)
+        except rfc.HandshakeError:
+            if websockets is None:
+                return None
+            raise
 
     def session(self, conn, job: Job, handshake: rfc.Handshake) -> WebSocketSession:
         return WebSocketSession(self, conn, job, handshake)
