@@ -310,10 +310,10 @@ class Backend:
         if self.pool.job_done(worker, job.id, now, counted) is Fate.STOP:
             self._stop(worker, worker.reason, now)
             self.ensure_pool(now)
-        elif worker.reason is not None:
-            self._bound_websockets(worker, now)
         elif not worker.channel.reading:
             worker.channel.resume_reading()
+        if worker.reason is not None and worker.jobs:      # to be retired (max_jobs) once its WebSockets end
+            self._bound_websockets(worker, now)
         if self.jobs.queue:
             self._drain_queue(now)
 
