@@ -86,6 +86,14 @@ parse_int = parse_whole_number(0)     # limits where 0 means "none"
 parse_count = parse_whole_number(1)   # things there must be at least one of (0 would serve nothing)
 
 
+def parse_count_size(text: str) -> int:
+    """A size that must be at least one byte."""
+    value = parse_size(text)
+    if value < 1:
+        raise ValueError(f"expected a size of at least 1 byte, got {text.strip()!r}")
+    return value
+
+
 def parse_address(text: str) -> Tuple[str, int]:
     """`host:port` -> (host, port)."""
     host, sep, port = text.strip().rpartition(":")
@@ -212,6 +220,13 @@ class PoolConfig:
 
 
 @dataclass(frozen=True)
+class WebSocketConfig:
+    max_message_size: int = 1024 ** 2   # a client's message beyond it closes 1009
+    ping_interval: float = 20.0         # silence from a peer before the server pings it; 0 = never
+    ping_timeout: float = 20.0          # the pong (and the answer to a close) must come within it
+
+
+@dataclass(frozen=True)
 class SupervisorConfig:
     exec_ttl: float = 0.0
     watch_tick: float = 1.0
@@ -264,6 +279,7 @@ class Config:
     status: Optional[EndpointConfig] = None     # off unless [status] is present
     metrics: Optional[EndpointConfig] = None    # off unless [metrics] is present
     logs: LogsConfig = LogsConfig()
+    websocket: WebSocketConfig = WebSocketConfig()
     static: Tuple[StaticConfig, ...] = ()   # [static] and [static.NAME] mounts, longest url first
     # (section, key) -> where its value was written, for messages (see origin())
     origins: Mapping[Tuple[str, str], str] = field(default_factory=dict, compare=False, repr=False)
@@ -300,6 +316,8 @@ SCHEMA: Dict[str, Tuple[type, Dict[str, Callable[[str], object]]]] = {
         "idle_ttl": parse_duration, "max_worker_memory": parse_int,
     }),
     "rpc": (RPCConfig, {"listen": parse_listen}),
+    "websocket": (WebSocketConfig, {"max_message_size": parse_count_size, "ping_interval": parse_duration,
+                                    "ping_timeout": parse_duration}),
     "status": (EndpointConfig, {"address": parse_address}),
     "metrics": (MetricsConfig, {"address": parse_address}),
     "logs": (LogsConfig, {

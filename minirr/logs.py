@@ -225,7 +225,8 @@ class AccessLog:
         self._stamp = ""
 
     def log(self, remote_addr: str, method: str, target: str, protocol: str, status: int, body_bytes: int,
-            duration_s: float, pid: object) -> None:
+            duration_s: float, pid: object, extra: str = "") -> None:
+        """`extra`: more `key=value` fields, ours (a WebSocket's messages and close code)."""
         now = self.clock()
         duration_ms = duration_s * 1000
         # Spaces are never escaped, so escaping the joined request line is escaping each part;
@@ -237,7 +238,7 @@ class AccessLog:
         if self.json:
             self.out.write(json.dumps({
                 "time": iso_time(now), "level": "info", "logger": "minirr.access",
-                "msg": f'{remote} "{request}" {status} {body_bytes} {duration_ms:.1f}ms pid={pid}',
+                "msg": f'{remote} "{request}" {status} {body_bytes} {duration_ms:.1f}ms pid={pid}{extra}',
                 "remote_addr": remote_addr, "method": method, "target": target, "status": status,
                 "bytes": body_bytes, "duration_ms": round(duration_ms, 1), "pid": pid}) + "\n")
             return
@@ -245,5 +246,5 @@ class AccessLog:
         if second != self._second:      # strftime costs more than the rest of the line
             self._second = second
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        self.out.write('%s,%03d INFO minirr.access: %s "%s" %d %d %.1fms pid=%s\n' % (
-            self._stamp, int((now - second) * 1000), remote, request, status, body_bytes, duration_ms, pid))
+        self.out.write('%s,%03d INFO minirr.access: %s "%s" %d %d %.1fms pid=%s%s\n' % (
+            self._stamp, int((now - second) * 1000), remote, request, status, body_bytes, duration_ms, pid, extra))

@@ -46,12 +46,14 @@ ALLOWED = {
     "http.parser": {"errors", "http.chunked", "http.grammar", "http.sections", "wire.messages"},
     "http.responses": {"http.grammar"},
     "http.files": {"http.responses"},
+    "http.websocket": {"errors", "http.responses"},
     # the wire
     "wire.__init__": set(),
     "wire.frame": {"errors"},
     "wire.messages": set(),
     "wire.heads": {"wire.messages"},
     "wire.multiplex": {"errors", "wire.frame"},
+    "wire.websocket": {"errors", "wire.frame"},
     # the master: pure decisions first, then the parts that own descriptors
     "master.__init__": set(),
     "master.lifecycle": {"errors"},
@@ -68,10 +70,12 @@ ALLOWED = {
     "master.connection": {"errors", "http.parser", "master.lifecycle", "master.loop"},
     "master.channel": {"errors", "master.loop", "wire.frame"},
     "master.answer": {"http.responses"},
-    "master.backend": {"master.channel", "master.jobs", "master.pool", "master.reply", "wire.frame", "wire.heads",
-                       "wire.multiplex"},
+    "master.backend": {"errors", "master.channel", "master.jobs", "master.pool", "master.reply", "wire.frame",
+                       "wire.heads", "wire.multiplex", "wire.websocket"},
+    "master.websocket": {"errors", "http.responses", "http.websocket", "master.jobs", "master.lifecycle",
+                         "master.metrics", "wire.frame", "wire.multiplex", "wire.websocket"},
     "master.frontend": {"config", "http.forwarded", "http.grammar", "http.parser", "http.responses",
-                        "master.connection", "master.jobs", "master.lifecycle", "master.listener", "master.loop"},
+                        "http.websocket", "master.connection", "master.jobs", "master.lifecycle", "master.listener", "master.loop"},
     "master.operations": {"config", "http.parser", "http.responses", "master.connection", "master.control",
                           "master.lifecycle", "master.listener", "master.loop", "master.metrics", "master.notify",
                           "master.pool", "master.procfs", "master.supervisor"},
@@ -81,7 +85,7 @@ ALLOWED = {
     "master.reload": {"config", "master.launch", "master.loop"},
     "master.server": {"config", "errors", "http.responses", "logs", "master.answer", "master.backend",
                       "master.frontend", "master.jobs", "master.loop", "master.metrics", "master.operations",
-                      "master.pool", "master.reload", "master.static"},
+                      "master.lifecycle", "master.pool", "master.reload", "master.static", "master.websocket"},
     # the worker side: frames and Request objects, never HTTP
     "worker.__init__": set(),
     "worker.__main__": {"worker.loop"},
@@ -90,8 +94,10 @@ ALLOWED = {
     "worker.load": {"wire.messages", "worker.wsgi"},
     "worker.loop": {"wire.frame", "wire.heads", "wire.messages", "worker.asyncloop", "worker.load", "worker.stream"},
     "worker.asgi": {"wire.messages", "worker.load", "worker.stream", "worker.wsgi"},
-    "worker.asyncloop": {"errors", "wire.frame", "wire.heads", "wire.messages", "wire.multiplex", "worker.asgi",
-                         "worker.loop"},
+    "worker.asyncloop": {"errors", "wire.frame", "wire.heads", "wire.messages", "wire.multiplex", "wire.websocket",
+                         "worker.asgi", "worker.loop", "worker.websocket"},
+    "worker.websocket": {"errors", "wire.frame", "wire.messages", "wire.multiplex", "wire.websocket", "worker.asgi",
+                         "worker.load", "worker.wsgi"},
 }
 
 # Modules that work on bytes, str and numbers only: no sockets, processes, signals or clocks.

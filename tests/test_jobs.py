@@ -16,8 +16,8 @@ from minirr.errors import MinirrError
 from minirr.logs import AccessLog, LogWriter
 from minirr.master import jobs as jobs_module
 from minirr.master.answer import Answers
-from minirr.master.jobs import (AT_WORKER, CLIENT_GONE_STATUS, DONE, DRAINING, ERROR_ANSWERS, QUEUED, REFUSALS,
-                                STREAMING, TRANSITIONS, ErrorAnswer, Job, Jobs, JobState, Outcome, Verdict, advance)
+from minirr.master.jobs import (AT_WORKER, CLIENT_GONE_STATUS, CLOSING, DONE, DRAINING, ERROR_ANSWERS, OPEN, QUEUED,
+                                REFUSALS, STREAMING, TRANSITIONS, ErrorAnswer, Job, Jobs, JobState, Outcome, Verdict, advance)
 from minirr.master.metrics import ServerMetrics
 from minirr.master.pool import Pool
 from minirr.master.reply import ReplyReader
@@ -354,6 +354,72 @@ def test_a_worker_lost_while_draining_ends_the_job_without_another_answer(s):
     s.assert_answered_once(CLIENT_GONE_STATUS)
 
 
+# ---- a WebSocket's rows: master/websocket.py decides each move (tests/test_websocket_served.py
+# reaches each through a real server); here, what the job's table does with them
+
+class StandInSession:
+    """What jobs.py asks of a WebSocket session: its log words, and a 1011 when its worker is lost."""
+
+    def __init__(self) -> None:
+        self.lost = 0
+
+    def worker_lost(self) -> None:
+        self.lost += 1
+
+    @staticmethod
+    def log_fields() -> str:
+        return " websocket in=2 out=3 close=1000 by=client"
+
+
+def open_websocket(s) -> Job:
+    job = s.at_worker("/ws")
+    job.websocket = StandInSession()
+    job.status = 101
+    s.jobs.move(job, "upgraded", s.clock())
+    return job
+
+
+@reaches(AT_WORKER, "upgraded")
+def test_an_accepted_websocket_is_open_and_not_yet_counted(s):
+    job = open_websocket(s)
+    assert (AT_WORKER, "upgraded") in s.moves and job.state is OPEN
+    s.assert_not_answered()
+
+
+@reaches(OPEN, "ws_closed")
+def test_a_websocket_closed_by_its_socket_first_is_logged_with_its_messages_then_drains(s):
+    job = open_websocket(s)
+    s.clock.advance(2.5)
+    s.jobs.move(job, "ws_closed", s.clock())
+    assert job.state is DRAINING
+    s.assert_answered_once(101)
+    assert '"GET /ws HTTP/1.1" 101 0 2500.0ms pid=4242 websocket in=2 out=3 close=1000 by=client' in s.log_text.getvalue()
+    s.jobs.move(job, "finished", s.clock())
+    assert job.state is DONE
+    s.assert_answered_once(101)
+
+
+@reaches(OPEN, "finished")
+@reaches(CLOSING, "ws_closed")
+def test_a_websocket_whose_app_ended_first_is_logged_when_its_socket_closes(s):
+    job = open_websocket(s)
+    s.jobs.move(job, "finished", s.clock())
+    assert job.state is CLOSING
+    s.assert_not_answered()
+    s.jobs.move(job, "ws_closed", s.clock())
+    assert job.state is DONE
+    s.assert_answered_once(101)
+
+
+@reaches(OPEN, "worker_lost")
+def test_a_websocket_whose_worker_is_lost_is_closed_1011_by_its_session(s):
+    job = open_websocket(s)
+    s.jobs.worker_lost(job, Outcome.WORKER_DIED, s.clock())
+    assert (OPEN, "worker_lost") in s.moves and job.state is CLOSING and job.websocket.lost == 1
+    assert s.answers.calls == []
+    s.assert_not_answered()
+
+
 def test_every_row_of_the_table_is_reached_by_a_test_above():
     assert ROWS_REACHED == set(TRANSITIONS)
 
@@ -554,6 +620,8 @@ EXPECTED = {
     Outcome.QUEUE_FULL: (503, "the request queue is full", (("Retry-After", "1"),), False, 1),
     Outcome.NO_WORKERS: (503, "no worker is running (workers fail to start)", (("Retry-After", "1"),), False, 1),
     Outcome.SHUTDOWN: (503, "the server is shutting down", (("Retry-After", "1"),), False, 0),
+    Outcome.WS_DENIED: (403, "the application refused the WebSocket", (), True, 0),
+    Outcome.WS_NOT_ACCEPTED: (500, "the application did not accept the WebSocket", (), True, 0),
 }
 
 

@@ -44,7 +44,7 @@ def worker():
 
 def test_the_handshake_answer_offers_request_ids_after_the_lifespan_startup(worker):
     w = worker(args=["--max-concurrency", "7"])
-    assert w.hello == {"pid": w.proc.pid, "ids": 7}
+    assert w.hello == {"pid": w.proc.pid, "ids": 7, "websocket": 1}   # WebSocket events too (wire/websocket.py)
     w.request("/scope")
     scope = json.loads(body_of(w.answer()))
     assert scope["state"] == {"started_in": w.proc.pid}      # startup ran in this process, before the answer

@@ -132,7 +132,7 @@ def _advance(conn: "RequestParser", event: str) -> None:
 
 
 # Header fields the parser itself reads; everything else only goes to the application.
-_PARSER_FIELDS = frozenset(("host", "content-length", "transfer-encoding", "connection", "expect"))
+_PARSER_FIELDS = frozenset(("host", "content-length", "transfer-encoding", "connection", "expect", "upgrade"))
 # ... and the fields it collects: those, and the single-value fields whose repeats it checks.
 _SPECIAL_FIELDS = _PARSER_FIELDS | SINGLE_VALUE_FIELDS
 
@@ -140,8 +140,8 @@ _SPECIAL_FIELDS = _PARSER_FIELDS | SINGLE_VALUE_FIELDS
 class RequestParser:
     """The parser state of one client connection (see the module docstring).
 
-    Public attributes: `keep_alive`, `close_requested` and `host` (the Host value, or
-    None) of the last Request returned. After a ProtocolError every later `next_event()` raises an equal
+    Public attributes: `keep_alive`, `close_requested`, `host` (the Host value, or
+    None) and `upgrade` (the Upgrade values, or None) of the last Request returned. After a ProtocolError every later `next_event()` raises an equal
     ProtocolError again and received bytes are dropped; the server answers with
     `status` and closes.
     """
@@ -159,6 +159,7 @@ class RequestParser:
         self._error: Optional[Tuple[str, int]] = None
         self.keep_alive = False
         self.host: Optional[str] = None
+        self.upgrade: Optional[List[str]] = None   # the Upgrade values of the last Request (RFC 9110 §7.8)
         self._new_request()
 
     def _new_request(self) -> None:
@@ -228,6 +229,14 @@ class RequestParser:
     def reading_body(self) -> bool:
         """The head of the current request is parsed, its body is not complete."""
         return self._state in _READING and self._state is not State.HEAD
+
+    def take_buffered(self) -> bytes:
+        """The bytes received after the last Request, handed over and forgotten: after a
+        101 they belong to the protocol switched to (RFC 9110 §7.8), a WebSocket's first
+        frames that came with the handshake."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
 
     @property
     def buffered_bytes(self) -> int:
@@ -302,6 +311,7 @@ class RequestParser:
 
     def _start_body(self, method, target, path, query, protocol, headers, special):
         self.host = check_host(special.get("host"), protocol)
+        self.upgrade = special.get("upgrade")     # (a WebSocket handshake is told by it: master/websocket.py)
         # The target URI (RFC 9112 §3.3) needs what only the server knows: its scheme (or a
         # trusted proxy's), its own address for a request without Host, and who the client
         # really is. So `uri` is the request-target as sent, and `remote_addr` is empty,

@@ -29,11 +29,12 @@ import logging
 import os
 from typing import Callable, List, Optional, Protocol
 
-from ..wire import frame, multiplex
+from ..errors import FrameError
+from ..wire import frame, multiplex, websocket as wire_websocket
 from ..wire.frame import CODEC_JSON, CONTROL, PING, PONG, STOP, Frame, FrameStart, FramePart, printable
 from ..wire.heads import request_head_encoder
 from .channel import WorkerChannel
-from .jobs import AT_WORKER, BROKEN_CHANNEL, DRAINING, FREE, MORE, RECYCLE_WORKER, STREAMING, Job, Jobs, Outcome
+from .jobs import AT_WORKER, BROKEN_CHANNEL, DRAINING, FREE, MORE, OPEN, RECYCLE_WORKER, STREAMING, Job, Jobs, Outcome
 from .pool import READY, STARTING, STOPPING, WORKING, Fate, Pool, Reason, Worker, WorkerState, failed_start, fate
 from .reply import ReplyReader
 
@@ -70,7 +71,7 @@ class Backend:
     """Worker processes and their jobs (see the module docstring)."""
 
     def __init__(self, loop, config, launcher, pool: Pool, jobs: Jobs, events: WorkerEvents,
-                 inherited: Callable[[], list] = list) -> None:
+                 inherited: Callable[[], list] = list, websockets=None) -> None:
         self.loop = loop
         self.config = config
         self.launcher = launcher
@@ -85,6 +86,7 @@ class Backend:
         self.trace = config.logs.trace_frames  # log every frame (for learning)
         self.stopping = False
         self.reload: Optional[Reload] = None
+        self.websockets = websockets       # websocket.WebSockets: a WebSocket job's frames (None: no WebSockets)
 
     # ================================================================== starting
     def ensure_pool(self, now: float) -> None:
@@ -140,6 +142,9 @@ class Backend:
             return
         ids = multiplex.offered_ids(hello)
         self.pool.hello(worker, pid, now, min(ids, self.config.pool.max_concurrency) if ids else 0)
+        # WebSocket events ride on request ids (docs/external-workers.md, WebSockets)
+        worker.websocket = self.pool.websockets = bool(ids) and wire_websocket.offered(hello) \
+            and self.websockets is not None
         log.info("%s ready in %.0fms%s", worker, (now - worker.created_at) * 1000,
                  f", {worker.slots} requests at once" if worker.multiplexed else "")
         self.events.worker_ready(worker, now)
@@ -155,6 +160,11 @@ class Backend:
         self.pool.assign(worker, job, job.id)
         request = job.request
         head = self.encode_head(request)
+        if job.websocket is not None:
+            if worker.websocket:           # its app gets websocket.connect (master/websocket.py)
+                worker.channel.write(self.websockets.connect_frame(job, head))
+                return
+            job.websocket = None           # this worker takes no WebSocket: an ordinary request
         body = request.body
         options = (len(head), job.id) if job.id else (len(head),)          # multiplex.options, written out
         header = frame.encode_header(CODEC_JSON, len(head) + len(body), options)
@@ -226,6 +236,17 @@ class Backend:
                     return
                 if type(item) is FrameStart:
                     self._large[worker.id] = job
+            if job.websocket is not None:
+                try:
+                    verdict = self.websockets.on_worker_frame(job, item, now)
+                except FrameError as exc:
+                    self.on_broken_channel(worker, f"broke a WebSocket's wire: {exc}")
+                    return
+                if verdict is FREE:
+                    self._release(worker, job, now)
+                    if not worker.live:
+                        return
+                continue
             event = self.reader.read(job, item)
             verdict = self.jobs.on_reply(job, event, now)
             if verdict is MORE:
@@ -291,6 +312,8 @@ class Backend:
             self.ensure_pool(now)
         elif not worker.channel.reading:
             worker.channel.resume_reading()
+        if worker.reason is not None and worker.jobs:      # to be retired (max_jobs) once its WebSockets end
+            self._bound_websockets(worker, now)
         if self.jobs.queue:
             self._drain_queue(now)
 
@@ -347,9 +370,18 @@ class Backend:
             self._stop(worker, reason, now)
         elif action is Fate.STOP_WHEN_FREE:
             self.pool.mark(worker, reason)
+            self._bound_websockets(worker, now)
         elif action is Fate.KILL:
             self._kill(worker, reason, now, why)
         self.ensure_pool(now)
+
+    def _bound_websockets(self, worker: Worker, now: float) -> None:
+        """A worker to be retired when free keeps its open WebSockets until they close, or
+        until destroy_timeout from now: then each is closed 1001 (_job_overdue)."""
+        if self.destroy_timeout_s:
+            for job in worker.jobs.values():
+                if job.state is OPEN and not job.deadline_at:
+                    job.deadline_at = now + self.destroy_timeout_s
 
     def _stop(self, worker: Worker, reason: Reason, now: float) -> None:
         """Soft stop: the stop frame; destroy_timeout later it is killed."""
@@ -458,6 +490,12 @@ class Backend:
         self._continue_reload(now)
 
     def _job_overdue(self, worker: Worker, job: Job, now: float) -> None:
+        if job.state is OPEN:              # its worker is being retired: the WebSocket goes first
+            log.info("%s is to be retired; its WebSocket %s is closed 1001 after destroy_timeout (%gs)",
+                     worker, job.request.path, self.destroy_timeout_s)
+            job.deadline_at = 0.0
+            job.websocket.going_away()
+            return
         if job.state is DRAINING:
             log.warning("%s went on with a request whose answer is over, past its deadline (destroy_timeout "
                         "%gs after the client left, or exec_ttl); killing it", worker, self.destroy_timeout_s)

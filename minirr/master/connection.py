@@ -29,6 +29,11 @@ The owner is any object with these methods:
     on_closed(conn)               the connection is gone; a request it had is abandoned
     on_eof(conn)                  the peer sent EOF while its request waits for an answer
     on_drain(conn)                `out` fell below LOW_WATER_BYTES after wait_for_drain()
+
+After a 101 (`upgrade`), the bytes are no longer HTTP: the connection's parser and owner
+are handed to a WebSocket session (master/websocket.py), which gets what is read
+(`on_data`), says whether to read on (`reading`) and applies its own limits (`expire`);
+writes, their backpressure and closing stay the connection's.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from typing import List, Optional
 from . import lifecycle
 from ..errors import MinirrError
 from ..http.parser import CLOSED as PARSER_CLOSED, CONTINUE, NEED_DATA, YIELD
-from .lifecycle import CLOSED, IDLE, LINGERING, READING, SENDING, WAITING, ConnectionLimits, advance
+from .lifecycle import CLOSED, IDLE, LINGERING, READING, SENDING, UPGRADED, WAITING, ConnectionLimits, advance
 from .loop import READ, WRITE, Handler, Loop
 
 log = logging.getLogger("minirr")
@@ -128,6 +133,8 @@ class Connection(Handler):
         if mask & READ and self.phase is not CLOSED:
             if self.phase is LINGERING:
                 self._on_lingering_readable()
+            elif self.phase is UPGRADED:
+                self._on_upgraded_readable()
             else:
                 self._on_readable()
 
@@ -443,7 +450,10 @@ class Connection(Handler):
         self.job = None
 
     def expire(self, now: float) -> None:
-        """Apply the connection's limits (lifecycle.expiry)."""
+        """Apply the connection's limits (lifecycle.expiry; a WebSocket's are its session's)."""
+        if self.phase is UPGRADED:
+            self.owner.expire(self, now)
+            return
         found = lifecycle.expiry(self, self.limits, now)
         if found is None:
             return
@@ -454,6 +464,41 @@ class Connection(Handler):
             log.info("%s: %s; closed", self, found.message)
         self.close()
 
+    # ---- after a 101: a WebSocket session's bytes (master/websocket.py) -----------------------
+    def upgrade(self, data: bytes, session, parser) -> bytes:
+        """Write the 101 `data` and hand the connection to `session` (its new owner) and
+        `parser` (a stand-in: no HTTP is parsed any more). -> the bytes the peer sent
+        after its handshake, which are the session's."""
+        early = self.parser.take_buffered()
+        advance(self, "upgrade")
+        self.owner = session
+        self.parser = parser
+        self.job = None
+        self.served += 1
+        self.write(data)
+        if self.phase is not CLOSED:
+            self._sync_events()
+        return early
+
+    def _on_upgraded_readable(self) -> None:
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:                 # ConnectionResetError: the peer is gone
+            self.close()
+            return
+        self.last_read_at = self.loop.clock()
+        if not data:
+            self.peer_closed = True
+            self._sync_events()
+        self.owner.on_data(self, data)
+
+    def reading_changed(self) -> None:
+        """The session began or stopped wanting the peer's bytes (its backpressure)."""
+        if self.phase is UPGRADED:
+            self._sync_events()
+
     # ---- what the selector watches -----------------------------------------------------------
     def _sync_events(self) -> None:
         """Read while a request may come (and, while one is being answered, until
@@ -463,6 +508,8 @@ class Connection(Handler):
             reading = True
         elif self.peer_closed:
             reading = False
+        elif phase is UPGRADED:
+            reading = self.owner.reading
         elif phase is IDLE or phase is READING:
             reading = not self.deferred
         else:

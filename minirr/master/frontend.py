@@ -28,9 +28,10 @@ from ..http import forwarded
 from ..http.grammar import target_uri
 from ..http.parser import RequestLimits, RequestParser
 from ..http.responses import DateCache, error_response
+from ..http.websocket import HandshakeError
 from .connection import Connection
 from .jobs import DONE, QUEUED, Job, Jobs
-from .lifecycle import IDLE, LINGERING, ConnectionLimits
+from .lifecycle import IDLE, LINGERING, UPGRADED, ConnectionLimits
 from .listener import Listener, bind
 from .loop import Loop
 
@@ -63,7 +64,7 @@ class Frontend:
     """The application listener and its clients (connection.py's owner for each)."""
 
     def __init__(self, loop: Loop, config: HTTPConfig, jobs: Jobs, backend: Dispatch, dates: DateCache,
-                 static=None) -> None:
+                 static=None, websockets=None) -> None:
         self.loop = loop
         self.config = config
         self.jobs = jobs
@@ -81,6 +82,7 @@ class Frontend:
         self.default_host = "localhost"    # the Host of an HTTP/1.0 request without one: our address
         self.stopping = False
         self.static = static               # static.StaticFiles when [static] is set, else None
+        self.websockets = websockets       # websocket.WebSockets: upgrade requests (None: ordinary requests)
 
     # ---- listening -------------------------------------------------------------------------
     def bind(self) -> None:
@@ -107,7 +109,16 @@ class Frontend:
         keep_alive = not parser.close_requested and not self.stopping
         if self.static is not None and self.static.answer(conn, request, keep_alive, now):
             return                         # under a [static] mount: the master answers (master/static.py)
+        handshake = None
+        if parser.upgrade is not None and self.websockets is not None:
+            try:
+                handshake = self.websockets.offer(request)    # an upgrade request: a WebSocket's job
+            except HandshakeError as exc:
+                conn.respond(self.websockets.refusal(exc), keep_alive=False)
+                return
         job = conn.job = Job(conn, request, keep_alive, now)
+        if handshake is not None:
+            job.websocket = self.websockets.session(conn, job, handshake)
         worker = self.jobs.submit(job, now)
         if worker is not None:
             self.backend.dispatch(worker, job, now)
@@ -164,6 +175,8 @@ class Frontend:
             conn.closing = True
             if self._idle(conn):
                 conn.close()
+            elif conn.phase is UPGRADED:
+                conn.owner.going_away()    # close 1001; the close handshake is awaited (busy)
 
     @staticmethod
     def _idle(conn: Connection) -> bool:

@@ -26,6 +26,18 @@ A job's states, and the one row of TRANSITIONS behind each way it can end:
       └──client_gone──> DONE                                        removed from the queue at once (logged 499)
     DRAINING ──finished | worker_lost──> DONE                       the worker let go of it
 
+A WebSocket (master/websocket.py) is one long job: the app accepts it, and then its
+socket and its app each end in their own time; the job is DONE once both have.
+
+    AT_WORKER ──upgraded──> OPEN           websocket.accept: the 101 is out; no exec_ttl from now on
+    AT_WORKER ──failed_early──> DRAINING   websocket.close before accepting: 403 (ERROR_ANSWERS)
+    OPEN ──ws_closed──> DRAINING           the socket ended first (a close either way, the client gone,
+                                           a protocol error, no pong, a stop's 1001): the app is told
+                                           websocket.disconnect and has destroy_timeout to return
+    OPEN ──finished──> CLOSING             the app returned (or raised: 1011) while the socket is open
+    OPEN ──worker_lost──> CLOSING          its worker died or broke the channel: close 1011
+    CLOSING ──ws_closed──> DONE            the close handshake the master began is over
+
 The client's answer ends when a job leaves QUEUED, AT_WORKER or STREAMING for DRAINING or
 DONE: that is when it is counted and logged, once. DRAINING is the worker's side still
 running: what it sends is dropped until its final frame.
@@ -57,9 +69,11 @@ class JobState(str, enum.Enum):          # str: see pool.WorkerState
     STREAMING = "streaming"        # the answer's head is out; its body is on its way
     DRAINING = "draining"          # the client's answer is over; the worker still sends (dropped)
     DONE = "done"                  # terminal: answered, and no worker holds it
+    OPEN = "websocket open"        # a WebSocket: accepted, its app and its socket both live
+    CLOSING = "websocket closing"  # its app is done; its socket's close handshake is under way
 
 
-QUEUED, AT_WORKER, STREAMING, DRAINING, DONE = JobState
+QUEUED, AT_WORKER, STREAMING, DRAINING, DONE, OPEN, CLOSING = JobState
 
 TRANSITIONS = {
     (QUEUED, "dispatched"): AT_WORKER,
@@ -79,6 +93,11 @@ TRANSITIONS = {
     (STREAMING, "client_gone"): DRAINING,
     (DRAINING, "finished"): DONE,
     (DRAINING, "worker_lost"): DONE,
+    (AT_WORKER, "upgraded"): OPEN,
+    (OPEN, "ws_closed"): DRAINING,
+    (OPEN, "finished"): CLOSING,
+    (OPEN, "worker_lost"): CLOSING,
+    (CLOSING, "ws_closed"): DONE,
 }
 
 
@@ -103,6 +122,8 @@ class Outcome(enum.Enum):
     QUEUE_FULL = "queue_full"
     NO_WORKERS = "no_workers"
     SHUTDOWN = "shutdown"
+    WS_DENIED = "ws_denied"                # websocket.close before websocket.accept
+    WS_NOT_ACCEPTED = "ws_not_accepted"    # the app ended (or its accept was invalid) before accepting
 
 
 class ErrorAnswer(NamedTuple):
@@ -122,6 +143,8 @@ ERROR_ANSWERS: Dict[Outcome, ErrorAnswer] = {
     Outcome.QUEUE_FULL: ErrorAnswer(503, "the request queue is full", True, True),
     Outcome.NO_WORKERS: ErrorAnswer(503, "no worker is running (workers fail to start)", True, True),
     Outcome.SHUTDOWN: ErrorAnswer(503, "the server is shutting down", True, False),
+    Outcome.WS_DENIED: ErrorAnswer(403, "the application refused the WebSocket", False, False),
+    Outcome.WS_NOT_ACCEPTED: ErrorAnswer(500, "the application did not accept the WebSocket", False, False),
 }
 # Failures of a job still waiting in the queue; the rest happen at a worker.
 REFUSALS = frozenset((Outcome.ALLOCATE_TIMEOUT, Outcome.QUEUE_FULL, Outcome.NO_WORKERS, Outcome.SHUTDOWN))
@@ -144,7 +167,7 @@ class Job:
     which field)."""
 
     __slots__ = ("conn", "request", "keep_alive", "state", "ended_by", "queued_at", "deadline_at", "worker", "id",
-                 "stop_sent", "credit", "status", "body_bytes", "writer", "reply", "outcome")
+                 "stop_sent", "credit", "status", "body_bytes", "writer", "reply", "outcome", "websocket")
 
     def __init__(self, conn, request, keep_alive: bool, now: float) -> None:
         self.conn = conn                   # the client connection (connection.Connection)
@@ -163,6 +186,7 @@ class Job:
         self.writer = None                 # a streamed answer's body writer (answer.py)
         self.reply = None                  # reply.ReplyState, when the answer is not one small frame (reply.py)
         self.outcome: Optional[Outcome] = None
+        self.websocket = None              # an upgrade request's websocket.WebSocketSession (frontend)
 
     @property
     def head_only(self) -> bool:
@@ -360,6 +384,9 @@ class Jobs:
             self._break(job, ERROR_ANSWERS[outcome].message, now, event="worker_lost")
         elif job.state is DRAINING:
             self._move(job, "worker_lost", now)
+        elif job.state is OPEN:
+            job.websocket.worker_lost()    # close 1011; the socket's close handshake goes on
+            self._move(job, "worker_lost", now)
 
     def timed_out(self, job: Job, now: float) -> None:
         """exec_ttl passed on a worker that holds other jobs too (request ids): this client
@@ -410,6 +437,10 @@ class Jobs:
             return max(1, int(self.pool.next_start_at - now + 0.999))
         return 1
 
+    def move(self, job: Job, event: str, now: float) -> None:
+        """A WebSocket's move (master/websocket.py decides which): the same bookkeeping."""
+        self._move(job, event, now)
+
     def _move(self, job: Job, event: str, now: float) -> None:
         """advance(), and when the client's answer ends with this move: count it, log it."""
         was = job.state
@@ -424,8 +455,12 @@ class Jobs:
             request = job.request
             target = request.path + ("?" + request.query if request.query else "")
             pid = job.worker.pid if job.worker is not None else "-"
-            self.access_log.log(request.remote_addr, request.method, target, request.protocol, status,
-                                job.body_bytes, duration_s, pid)
+            if job.websocket is None:
+                self.access_log.log(request.remote_addr, request.method, target, request.protocol, status,
+                                    job.body_bytes, duration_s, pid)
+            else:                          # its messages and close code too
+                self.access_log.log(request.remote_addr, request.method, target, request.protocol, status,
+                                    job.body_bytes, duration_s, pid, job.websocket.log_fields())
 
     @staticmethod
     def abandoned(job: Job) -> bool:

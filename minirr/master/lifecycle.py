@@ -15,11 +15,15 @@ scraper, a control peer — goes through the same phases:
     IDLE | READING ──reject──> SENDING                      (a 4xx answer, then the end)
     WAITING | STREAMING | SENDING ──linger──> LINGERING     (the last answer is out: half-closed,
                                                              draining the peer)
+    WAITING ──upgrade──> UPGRADED ──respond──> SENDING      (a 101: a WebSocket session owns the
+                         UPGRADED ──linger──> LINGERING     bytes; its last frames, then the end)
     any ──close──> CLOSED                                   (CLOSED is terminal)
 
 WAITING: a complete request is with the owner (queued for a worker, or at one).
 STREAMING: the response head is out; the rest of the body is still coming from a worker.
 SENDING: the whole answer is queued; the connection waits for the client to take it.
+UPGRADED: after a 101, the bytes are a WebSocket's (master/websocket.py); its limits are
+`websocket_expiry`'s, below.
 
 What expires, and what the client gets (`expiry`):
 
@@ -58,10 +62,11 @@ class Phase(str, enum.Enum):             # str: see pool.WorkerState
     STREAMING = "a response is streaming from a worker"
     SENDING = "writing the response"
     LINGERING = "half-closed after the last response"
+    UPGRADED = "a WebSocket"
     CLOSED = "closed"
 
 
-IDLE, READING, WAITING, STREAMING, SENDING, LINGERING, CLOSED = Phase
+IDLE, READING, WAITING, STREAMING, SENDING, LINGERING, CLOSED, UPGRADED = Phase
 
 TRANSITIONS = {
     (IDLE, "data"): READING,
@@ -78,6 +83,9 @@ TRANSITIONS = {
     (WAITING, "linger"): LINGERING,
     (STREAMING, "linger"): LINGERING,
     (SENDING, "linger"): LINGERING,
+    (WAITING, "upgrade"): UPGRADED,
+    (UPGRADED, "respond"): SENDING,
+    (UPGRADED, "linger"): LINGERING,
 }
 for _phase in Phase:
     TRANSITIONS[(_phase, "close")] = CLOSED
@@ -152,4 +160,51 @@ def _send_expiry(conn, limits: ConnectionLimits, now: float) -> Optional[Expiry]
     if limits.min_send_rate and elapsed >= timeout and conn.sent_since < limits.min_send_rate * elapsed:
         return Expiry(0, f"response read at {conn.sent_since / elapsed:.0f} bytes/s, "
                          f"below min_send_rate ({limits.min_send_rate} bytes/s)")
+    return None
+
+
+# ---- a WebSocket's liveness (RFC 6455 §5.5.2, §7.1.1) ----------------------------------------
+#
+#     what                                        limit                 then
+#     nothing read from the peer                  ping_interval         a ping
+#     a ping not answered (nothing read since)    ping_timeout          close 1011, dropped
+#     our close frame not answered                ping_timeout          dropped
+#     frames we wrote not read by the peer        body_timeout          dropped (as an unread answer)
+#
+# Anything the peer sends counts as alive, not only a pong: a busy connection is never
+# pinged. With ping_interval 0 nothing is pinged; an idle peer may then stay until it closes.
+
+CLOSE_TIMEOUT_S = 5.0                  # our close frame's answer, when ping_timeout is 0
+
+
+@dataclass(frozen=True)
+class WebSocketLimits:
+    """The limits of every WebSocket ([websocket] in rr.ini; 0 disables one)."""
+    max_message_size: int = 1 << 20    # bytes of one message from a client (1009 beyond)
+    ping_interval: float = 20.0        # s of silence from the peer before a ping
+    ping_timeout: float = 20.0         # s for the pong (and for the answer to our close)
+    body_timeout: float = 30.0         # s without write progress while frames wait unread
+
+
+class WebSocketDue(NamedTuple):
+    action: str                        # "ping", "fail" (close 1011, then drop) or "drop"
+    message: str
+
+
+def websocket_expiry(session, limits: WebSocketLimits, now: float) -> Optional[WebSocketDue]:
+    """What a WebSocket's limits say now (the table above). `session` is read only: its
+    `closing_since` and `ping_sent_at` (0: none), its connection's `last_read_at`,
+    `last_write_at` and `unsent`."""
+    conn = session.conn
+    close_timeout = limits.ping_timeout or CLOSE_TIMEOUT_S
+    if session.closing_since and now - session.closing_since >= close_timeout:
+        return WebSocketDue("drop", f"the close frame was not answered within {close_timeout:g}s")
+    if conn.unsent and limits.body_timeout and now - conn.last_write_at >= limits.body_timeout:
+        return WebSocketDue("drop", f"frames not read for {limits.body_timeout:g}s")
+    if session.ping_sent_at:
+        if limits.ping_timeout and now - session.ping_sent_at >= limits.ping_timeout:
+            return WebSocketDue("fail", f"no pong within ping_timeout ({limits.ping_timeout:g}s)")
+        return None
+    if limits.ping_interval and not session.closing_since and now - conn.last_read_at >= limits.ping_interval:
+        return WebSocketDue("ping", "")
     return None

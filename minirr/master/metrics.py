@@ -173,6 +173,13 @@ class ServerMetrics:
                                        "Requests answered 503 because no worker was free "
                                        "(allocate_timeout, queue full, workers failing to start).")
         self.uptime = Gauge("minirr_uptime_seconds", "Seconds since the master started.")
+        self.websockets_open = Gauge("minirr_websockets_open", "WebSockets open now (accepted, not closed).")
+        self.websockets_open.set(0)
+        self.websocket_messages = Counter("minirr_websocket_messages_total",
+                                          "WebSocket messages, by direction: in from clients, out to them.",
+                                          ("direction",))
+        for direction in ("in", "out"):
+            self.websocket_messages.inc((direction,), 0)
         for reason in RESTART_REASONS:          # present from the start: rate() needs a zero
             self.restarts.inc((reason,), 0)
 
@@ -187,6 +194,9 @@ class ServerMetrics:
         duration.bucket_counts[bisect.bisect_left(duration.buckets, duration_s)] += 1
         duration.sum += duration_s
         duration.count += 1
+
+    def websocket_message(self, direction: str) -> None:
+        self.websocket_messages.values[(direction,)] += 1
 
     def worker_restarted(self, reason: str) -> None:
         self.restarts.inc((reason,))
@@ -203,4 +213,5 @@ class ServerMetrics:
         self.in_flight.set(in_flight)
         self.uptime.set(uptime_s)
         return render([self.requests, self.duration, self.workers, self.memory, self.restarts,
-                       self.queue, self.in_flight, self.no_free_workers, self.uptime])
+                       self.queue, self.in_flight, self.no_free_workers, self.uptime, self.websockets_open,
+                       self.websocket_messages])

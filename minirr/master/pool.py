@@ -139,6 +139,7 @@ class Worker:
         self.jobs_done = 0
         self.slots = 1                     # jobs it may hold at once (more once it takes request ids)
         self.multiplexed = False           # it asked for request ids: every frame names its job
+        self.websocket = False             # ... and WebSocket events (wire/websocket.py)
         self.jobs: Dict[int, object] = {}  # request id -> the job (opaque); id 0 on the plain wire
         self.last_id = 0                   # the request id given last (ids are 1 and up)
         self.deadline_at = 0.0             # STARTING: handshake; STOPPING: kill (a job's own deadline is the job's)
@@ -193,6 +194,7 @@ class Pool:
         self._next_id = 1
         self._ready: Deque[Worker] = deque()
         self._shared = False               # some worker holds several jobs at once: look past idle ones
+        self.websockets: Optional[bool] = None   # the last worker ready took WebSocket events (None: none yet)
         self.on_move = on_move             # told of every move ([logs] trace_frames)
 
     # ---- lifecycle -------------------------------------------------------------

@@ -19,8 +19,9 @@ Never: parses HTTP, reads a frame or decides a worker's fate; each part does its
       pool, metrics, answers                 decisions and the client-side writer
       jobs(pool, answers)                    the job's life
       ops(pool, metrics, controls=server)    the operator side
-      backend(pool, jobs, events=ops)        workers
-      front(jobs, backend)                   clients
+      websockets(jobs, metrics, pool)        WebSockets after their 101
+      backend(pool, jobs, events=ops, websockets)   workers
+      front(jobs, backend, websockets)       clients
 
 A round:  loop.run_once(timeout) -> if a tick is due: `_on_tick(now)` -> flush the logs.
 """
@@ -46,6 +47,8 @@ from .operations import Operations
 from . import reload
 from .pool import Pool, Reason, Worker
 from .static import StaticFiles
+from .lifecycle import WebSocketLimits
+from .websocket import WebSockets
 
 log = logging.getLogger("minirr")
 
@@ -99,10 +102,14 @@ class Server:
         self.jobs = Jobs(self.pool, Answers(dates), pool_cfg.max_queue_size, pool_cfg.allocate_timeout,
                          config.supervisor.exec_ttl, pool_cfg.destroy_timeout, self.metrics, access_log)
         self.ops = Operations(self.loop, config, self.pool, self.metrics, dates, self._announce, controls=self)
+        ws = config.websocket
+        self.websockets = WebSockets(WebSocketLimits(ws.max_message_size, ws.ping_interval, ws.ping_timeout,
+                                                     config.http.body_timeout), self.jobs, self.metrics, dates,
+                                     self.pool)
         self.back = Backend(self.loop, config, launcher, self.pool, self.jobs, events=self.ops,
-                            inherited=self._child_descriptors)
+                            inherited=self._child_descriptors, websockets=self.websockets)
         static = StaticFiles.from_config(config, self.metrics, access_log, dates)   # None without [static]
-        self.front = Frontend(self.loop, config.http, self.jobs, self.back, dates, static)
+        self.front = Frontend(self.loop, config.http, self.jobs, self.back, dates, static, self.websockets)
         self.reload_watch = reload.watcher(config, self.loop, launcher,   # [server] reload (master/reload.py)
                                            lambda: self.back.descriptors() + self._child_descriptors(),
                                            self.begin_reload)

@@ -49,6 +49,9 @@ PONG = 0x08
 # once): the master gives a request's stream back `n` bytes of its window, options [n, id].
 # Goridge leaves this bit unused, so no classic peer ever sends or expects it.
 CREDIT = 0x10
+# The multiplexed wire with WebSocket events (wire/websocket.py): a frame of a WebSocket's
+# life (connect, accept, a message, close, disconnect), options [kind, id]. Unused by Goridge too.
+WEBSOCKET = 0x20
 
 # With request ids, a worker may have at most this many bytes of one request's streamed
 # body sent that the master has not credited back (CREDIT): a slow client holds up its own
@@ -57,7 +60,8 @@ STREAM_WINDOW_BYTES = 1 << 20
 
 FLAG_NAMES = ((CONTROL, "CONTROL"), (CODEC_RAW, "RAW"), (CODEC_JSON, "JSON"), (CODEC_MSGPACK, "MSGPACK"),
               (CODEC_GOB, "GOB"), (ERROR, "ERROR"), (CODEC_PROTO, "PROTO"))
-STREAM_NAMES = ((STREAM, "STREAM"), (STOP, "STOP"), (PING, "PING"), (PONG, "PONG"), (CREDIT, "CREDIT"))
+STREAM_NAMES = ((STREAM, "STREAM"), (STOP, "STOP"), (PING, "PING"), (PONG, "PONG"), (CREDIT, "CREDIT"),
+                (WEBSOCKET, "WEBSOCKET"))
 
 _HEAD = struct.Struct("<BBI")  # version|hl, flags, length: the bytes the CRC covers
 # CRC, stream byte, reserved byte, then n option words: one Struct per option count.

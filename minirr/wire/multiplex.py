@@ -35,7 +35,7 @@ from typing import Deque, Dict, Generic, NamedTuple, Optional, Set, TypeVar
 
 from ..errors import FrameError
 from . import frame
-from .frame import CODEC_JSON, CREDIT, PONG, STOP, STREAM_WINDOW_BYTES, Frame
+from .frame import CODEC_JSON, CREDIT, PONG, STOP, STREAM_WINDOW_BYTES, WEBSOCKET, Frame
 
 IDS_KEY = "ids"                  # the worker's handshake answer: {"pid": ..., "ids": N}
 MAX_ID = 0xFFFFFFFF              # ids are u32 > 0; 0 means "no id" (the classic wire)
@@ -48,12 +48,13 @@ class Kind(enum.Enum):
     STOP = "stop"                # stream STOP, options [0, id]: the request's client left
     CREDIT = "credit"            # stream CREDIT, options [n, id]: n bytes of its window back
     PONG = "pong"                # an answer to a PING; this worker sends none: ignored
+    WEBSOCKET = "websocket"      # stream WEBSOCKET, options [kind, id]: a WebSocket event (wire/websocket.py)
 
 
 class Incoming(NamedTuple):
     kind: Kind
     request_id: int              # 0 on the classic wire and for CONTROL
-    value: int                   # CREDIT: the bytes credited; REQUEST: the head length
+    value: int                   # CREDIT: the bytes credited; REQUEST: the head length; WEBSOCKET: its kind
 
 
 def options(head_len: int, request_id: int) -> tuple:
@@ -91,6 +92,8 @@ def classify(item: Frame, multiplexed: bool) -> Incoming:
         return Incoming(Kind.CREDIT, request_id, first)
     if stream == PONG:
         return Incoming(Kind.PONG, request_id, 0)
+    if stream == WEBSOCKET and multiplexed:
+        return Incoming(Kind.WEBSOCKET, request_id, first)
     raise FrameError(f"a frame with stream bits {frame.names(stream, frame.STREAM_NAMES)}, which the master "
                      f"does not send{'' if multiplexed else ' on the classic wire'}")
 

@@ -64,18 +64,18 @@ def http_scope(request: Request, state: dict) -> dict:
         "method": request.method,
         "scheme": scheme,
         "path": unquote(request.path),           # percent-decoded, as UTF-8
-        "raw_path": _wire_bytes(request.path),
-        "query_string": _wire_bytes(request.query),
+        "raw_path": wire_bytes(request.path),
+        "query_string": wire_bytes(request.query),
         "root_path": "",
         # every value in arrival order; names lower-cased (the head carries them canonical)
-        "headers": [(_wire_bytes(name.lower()), _wire_bytes(value)) for name, value in request.headers],
+        "headers": [(wire_bytes(name.lower()), wire_bytes(value)) for name, value in request.headers],
         "client": (request.remote_addr, 0) if request.remote_addr else None,
         "server": (host, int(port) if port.isdigit() else None),
         "state": dict(state),                    # a shallow copy for each request (lifespan spec)
     }
 
 
-def _wire_bytes(text: str) -> bytes:
+def wire_bytes(text: str) -> bytes:
     """Back to the bytes the client sent: the master reads a head as latin-1. (A master
     whose head holds other characters, RoadRunner's, wrote them as UTF-8.)"""
     try:

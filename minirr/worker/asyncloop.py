@@ -36,11 +36,12 @@ from itertools import islice
 from typing import Deque, List, Optional, Set
 
 from ..errors import FrameError
-from ..wire import frame, multiplex
+from ..wire import frame, multiplex, websocket as wire_websocket
 from ..wire.frame import CODEC_JSON, CONTROL, ERROR, STREAM, Frame, FrameDecoder
 from ..wire.heads import decode_request, response_head_encoder
 from ..wire.multiplex import Kind, RequestTable, Window
 from .asgi import HTTPCycle, Lifespan, LifespanFailed
+from .websocket import WebSocketCycle, WebSocketFrames
 from .loop import (EXIT_BOOT_FAILED, EXIT_OK, READ_SIZE, FramePipe, is_stop, leave_forked_child,
                    log_boot_failure)
 
@@ -243,7 +244,8 @@ class AsyncWorker:
         self.encode_head = response_head_encoder()
         self.decoder: Optional[FrameDecoder] = None
         self._handlers = {Kind.REQUEST: self._on_request, Kind.STOP: self._on_stop,
-                          Kind.CREDIT: self._on_credit, Kind.PONG: lambda item, incoming: None}
+                          Kind.CREDIT: self._on_credit, Kind.PONG: lambda item, incoming: None,
+                          Kind.WEBSOCKET: self._on_websocket}
 
     def run(self) -> int:
         loop = asyncio.new_event_loop()
@@ -268,7 +270,7 @@ class AsyncWorker:
         os.set_blocking(self.pipe.write_fd, False)
         self.outbox = Outbox(loop, self.pipe.write_fd, self.pipe.pid, lambda: self._finish(EXIT_OK))
         self.decoder, waiting = self.pipe.take_over()
-        hello = {"pid": os.getpid(), multiplex.IDS_KEY: self.max_concurrency}
+        hello = {"pid": os.getpid(), multiplex.IDS_KEY: self.max_concurrency, wire_websocket.OFFER_KEY: 1}
         self.outbox.put(frame.encode(CONTROL, json.dumps(hello).encode()))
         self._on_frames(waiting)
         loop.add_reader(self.pipe.read_fd, self._on_readable)
@@ -365,9 +367,35 @@ class AsyncWorker:
             frames.fail(f"{type(exc).__name__}: {exc}")
             return
         frames.cycle = HTTPCycle(request, self.lifespan.state, frames, self.encode_head)
-        task = self.loop.create_task(self._serve(frames.cycle))
+        self._start(frames.cycle)
+
+    def _start(self, cycle) -> None:
+        task = self.loop.create_task(self._serve(cycle))
         self.tasks.add(task)
         task.add_done_callback(self._on_task_done)
+
+    def _on_websocket(self, item: Frame, incoming: multiplex.Incoming) -> None:
+        """A WebSocket event (wire/websocket.py): a new connection, or one for a connection in flight."""
+        if incoming.value != wire_websocket.CONNECT:
+            frames = self._in_flight(incoming.request_id, "a WebSocket event")
+            if frames is None:
+                return                       # it crossed the connection's final frame
+            if not isinstance(frames, WebSocketFrames):
+                raise FrameError(f"a WebSocket event for request id {incoming.request_id}, which is HTTP")
+            frames.deliver(incoming.value, item.payload)
+            return
+        if self.stopping:
+            raise FrameError("a WebSocket after the stop frame")
+        frames = WebSocketFrames(self, incoming.request_id)
+        self.table.begin(incoming.request_id, frames)
+        try:
+            request = decode_request(bytes(item.payload), b"")
+        except Exception as exc:             # a head that is not what a master sends: this one fails
+            log.error("a WebSocket head that does not decode: %s: %s", type(exc).__name__, exc)
+            frames.fail(f"{type(exc).__name__}: {exc}")
+            return
+        frames.cycle = WebSocketCycle(request, self.lifespan.state, frames)
+        self._start(frames.cycle)
 
     def _on_stop(self, item: Frame, incoming: multiplex.Incoming) -> None:
         frames = self._in_flight(incoming.request_id, "STOP")
