@@ -13,7 +13,7 @@ import os
 import pytest
 
 from fakes import READ
-from minirr.master.jobs import DONE, QUEUED
+from minirr.master.jobs import AT_WORKER, DONE, QUEUED
 from minirr.master.pool import BOOT_BACKOFF_FIRST_S, DEAD, READY, STARTING, STOPPING, WORKING, Reason
 from minirr.wire import frame
 from minirr.wire.frame import CODEC_JSON, CONTROL, STREAM
@@ -274,6 +274,21 @@ def test_a_request_pipe_the_worker_closed_breaks_the_channel_at_the_end_of_the_r
     r.round()
     assert_error(r, job, 502, "the worker sent an invalid response")
     assert proc.kills == 1 and "closed its request pipe" in caplog.text
+
+
+def test_a_request_pipe_closed_after_the_request_went_in_is_found_at_the_next_tick(rig, caplog):
+    """The write succeeded (the bytes lie in the pipe), then the worker closed its end: no
+    EPIPE will ever come. The tick asks the pipe (POLLERR: no reader) and fails the job."""
+    r = rig()
+    [proc] = r.start()
+    job = r.submit()                                      # the request frame is in the pipe, unread
+    os.close(proc.requests_r)
+    proc.requests_r = None
+    r.round()
+    assert proc.kills == 0 and job.state is AT_WORKER     # nothing has told the master yet
+    r.back.expire(r.clock())
+    assert_error(r, job, 502, "the worker sent an invalid response")
+    assert proc.kills == 1 and "closed its request pipe (it reads no more requests)" in caplog.text
 
 
 # ---- exits ------------------------------------------------------------------------------------------------

@@ -483,6 +483,9 @@ class Backend:
         for worker in self.pool.overdue(now):
             self._worker_overdue(worker, now)
         for worker in list(self.pool.workers.values()):
+            if worker.jobs and worker.live and worker.channel is not None and worker.channel.reader_gone():
+                self.on_broken_channel(worker, "closed its request pipe (it reads no more requests)")
+        for worker in list(self.pool.workers.values()):
             channel = worker.channel
             if channel is not None and channel.proc.sentinel is None and not channel.closed and channel.proc.exited():
                 self.on_exit(worker)

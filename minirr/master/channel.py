@@ -23,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import select
 import struct
 import termios
 from collections import deque
@@ -93,6 +94,7 @@ class WorkerChannel(Handler):
         self.last_error = ""               # the last ERROR line it logged (why a start failed)
         self.trace = trace                 # [logs] trace_frames: log every frame both ways
         self.write_error = ""              # why a write to the worker failed (reported once)
+        self._poll = None                  # a poll of the request pipe's write end (reader_gone)
         self._pong_sent = False            # a PONG went in, and the worker may not have read it yet ...
         self._after_pong = 0               # ... with this many bytes written behind it
         self._output_tail = b""            # an unfinished line of its output
@@ -179,6 +181,18 @@ class WorkerChannel(Handler):
     def _report_write_error(self) -> None:
         if not self.closed:
             self.owner.on_broken_channel(self.worker, self.write_error)
+
+    def reader_gone(self) -> bool:
+        """Has the worker closed its end of the request pipe? (poll reports POLLERR on the
+        write end of a pipe that has no reader, pipe(7).) A request written just before it
+        closed is lost in the pipe without an EPIPE: the backend asks this every tick of a
+        worker with jobs, so such a job is failed, not left to wait for ever."""
+        if self.closed:
+            return False
+        if self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(self.proc.to_worker, select.POLLOUT)
+        return any(events & select.POLLERR for _, events in self._poll.poll(0))
 
     def pong_unread(self) -> bool:
         """Is the last PONG still in the pipe, unread by the worker? FIONREAD on the write
